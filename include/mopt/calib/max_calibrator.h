@@ -1,0 +1,44 @@
+// Max calibration: the running elementwise max of |x| reduced over every dim but the kept axes.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <optional>
+#include <vector>
+
+namespace mopt {
+
+/// Streams calibration batches into a running amax (memory: one amax tensor).
+class MaxCalibrator {
+ public:
+  /// axis: the input axes kept in amax (nullopt = per tensor); track_amax keeps every batch's
+  /// amax as well.
+  explicit MaxCalibrator(int64_t num_bits = 8, std::optional<std::vector<int64_t>> axis = {},
+                         bool is_unsigned = false, bool track_amax = false);
+
+  /// Folds one batch in. RuntimeError("amax shape changed!") when its reduced shape differs from
+  /// the batches before.
+  void collect(const at::Tensor& x);
+  /// The amax so far (nullopt before the first collect). NaN or inf in any batch shows here.
+  c10::optional<at::Tensor> compute_amax() const;
+  /// Forgets every batch.
+  void reset();
+
+  int64_t num_bits() const { return num_bits_; }
+  const std::optional<std::vector<int64_t>>& axis() const { return axis_; }
+  bool is_unsigned() const { return is_unsigned_; }
+  bool track_amax() const { return track_amax_; }
+  /// Per-batch amaxs when track_amax is on.
+  const std::vector<at::Tensor>& amaxs() const { return amaxs_; }
+
+ private:
+  int64_t num_bits_;
+  std::optional<std::vector<int64_t>> axis_;
+  bool is_unsigned_;
+  bool track_amax_;
+  at::Tensor calib_amax_;
+  std::vector<at::Tensor> amaxs_;
+};
+
+}  // namespace mopt

@@ -1,0 +1,45 @@
+// The forward of a TensorQuantizer as one function of (input, amax, pre_quant_scale, config):
+// pre-quant scale, block reshape with zero padding, static or dynamic amax, fake quantization in
+// the configured format, and the reshape back. Python's TensorQuantizer and the C++
+// mopt::TensorQuantizer module both call it, so both give the same numbers.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <string>
+#include <vector>
+
+#include "mopt/quant/config.h"
+
+namespace mopt {
+
+/// Fake-quantizes x * pre_quant_scale as `cfg_json` (a QuantizerAttributeConfig in JSON)
+/// describes. amax is the calibrated amax in the shape of quantizer_amax_shape; when it is absent
+/// (or the config is dynamic) the amax of the input is used. Differentiable (clipped STE).
+at::Tensor quantize_tensor(const at::Tensor& x, const c10::optional<at::Tensor>& amax,
+                           const c10::optional<at::Tensor>& pre_quant_scale,
+                           const std::string& cfg_json);
+
+/// The tensor a calibrator of this quantizer sees: x * pre_quant_scale, reshaped into
+/// [..., n_blocks, block, ...] (zero padded) for static block quantization.
+at::Tensor quantizer_calib_view(const at::Tensor& x,
+                                const c10::optional<at::Tensor>& pre_quant_scale,
+                                const std::string& cfg_json);
+
+/// Axes of the calibration view kept in amax, for an input of `ndim` dims.
+std::vector<int64_t> quantizer_amax_axes(const QuantizerAttributeConfig& cfg, int64_t ndim);
+
+/// How a config quantizes, after resolving num_bits and block_sizes.
+enum class QuantKind {
+  kInt,        // integer, per tensor / per channel / blocks
+  kMinifloat,  // FP8 / FP6 / FP4 with an fp32 scale per tensor / channel / block
+  kNVFP4,      // E2M1 values, E4M3 scales per block, fp32 tensor scale
+  kMX,         // OCP microscaling: E8M0 scale per block of 32
+  kNF4,        // NormalFloat4 lookup table, absmax per block, optional double quantization
+};
+
+/// Resolves the format of a config; NotImplementedError for combinations mopt cannot run.
+QuantKind quant_kind(const QuantizerAttributeConfig& cfg);
+
+}  // namespace mopt

@@ -1,0 +1,51 @@
+"""mopt.quantization (``import mopt.quantization as mtq``): quantize models with fake quantization
+and calibration, with the API of ``modelopt.torch.quantization``."""
+
+from . import calib, config, nn, tensor_quant
+from .config import *  # noqa: F403
+from .config import QuantizerAttributeConfig, choices, need_calibration
+from .conversion import (
+    register,
+    set_quantizer_attribute,
+    set_quantizer_by_cfg,
+    set_quantizer_by_cfg_context,
+    unregister,
+)
+from .model_calib import calibration_algorithms, register_calibration_algorithm
+from .model_quant import (
+    calibrate,
+    disable_quantizer,
+    enable_quantizer,
+    fold_weight,
+    postprocess_amax,
+    print_quant_summary,
+    quantize,
+)
+from .nn.modules.quant_module import QuantModuleRegistry
+from .utils import is_quantized
+
+__all__ = [
+    "calib",
+    "config",
+    "nn",
+    "tensor_quant",
+    "QuantizerAttributeConfig",
+    "QuantModuleRegistry",
+    "choices",
+    "need_calibration",
+    "register",
+    "unregister",
+    "set_quantizer_attribute",
+    "set_quantizer_by_cfg",
+    "set_quantizer_by_cfg_context",
+    "calibrate",
+    "quantize",
+    "disable_quantizer",
+    "enable_quantizer",
+    "fold_weight",
+    "postprocess_amax",
+    "print_quant_summary",
+    "is_quantized",
+    "register_calibration_algorithm",
+    "calibration_algorithms",
+]

@@ -1,0 +1,1 @@
+"""Calibration algorithms beyond max; each module registers itself on import."""

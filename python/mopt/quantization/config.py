@@ -1,0 +1,320 @@
+"""Quantization configs: the attribute schema and the predefined recipes (SPEC §1).
+
+A config is ``{"quant_cfg": {pattern: attrs}, "algorithm": ...}``. Attribute dicts are validated
+by the C++ parser (``mopt._C.normalize_quantizer_config``), the same one the C++ API uses, so the
+keys, defaults and error messages are identical in both languages.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from .. import _C
+
+__all__ = [
+    "QuantizerAttributeConfig",
+    "QuantizeConfig",
+    "need_calibration",
+    "choices",
+    "INT8_DEFAULT_CFG",
+    "INT8_SMOOTHQUANT_CFG",
+    "INT8_WEIGHT_ONLY_CFG",
+    "FP8_DEFAULT_CFG",
+    "FP8_PER_CHANNEL_PER_TOKEN_CFG",
+    "FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG",
+    "INT4_BLOCKWISE_WEIGHT_ONLY_CFG",
+    "INT4_AWQ_CFG",
+    "W4A8_AWQ_BETA_CFG",
+    "NVFP4_DEFAULT_CFG",
+    "NVFP4_AWQ_LITE_CFG",
+    "NVFP4_AWQ_CLIP_CFG",
+    "NVFP4_AWQ_FULL_CFG",
+    "W4A8_NVFP4_FP8_CFG",
+    "MXFP8_DEFAULT_CFG",
+    "MXFP6_DEFAULT_CFG",
+    "MXFP4_DEFAULT_CFG",
+    "MXINT8_DEFAULT_CFG",
+    "W4A8_MXFP4_FP8_CFG",
+    "FP8_KV_CFG",
+]
+
+_BLOCK_SPECIAL_KEYS = ("type", "scale_bits", "scale_block_sizes")
+
+
+def _to_jsonable(value: Any) -> Any:
+    """Python attribute values -> JSON (tuples to lists, int dict keys to strings)."""
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    return value
+
+
+def _block_dict_from_json(d: dict | None) -> dict | None:
+    if d is None:
+        return None
+    out: dict = {}
+    for k, v in d.items():
+        if k in _BLOCK_SPECIAL_KEYS:
+            if k == "scale_bits" and isinstance(v, list):
+                v = tuple(v)
+            elif k == "scale_block_sizes":
+                v = _block_dict_from_json(v)
+            if v is None and k != "type":
+                continue
+            out[k] = v
+        else:
+            out[int(k)] = v
+    return out
+
+
+def _from_json(d: dict) -> dict:
+    """Normalized JSON dict -> the Python form users write (tuples, int axes)."""
+    out = dict(d)
+    if isinstance(out["num_bits"], list):
+        out["num_bits"] = tuple(out["num_bits"])
+    axis = out["axis"]
+    if isinstance(axis, list):
+        out["axis"] = axis[0] if len(axis) == 1 else tuple(axis)
+    out["block_sizes"] = _block_dict_from_json(out["block_sizes"])
+    return out
+
+
+class QuantizerAttributeConfig:
+    """Attributes of one TensorQuantizer, validated and completed with defaults.
+
+    ``QuantizerAttributeConfig(num_bits=4, block_sizes={-1: 128})``; fields are attributes
+    (``cfg.num_bits``); ``model_dump()`` gives the dict, ``model_copy(update=...)`` a changed copy.
+    ``calibrator`` may also be a ``(cls, args, kwargs)`` tuple of a Python calibrator class.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        custom = kwargs.get("calibrator")
+        if custom is not None and not isinstance(custom, str):
+            if not (isinstance(custom, (tuple, list)) and len(custom) in (1, 2, 3)) and not callable(
+                custom
+            ):
+                raise ValueError(
+                    f"calibrator must be 'max', 'histogram' or a (cls, args, kwargs) tuple, "
+                    f"got {custom!r}"
+                )
+            kwargs = {**kwargs, "calibrator": "custom"}
+        normalized = _C.normalize_quantizer_config(json.dumps(_to_jsonable(kwargs)))
+        fields = _from_json(json.loads(normalized))
+        if custom is not None and not isinstance(custom, str):
+            fields["calibrator"] = custom
+        self.__dict__["_fields"] = fields
+        self.__dict__["_json"] = normalized
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """Field names, in schema order."""
+        return list(_C.quantizer_attribute_keys())
+
+    def __getattr__(self, name: str) -> Any:
+        fields = self.__dict__["_fields"]
+        if name == "unsigned_":
+            return fields["unsigned"]
+        if name in fields:
+            return fields[name]
+        raise AttributeError(f"QuantizerAttributeConfig has no field {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("QuantizerAttributeConfig is immutable; use model_copy(update=...)")
+
+    def model_dump(self) -> dict:
+        """All fields as a dict in the Python form."""
+        return {k: copy.deepcopy(v) if k != "calibrator" else v for k, v in self._fields.items()}
+
+    def model_copy(self, update: dict | None = None) -> QuantizerAttributeConfig:
+        """A copy with the fields in `update` replaced (and validated)."""
+        return QuantizerAttributeConfig(**{**self._fields, **(update or {})})
+
+    def to_json(self) -> str:
+        """The normalized JSON the C++ quantizer reads (a Python calibrator shows as 'custom')."""
+        return self._json
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, QuantizerAttributeConfig) and self._fields == other._fields
+
+    def __repr__(self) -> str:
+        return f"QuantizerAttributeConfig({self._fields})"
+
+
+def _validate_quant_cfg(quant_cfg: dict) -> None:
+    """Validates every attribute dict of a quant_cfg (raises ValueError naming the pattern)."""
+    if not isinstance(quant_cfg, dict):
+        raise ValueError(f"'quant_cfg' must be a dict of pattern -> attributes, got {type(quant_cfg)}")
+    for pattern, attrs in quant_cfg.items():
+        entries = attrs.items() if _is_class_pattern(pattern) and isinstance(attrs, dict) else [
+            (pattern, attrs)
+        ]
+        if _is_class_pattern(pattern) and not isinstance(attrs, dict):
+            raise ValueError(f"quant_cfg[{pattern!r}] must be a dict of sub-patterns, got {attrs!r}")
+        for sub, sub_attrs in entries:
+            for one in sub_attrs if isinstance(sub_attrs, (list, tuple)) else [sub_attrs]:
+                if not isinstance(one, (dict, QuantizerAttributeConfig)):
+                    raise ValueError(f"quant_cfg[{sub!r}] must be a dict of attributes, got {one!r}")
+                if isinstance(one, dict):
+                    try:
+                        QuantizerAttributeConfig(**one)
+                    except (ValueError, TypeError, NotImplementedError) as e:
+                        raise type(e)(f"quant_cfg[{sub!r}]: {e}") from None
+
+
+def _is_class_pattern(pattern: Any) -> bool:
+    from .nn.modules.quant_module import QuantModuleRegistry
+
+    return isinstance(pattern, str) and pattern in QuantModuleRegistry
+
+
+class QuantizeConfig(dict):
+    """A validated ``{"quant_cfg": ..., "algorithm": ...}`` config."""
+
+    def __init__(self, config: dict | None = None) -> None:
+        config = dict(config or {})
+        unknown = set(config) - {"quant_cfg", "algorithm"}
+        if unknown:
+            raise ValueError(
+                f"unknown quantize config key(s) {sorted(unknown)}; expected 'quant_cfg' and "
+                "'algorithm'"
+            )
+        super().__init__(
+            quant_cfg=config.get("quant_cfg", {"default": {"num_bits": 8, "axis": None}}),
+            algorithm=config.get("algorithm", "max"),
+        )
+        _validate_quant_cfg(self["quant_cfg"])
+
+
+def need_calibration(config: dict) -> bool:
+    """True when quantizing with `config` needs a forward_loop (static activation amax)."""
+    algorithm = config.get("algorithm", "max")
+    if algorithm is None:
+        return False
+    quant_cfg = config.get("quant_cfg", {})
+
+    def _static_enabled(attrs: Any) -> bool:
+        if isinstance(attrs, (list, tuple)):
+            return any(_static_enabled(a) for a in attrs)
+        if not isinstance(attrs, dict) or not attrs.get("enable", True):
+            return False
+        block = attrs.get("block_sizes") or {}
+        return attrs.get("type", "static") == "static" and block.get("type", "static") == "static"
+
+    for pattern, attrs in quant_cfg.items():
+        if pattern == "default":
+            continue
+        if isinstance(attrs, dict) and _is_class_pattern(pattern):
+            if any(_static_enabled(a) for a in attrs.values()):
+                return True
+        elif "weight_quantizer" not in str(pattern) and _static_enabled(attrs):
+            return True
+    algo_name = algorithm if isinstance(algorithm, str) else (
+        algorithm.get("method") if isinstance(algorithm, dict) else None
+    )
+    return algo_name not in (None, "max") or isinstance(algorithm, list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Predefined configs (SPEC §1 table).
+
+_default_disabled_quantizer_cfg: dict[str, Any] = {
+    "nn.BatchNorm1d": {"*": {"enable": False}},
+    "nn.BatchNorm2d": {"*": {"enable": False}},
+    "nn.BatchNorm3d": {"*": {"enable": False}},
+    "nn.LeakyReLU": {"*": {"enable": False}},
+    "*lm_head*": {"enable": False},
+    "*proj_out.*": {"enable": False},  # Whisper's lm_head
+    "*block_sparse_moe.gate*": {"enable": False},  # MoE routers
+    "*router*": {"enable": False},
+    "*mlp.gate.*": {"enable": False},
+    "*mlp.shared_expert_gate.*": {"enable": False},
+    "*output_layer*": {"enable": False},
+    "output.*": {"enable": False},
+    "default": {"enable": False},
+}
+
+
+def _cfg(weight: Any, inp: Any, algorithm: Any) -> dict:
+    return {
+        "quant_cfg": {
+            "*weight_quantizer": weight,
+            "*input_quantizer": inp,
+            **_default_disabled_quantizer_cfg,
+        },
+        "algorithm": algorithm,
+    }
+
+
+def _nvfp4(block: int = 16) -> dict:
+    return {
+        "num_bits": (2, 1),
+        "block_sizes": {-1: block, "type": "dynamic", "scale_bits": (4, 3)},
+        "axis": None,
+        "enable": True,
+    }
+
+
+def _mx(fmt: Any) -> dict:
+    return {
+        "num_bits": fmt,
+        "block_sizes": {-1: 32, "type": "dynamic", "scale_bits": (8, 0)},
+        "enable": True,
+    }
+
+
+_FP8_PER_TENSOR = {"num_bits": (4, 3), "axis": None}
+_OFF = {"enable": False}
+
+INT8_DEFAULT_CFG = _cfg({"num_bits": 8, "axis": 0}, {"num_bits": 8, "axis": None}, "max")
+INT8_SMOOTHQUANT_CFG = _cfg(
+    {"num_bits": 8, "axis": 0}, {"num_bits": 8, "axis": None}, "smoothquant"
+)
+INT8_WEIGHT_ONLY_CFG = _cfg({"num_bits": 8, "axis": 0}, _OFF, "max")
+FP8_DEFAULT_CFG = _cfg(_FP8_PER_TENSOR, _FP8_PER_TENSOR, "max")
+FP8_PER_CHANNEL_PER_TOKEN_CFG = _cfg(
+    {"num_bits": (4, 3), "axis": 0},
+    {"num_bits": (4, 3), "type": "dynamic", "block_sizes": {-1: None}},
+    "max",
+)
+FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG = _cfg(
+    {"num_bits": (4, 3), "block_sizes": {-1: 128, -2: 128}, "enable": True}, _OFF, "max"
+)
+INT4_BLOCKWISE_WEIGHT_ONLY_CFG = _cfg(
+    {"num_bits": 4, "block_sizes": {-1: 128}, "enable": True}, _OFF, "max"
+)
+INT4_AWQ_CFG = _cfg(
+    {"num_bits": 4, "block_sizes": {-1: 128, "type": "static"}, "enable": True},
+    _OFF,
+    {"method": "awq_lite", "alpha_step": 0.1},
+)
+W4A8_AWQ_BETA_CFG = _cfg(
+    [
+        {"num_bits": 4, "block_sizes": {-1: 128, "type": "static"}, "enable": True},
+        {"num_bits": (4, 3), "axis": None, "enable": True},
+    ],
+    {"num_bits": (4, 3), "axis": None, "enable": True},
+    "awq_lite",
+)
+NVFP4_DEFAULT_CFG = _cfg(_nvfp4(), _nvfp4(), "max")
+NVFP4_AWQ_LITE_CFG = _cfg(_nvfp4(), _nvfp4(), "awq_lite")
+NVFP4_AWQ_CLIP_CFG = _cfg(_nvfp4(), _nvfp4(), {"method": "awq_clip"})
+NVFP4_AWQ_FULL_CFG = _cfg(_nvfp4(), _nvfp4(), {"method": "awq_full", "alpha_step": 0.1})
+W4A8_NVFP4_FP8_CFG = _cfg(_nvfp4(32), {**_FP8_PER_TENSOR, "enable": True}, "max")
+MXFP8_DEFAULT_CFG = _cfg(_mx((4, 3)), _mx((4, 3)), None)
+MXFP6_DEFAULT_CFG = _cfg(_mx((3, 2)), _mx((3, 2)), None)
+MXFP4_DEFAULT_CFG = _cfg(_mx((2, 1)), _mx((2, 1)), None)
+MXINT8_DEFAULT_CFG = _cfg(_mx(8), _mx(8), None)
+W4A8_MXFP4_FP8_CFG = _cfg(_mx((2, 1)), {**_FP8_PER_TENSOR, "enable": True}, None)
+FP8_KV_CFG = {
+    "quant_cfg": {
+        "*[kv]_bmm_quantizer": {"num_bits": (4, 3), "axis": None, "enable": True},
+        "default": {"enable": False},
+    },
+    "algorithm": "max",
+}
+
+# Names of every predefined config (mtq.config.choices).
+choices: set[str] = {name for name in __all__ if name.endswith("_CFG")}

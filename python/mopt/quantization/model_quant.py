@@ -1,0 +1,124 @@
+"""User-facing quantization entry points (SPEC §1)."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import QuantizeConfig
+from .conversion import apply_quant_cfg_full, replace_quant_module
+from .model_calib import calibrate
+from .nn.modules.tensor_quantizer import SequentialQuantizer, TensorQuantizer
+from .utils import ParameterBackup, matches, named_quantizers, quantized_modules
+
+__all__ = [
+    "quantize",
+    "calibrate",
+    "print_quant_summary",
+    "disable_quantizer",
+    "enable_quantizer",
+    "fold_weight",
+    "postprocess_amax",
+]
+
+
+def _wrap_forward_loop(forward_loop: Callable | None) -> Callable | None:
+    if forward_loop is None:
+        return None
+    if not callable(forward_loop):
+        raise TypeError(f"forward_loop must be callable, got {type(forward_loop).__name__}")
+    try:
+        params = inspect.signature(forward_loop).parameters
+    except (TypeError, ValueError):
+        return forward_loop
+    if len(params) == 0:
+        warnings.warn(
+            "forward_loop without arguments is deprecated; define forward_loop(model)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return lambda model: forward_loop()
+    return forward_loop
+
+
+def quantize(model: nn.Module, config: dict, forward_loop: Callable | None = None) -> nn.Module:
+    """Quantizes `model` in place and returns it.
+
+    Converts every registered module type (nn.Linear, nn.Conv2d, ...) into its quantized version,
+    applies ``config["quant_cfg"]`` (each matched entry resets all attributes), then calibrates
+    with ``config["algorithm"]`` running ``forward_loop(model)``. On any error the model is put
+    back as it was: classes, quantizers and any parameter an algorithm changed.
+    """
+    config = QuantizeConfig(config)
+    forward_loop = _wrap_forward_loop(forward_loop)
+    converted: list[nn.Module] = []
+    backup = ParameterBackup()
+    try:
+        with backup.recording():
+            n = replace_quant_module(model, converted)
+            apply_quant_cfg_full(model, config["quant_cfg"])
+            print(f"Inserted {n} quantizers")
+            calibrate(model, config["algorithm"], forward_loop)
+    except BaseException:
+        backup.restore()
+        for module in converted:
+            module._unsetup()
+        raise
+    return model
+
+
+def print_quant_summary(model: nn.Module) -> None:
+    """Prints one line per quantizer, then how many there are."""
+    count = 0
+    for name, module in model.named_modules():
+        if isinstance(module, TensorQuantizer):
+            print(f"{name:80} {module}")
+            count += 1
+    print(f"{count} TensorQuantizers found in model")
+
+
+def disable_quantizer(model: nn.Module, wildcard_or_filter_func: str | Callable) -> None:
+    """Disables the quantizers whose names match."""
+    _toggle(model, wildcard_or_filter_func, False)
+
+
+def enable_quantizer(model: nn.Module, wildcard_or_filter_func: str | Callable) -> None:
+    """Enables the quantizers whose names match."""
+    _toggle(model, wildcard_or_filter_func, True)
+
+
+def _toggle(model: nn.Module, pattern: str | Callable, enable: bool) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, (TensorQuantizer, SequentialQuantizer)) and matches(name, pattern):
+            module.enable() if enable else module.disable()
+
+
+def fold_weight(model: nn.Module) -> None:
+    """Bakes each fake-quantized weight into the weight and disables its weight quantizer."""
+    with torch.no_grad():
+        for _, module in quantized_modules(model):
+            wq = getattr(module, "weight_quantizer", None)
+            if wq is None or getattr(module, "weight", None) is None or not wq.is_enabled:
+                continue
+            module.weight.copy_(wq(module.weight))
+            for q in (list(wq) if isinstance(wq, SequentialQuantizer) else [wq]):
+                q.pre_quant_scale = None
+                q.disable()
+
+
+def postprocess_amax(model: nn.Module, key: str | Callable,
+                     post_process_fn: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
+    """Replaces the amax of every matching quantizer by ``post_process_fn(amax)``."""
+    for name, q in named_quantizers(model):
+        if matches(name, key) and q.amax is not None:
+            new = post_process_fn(q.amax)
+            if new.shape != q.amax.shape:
+                q.reset_amax()
+            q.amax = new
+    return model
+
+

@@ -1,0 +1,203 @@
+#include "mopt/quant/quantize_tensor.h"
+
+#include <torch/library.h>
+
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/mul.h>
+
+#include <algorithm>
+
+#include "core/tensor_utils.h"
+#include "mopt/core/error.h"
+#include "mopt/quant/fake_quant.h"
+#include "quant/block_formats.h"
+
+namespace mopt {
+namespace {
+
+// Blocked axes (normalized, with explicit sizes) and whole-axis reductions of a config.
+struct BlockPlan {
+  std::vector<std::pair<int64_t, int64_t>> blocked;  // ascending axis
+  std::vector<int64_t> whole;                        // axes reduced entirely
+};
+
+BlockPlan block_plan(const BlockSizes& b, int64_t ndim) {
+  BlockPlan plan;
+  for (const auto& [axis, size] : b.axes) {
+    const int64_t a = core::normalize_axes({axis}, ndim, "block_sizes axis")[0];
+    if (size) plan.blocked.emplace_back(a, *size);
+    else plan.whole.push_back(a);
+  }
+  std::sort(plan.blocked.begin(), plan.blocked.end());
+  return plan;
+}
+
+bool uses_block_view(const QuantizerAttributeConfig& cfg) {
+  const QuantKind k = quant_kind(cfg);
+  return cfg.block_sizes && (k == QuantKind::kInt || k == QuantKind::kMinifloat);
+}
+
+// [.., L, ..] -> [.., ceil(L / B), B, ..] for every blocked axis, zero padding L up to a multiple.
+at::Tensor block_view(const at::Tensor& x, const BlockPlan& plan) {
+  at::Tensor y = x;
+  for (auto it = plan.blocked.rbegin(); it != plan.blocked.rend(); ++it) {
+    const auto [axis, size] = *it;
+    const int64_t len = y.size(axis);
+    const int64_t pad = (size - len % size) % size;
+    if (pad) {
+      std::vector<int64_t> spec(2 * (y.dim() - axis), 0);
+      spec[spec.size() - 1] = pad;
+      y = at::constant_pad_nd(y, spec, 0);
+    }
+    std::vector<int64_t> shape(y.sizes().begin(), y.sizes().end());
+    shape[axis] = (len + pad) / size;
+    shape.insert(shape.begin() + axis + 1, size);
+    y = y.reshape(shape);
+  }
+  return y;
+}
+
+at::Tensor block_unview(const at::Tensor& y, at::IntArrayRef orig, const BlockPlan& plan) {
+  std::vector<int64_t> padded(orig.begin(), orig.end());
+  for (const auto& [axis, size] : plan.blocked) padded[axis] = (orig[axis] + size - 1) / size * size;
+  at::Tensor out = y.reshape(padded);
+  for (const auto& [axis, size] : plan.blocked) {
+    if (padded[axis] != orig[axis]) out = out.narrow(axis, 0, orig[axis]);
+  }
+  return out;
+}
+
+at::Tensor apply_pre_quant_scale(const at::Tensor& x, const c10::optional<at::Tensor>& pqs) {
+  if (!pqs.has_value() || !pqs->defined()) return x;
+  return at::mul(x, pqs->to(x.scalar_type()));
+}
+
+at::Tensor fake_quant_with_amax(const at::Tensor& v, const at::Tensor& amax,
+                                const QuantizerAttributeConfig& cfg) {
+  if (cfg.num_bits.is_float) {
+    return fake_quant_fp(v, amax, cfg.num_bits.exponent, cfg.num_bits.mantissa,
+                         cfg.pass_through_bwd);
+  }
+  return fake_quant_int(v, amax, cfg.num_bits.bits, cfg.is_unsigned, cfg.narrow_range,
+                        cfg.pass_through_bwd);
+}
+
+bool is_dynamic(const QuantizerAttributeConfig& cfg) {
+  return cfg.type == "dynamic" || (cfg.block_sizes && cfg.block_sizes->dynamic());
+}
+
+at::Tensor quantize_tensor_impl(const at::Tensor& x_in, const c10::optional<at::Tensor>& amax,
+                                const c10::optional<at::Tensor>& pqs, c10::string_view cfg_json) {
+  const QuantizerAttributeConfig& cfg = parse_quantizer_config_cached(std::string(cfg_json));
+  at::Tensor x = apply_pre_quant_scale(x_in, pqs);
+  if (!cfg.enable) return x;
+  const QuantKind kind = quant_kind(cfg);
+  const bool have_amax = amax.has_value() && amax->defined();
+  switch (kind) {
+    case QuantKind::kNVFP4:
+    case QuantKind::kMX:
+    case QuantKind::kNF4:
+      return quantize_block_format(x, have_amax ? *amax : at::Tensor(), cfg, kind);
+    case QuantKind::kInt:
+    case QuantKind::kMinifloat:
+      break;
+  }
+  at::Tensor view = x;
+  BlockPlan plan;
+  if (cfg.block_sizes) {
+    plan = block_plan(*cfg.block_sizes, x.dim());
+    view = block_view(x, plan);
+  }
+  const auto keep = quantizer_amax_axes(cfg, x.dim());
+  at::Tensor a = (have_amax && !is_dynamic(cfg)) ? *amax : mopt::compute_amax(view.detach(), keep);
+  at::Tensor y = fake_quant_with_amax(view, a, cfg);
+  return cfg.block_sizes ? block_unview(y, x.sizes(), plan) : y;
+}
+
+at::Tensor calib_view_impl(const at::Tensor& x_in, const c10::optional<at::Tensor>& pqs,
+                           c10::string_view cfg_json) {
+  const QuantizerAttributeConfig& cfg = parse_quantizer_config_cached(std::string(cfg_json));
+  at::Tensor x = apply_pre_quant_scale(x_in, pqs);
+  if (!uses_block_view(cfg)) return x;
+  return block_view(x, block_plan(*cfg.block_sizes, x.dim()));
+}
+
+}  // namespace
+
+QuantKind quant_kind(const QuantizerAttributeConfig& cfg) {
+  const auto& b = cfg.block_sizes;
+  if (b && b->scale_bits) {
+    const NumBits& s = *b->scale_bits;
+    if (cfg.num_bits == NumBits::minifloat(2, 1) && s == NumBits::minifloat(4, 3)) {
+      return QuantKind::kNVFP4;
+    }
+    if (s == NumBits::minifloat(8, 0)) return QuantKind::kMX;
+    if (!cfg.num_bits.is_float && cfg.num_bits.bits == 4 && !s.is_float && s.bits == 8) {
+      return QuantKind::kNF4;
+    }
+    MOPT_CHECK_IMPLEMENTED(false, "block scales quantized to ",
+                           s.is_float ? "(" + std::to_string(s.exponent) + ", " +
+                                            std::to_string(s.mantissa) + ")"
+                                      : std::to_string(s.bits) + " bits",
+                           " are only implemented for NVFP4 (num_bits (2, 1), scale_bits (4, 3)), "
+                           "MX (scale_bits (8, 0)) and NF4 (num_bits 4, scale_bits 8)");
+  }
+  return cfg.num_bits.is_float ? QuantKind::kMinifloat : QuantKind::kInt;
+}
+
+std::vector<int64_t> quantizer_amax_axes(const QuantizerAttributeConfig& cfg, int64_t ndim) {
+  std::vector<int64_t> keep;
+  if (cfg.block_sizes) {
+    const QuantKind kind = quant_kind(cfg);
+    if (kind != QuantKind::kInt && kind != QuantKind::kMinifloat) return keep;  // tensor scale
+    const BlockPlan plan = block_plan(*cfg.block_sizes, ndim);
+    int64_t v = 0;  // running dim index in the view
+    for (int64_t d = 0; d < ndim; ++d) {
+      const bool blocked = std::any_of(plan.blocked.begin(), plan.blocked.end(),
+                                       [&](const auto& p) { return p.first == d; });
+      const bool whole = std::find(plan.whole.begin(), plan.whole.end(), d) != plan.whole.end();
+      if (blocked) {
+        keep.push_back(v);  // block index kept, block contents reduced
+        v += 2;
+      } else {
+        if (!whole) keep.push_back(v);
+        v += 1;
+      }
+    }
+    return keep;
+  }
+  if (cfg.axis) return core::normalize_axes(*cfg.axis, ndim, "axis");
+  return keep;
+}
+
+at::Tensor quantize_tensor(const at::Tensor& x, const c10::optional<at::Tensor>& amax,
+                           const c10::optional<at::Tensor>& pre_quant_scale,
+                           const std::string& cfg_json) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mopt::quantize_tensor", "")
+                       .typed<at::Tensor(const at::Tensor&, const c10::optional<at::Tensor>&,
+                                         const c10::optional<at::Tensor>&, c10::string_view)>();
+  return op.call(x, amax, pre_quant_scale, cfg_json);
+}
+
+at::Tensor quantizer_calib_view(const at::Tensor& x,
+                                const c10::optional<at::Tensor>& pre_quant_scale,
+                                const std::string& cfg_json) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mopt::quantizer_calib_view", "")
+                       .typed<at::Tensor(const at::Tensor&, const c10::optional<at::Tensor>&,
+                                         c10::string_view)>();
+  return op.call(x, pre_quant_scale, cfg_json);
+}
+
+TORCH_LIBRARY_FRAGMENT(mopt, m) {
+  m.def("quantize_tensor(Tensor x, Tensor? amax, Tensor? pre_quant_scale, str cfg) -> Tensor");
+  m.def("quantizer_calib_view(Tensor x, Tensor? pre_quant_scale, str cfg) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(mopt, CompositeImplicitAutograd, m) {
+  m.impl("quantize_tensor", &quantize_tensor_impl);
+  m.impl("quantizer_calib_view", &calib_view_impl);
+}
+
+}  // namespace mopt
