@@ -129,23 +129,36 @@ at::Tensor amax_cpu(const at::Tensor& x, at::IntArrayRef keep_axes) {
   return c.out;
 }
 
+// Meta kernels work on symbolic shapes (torch.compile with dynamic shapes): they use sym_sizes
+// and leave size-dependent argument checks to the real kernels.
+void check_amax_rank(const at::Tensor& x, const at::Tensor& amax) {
+  MOPT_CHECK_VALUE(amax.dim() <= x.dim(), "amax has ", amax.dim(), " dims but the input has ",
+                   x.dim());
+}
+
 at::Tensor fake_quant_int_meta(const at::Tensor& x, const at::Tensor& amax, int64_t num_bits,
                                bool, bool, bool) {
   check_floating_input(x);
-  core::amax_keep_mask(x, amax);
-  return at::empty_like(x, x.options().memory_format(at::MemoryFormat::Contiguous));
+  check_amax_rank(x, amax);
+  return at::empty_symint(x.sym_sizes(), x.options());
 }
 
 at::Tensor fake_quant_fp_meta(const at::Tensor& x, const c10::optional<at::Tensor>& amax, int64_t,
                               int64_t, bool) {
   check_floating_input(x);
-  if (amax.has_value() && amax->defined()) core::amax_keep_mask(x, *amax);
-  return at::empty_like(x, x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (amax.has_value() && amax->defined()) check_amax_rank(x, *amax);
+  return at::empty_symint(x.sym_sizes(), x.options());
 }
 
 at::Tensor amax_meta(const at::Tensor& x, at::IntArrayRef keep_axes) {
   check_floating_input(x);
-  return at::empty(amax_shape(x, keep_axes), x.options().dtype(at::kFloat));
+  const auto axes = core::normalize_axes(keep_axes, x.dim(), "amax keep axis");
+  const auto keep = core::keep_mask_from_axes(axes, x.dim());
+  std::vector<c10::SymInt> shape(x.dim(), c10::SymInt(1));
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    if (keep[d]) shape[d] = x.sym_size(d);
+  }
+  return at::empty_symint(shape, x.options().dtype(at::kFloat));
 }
 
 }  // namespace

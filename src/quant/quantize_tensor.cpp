@@ -38,31 +38,35 @@ bool uses_block_view(const QuantizerAttributeConfig& cfg) {
 }
 
 // [.., L, ..] -> [.., ceil(L / B), B, ..] for every blocked axis, zero padding L up to a multiple.
+// Sizes stay symbolic so the composite traces under torch.compile with dynamic shapes; only the
+// padding amount is specialized.
 at::Tensor block_view(const at::Tensor& x, const BlockPlan& plan) {
   at::Tensor y = x;
   for (auto it = plan.blocked.rbegin(); it != plan.blocked.rend(); ++it) {
     const auto [axis, size] = *it;
-    const int64_t len = y.size(axis);
-    const int64_t pad = (size - len % size) % size;
+    const c10::SymInt len = y.sym_size(axis);
+    const int64_t pad = ((size - len % size) % size).guard_int(__FILE__, __LINE__);
     if (pad) {
-      std::vector<int64_t> spec(2 * (y.dim() - axis), 0);
-      spec[spec.size() - 1] = pad;
-      y = at::constant_pad_nd(y, spec, 0);
+      std::vector<c10::SymInt> spec(2 * (y.dim() - axis), c10::SymInt(0));
+      spec.back() = pad;
+      y = at::constant_pad_nd_symint(y, spec, 0);
     }
-    std::vector<int64_t> shape(y.sizes().begin(), y.sizes().end());
+    std::vector<c10::SymInt> shape(y.sym_sizes().begin(), y.sym_sizes().end());
     shape[axis] = (len + pad) / size;
-    shape.insert(shape.begin() + axis + 1, size);
-    y = y.reshape(shape);
+    shape.insert(shape.begin() + axis + 1, c10::SymInt(size));
+    y = y.reshape_symint(shape);
   }
   return y;
 }
 
-at::Tensor block_unview(const at::Tensor& y, at::IntArrayRef orig, const BlockPlan& plan) {
-  std::vector<int64_t> padded(orig.begin(), orig.end());
+at::Tensor block_unview(const at::Tensor& y, c10::SymIntArrayRef orig, const BlockPlan& plan) {
+  std::vector<c10::SymInt> padded(orig.begin(), orig.end());
   for (const auto& [axis, size] : plan.blocked) padded[axis] = (orig[axis] + size - 1) / size * size;
-  at::Tensor out = y.reshape(padded);
+  at::Tensor out = y.reshape_symint(padded);
   for (const auto& [axis, size] : plan.blocked) {
-    if (padded[axis] != orig[axis]) out = out.narrow(axis, 0, orig[axis]);
+    if (padded[axis] != orig[axis]) {  // SymInt != guards on the padding
+      out = out.narrow_symint(axis, 0, orig[axis]);
+    }
   }
   return out;
 }
@@ -111,7 +115,7 @@ at::Tensor quantize_tensor_impl(const at::Tensor& x_in, const c10::optional<at::
   const auto keep = quantizer_amax_axes(cfg, x.dim());
   at::Tensor a = (have_amax && !is_dynamic(cfg)) ? *amax : mopt::compute_amax(view.detach(), keep);
   at::Tensor y = fake_quant_with_amax(view, a, cfg);
-  return cfg.block_sizes ? block_unview(y, x.sizes(), plan) : y;
+  return cfg.block_sizes ? block_unview(y, x.sym_sizes(), plan) : y;
 }
 
 at::Tensor calib_view_impl(const at::Tensor& x_in, const c10::optional<at::Tensor>& pqs,
