@@ -48,7 +48,9 @@ def replace_quant_module(model: nn.Module, converted: list | None = None) -> int
 
 def _set_one(model: nn.Module, name: str, module: nn.Module, attribute: Any) -> nn.Module:
     """Applies `attribute` to the quantizer at `name`, switching between Tensor- and
-    SequentialQuantizer when the attribute's form asks for it."""
+    SequentialQuantizer when the attribute's form asks for it: a list makes a SequentialQuantizer,
+    a full QuantizerAttributeConfig makes a single TensorQuantizer again, and a plain dict on a
+    SequentialQuantizer updates each of its quantizers (as the reference does)."""
     if isinstance(attribute, (list, tuple)):
         if not isinstance(module, SequentialQuantizer) or len(module) != len(attribute):
             new = SequentialQuantizer(*[TensorQuantizer() for _ in attribute])
@@ -57,7 +59,8 @@ def _set_one(model: nn.Module, name: str, module: nn.Module, attribute: Any) -> 
             parent, attr = parent_of(model, name)
             setattr(parent, attr, new)
             module = new
-    elif isinstance(module, SequentialQuantizer):
+    elif isinstance(module, SequentialQuantizer) and isinstance(attribute,
+                                                                QuantizerAttributeConfig):
         new = TensorQuantizer()
         new._mopt_name = name
         parent, attr = parent_of(model, name)
@@ -145,7 +148,8 @@ def apply_quant_cfg_full(quant_model: nn.Module, quant_cfg: dict) -> None:
     for pattern, cfg, parent_class in _iter_cfg(quant_cfg):
         n = set_quantizer_attribute(quant_model, pattern, _full(cfg), parent_class)
         if n == 0 and _enables(cfg) and isinstance(pattern, str):
-            unmatched.append(pattern if parent_class is None else f"{parent_class.__name__}/{pattern}")
+            owner = "" if parent_class is None else f"{parent_class.__name__}/"
+            unmatched.append(f"{owner}{pattern}")
     if unmatched:
         raise ValueError(
             f"mopt: quant_cfg enables quantizers with pattern(s) {unmatched} that match no "

@@ -98,7 +98,11 @@ class _QuantModuleRegistryCls:
         quant_cls = self._by_type[orig]
         module.__class__ = quant_cls
         module._mopt_original_cls = orig
-        module._setup()
+        try:
+            module._setup()
+        except BaseException:
+            module._unsetup()  # a half-set-up module must not stay behind
+            raise
         return module
 
 
