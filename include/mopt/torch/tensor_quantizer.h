@@ -1,0 +1,176 @@
+// TensorQuantizer and SequentialQuantizer as torch::nn::Modules for the LibTorch C++ frontend.
+// Same state (buffers `_amax`, `_pre_quant_scale`), flags, forward order and printed form as the
+// Python mtq.nn.TensorQuantizer; the arithmetic is the shared mopt::quantize_tensor operator, so
+// a C++ model gives bit-identical numbers to the same model quantized from Python.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "mopt/calib/max_calibrator.h"
+#include "mopt/quant/config.h"
+
+namespace mopt {
+
+/// Fake-quantizes a tensor as its QuantizerAttributeConfig describes and calibrates its amax.
+///
+/// Forward: multiply by pre_quant_scale; if disabled, return; if calibrating, feed the calibration
+/// view (block reshape with zero padding) to the calibrator; if quantizing, fake-quantize. A static
+/// quantizer that was never calibrated uses its input's dynamic amax (with a one-time warning).
+class TensorQuantizerImpl : public torch::nn::Cloneable<TensorQuantizerImpl> {
+ public:
+  /// A quantizer with `attributes` (default: 8-bit per tensor), quantizing, not calibrating.
+  explicit TensorQuantizerImpl(QuantizerAttributeConfig attributes = {}, bool if_quant = true,
+                               bool if_calib = false);
+
+  /// Re-registers the buffers from the quantizer's state (Cloneable::clone calls it).
+  void reset() override;
+
+  /// Applies the quantizer (see the class comment for the order).
+  at::Tensor forward(const at::Tensor& inputs);
+
+  /// Replaces every attribute (fields a config omits take their defaults).
+  void set_from_attribute_config(const QuantizerAttributeConfig& attributes);
+  /// Sets only the keys present in the JSON object (set_quantizer_attribute semantics).
+  void set_attributes(const std::string& json);
+  /// The current attributes and their normalized JSON.
+  const QuantizerAttributeConfig& attribute_config() const { return attr_; }
+  const std::string& attribute_json() const { return attr_json_; }
+
+  /// Attribute accessors (Python's properties of the same names).
+  const NumBits& num_bits() const { return attr_.num_bits; }
+  const std::optional<std::vector<int64_t>>& axis() const { return attr_.axis; }
+  const std::optional<BlockSizes>& block_sizes() const { return attr_.block_sizes; }
+  bool is_unsigned() const { return attr_.is_unsigned; }
+  bool narrow_range() const { return attr_.narrow_range; }
+  bool fake_quant() const { return attr_.fake_quant; }
+  /// False after disable() or with `enable: false`.
+  bool is_enabled() const { return !disabled_; }
+  /// True when amax comes from calibration rather than from each input.
+  bool is_static() const { return needs_amax_; }
+  /// The quant / calib mode flags (Python's _if_quant / _if_calib).
+  bool is_quant_enabled() const { return if_quant_; }
+  bool is_calib_enabled() const { return if_calib_; }
+  /// Largest quantized magnitude: 2^(b-1+unsigned)-1, or the minifloat maximum.
+  double maxbound() const;
+  /// amax / maxbound (nullopt before calibration).
+  c10::optional<at::Tensor> step_size() const;
+
+  /// The calibrated amax (nullopt when unset; the quantizer then uses the dynamic amax).
+  c10::optional<at::Tensor> amax() const;
+  /// Sets amax (stored as fp32). RuntimeError when an amax of another shape is already set.
+  void set_amax(const at::Tensor& value);
+  /// Removes the amax and resets the calibrator.
+  void reset_amax();
+  /// The per-channel scale applied before quantization (nullopt when unset).
+  c10::optional<at::Tensor> pre_quant_scale() const;
+  /// Sets (or with nullopt removes) pre_quant_scale.
+  void set_pre_quant_scale(const c10::optional<at::Tensor>& value);
+
+  /// Switch the quantizer on or off (off: identity after pre_quant_scale).
+  void enable() { disabled_ = false; }
+  void disable() { disabled_ = true; }
+  /// Switch fake quantization on or off (calibration-only mode when off).
+  void enable_quant() { if_quant_ = true; }
+  void disable_quant() { if_quant_ = false; }
+  /// ValueError without a calibrator; NotImplementedError for calibrators only Python has.
+  void enable_calib();
+  /// Stop feeding the calibrator.
+  void disable_calib() { if_calib_ = false; }
+
+  /// Feeds one batch to the calibrator, whatever the calib flag.
+  void collect(const at::Tensor& inputs);
+  /// Sets amax from the calibrator (a warning and no change when it collected nothing).
+  void load_calib_amax();
+  /// amax for export (fp32), nullopt when unset.
+  c10::optional<at::Tensor> export_amax() const { return amax(); }
+  /// The max calibrator (nullptr before the first batch or for other calibrator kinds).
+  const MaxCalibrator* calibrator() const { return calibrator_ ? &*calibrator_ : nullptr; }
+
+  /// amax as the summary shows it: "dynamic", "1.86e-01" or "[1.86e-01, 2.50e-01](32)".
+  std::string short_amax() const;
+  /// Python's extra_repr: "8 bit fake axis=0 amax=[1.86e-01, 2.50e-01](32) calibrator=... quant".
+  std::string extra_repr() const;
+  /// Prints "TensorQuantizer(<extra_repr>)", as Python prints the module.
+  void pretty_print(std::ostream& stream) const override;
+  /// Full name in the model, used in messages (set by mopt::quantize).
+  const std::string& quantizer_name() const { return name_; }
+  /// Sets the name used in messages.
+  void set_quantizer_name(std::string name) { name_ = std::move(name); }
+
+  /// Loads `_amax` / `_pre_quant_scale` from a checkpoint, creating or reshaping them as needed
+  /// (a freshly quantized model has no amax yet).
+  void load(torch::serialize::InputArchive& archive) override;
+
+ private:
+  at::Tensor calib_view(const at::Tensor& inputs);
+  at::Tensor scaled_input(const at::Tensor& inputs) const;
+  void sync_buffers();
+
+  QuantizerAttributeConfig attr_;
+  std::string attr_json_;
+  bool if_quant_ = true;
+  bool if_calib_ = false;
+  bool disabled_ = false;
+  bool needs_amax_ = true;
+  bool warned_uncalibrated_ = false;
+  std::string name_;
+  at::Tensor amax_;             // the `_amax` buffer when defined
+  at::Tensor pre_quant_scale_;  // the `_pre_quant_scale` buffer when defined
+  std::optional<MaxCalibrator> calibrator_;
+  std::optional<std::vector<int64_t>> calibrator_axes_;
+};
+
+/// Module holder of TensorQuantizerImpl.
+TORCH_MODULE(TensorQuantizer);
+
+/// Several TensorQuantizers applied in order (e.g. INT4 blocks then FP8 for W4A8 weights),
+/// registered as children "0", "1", ...
+class SequentialQuantizerImpl : public torch::nn::Cloneable<SequentialQuantizerImpl> {
+ public:
+  /// `n` default quantizers.
+  explicit SequentialQuantizerImpl(size_t n = 1);
+
+  /// Rebuilds the children after clone(): the quantizers are cloned by Cloneable.
+  void reset() override;
+
+  /// Applies every quantizer in order.
+  at::Tensor forward(const at::Tensor& inputs);
+
+  /// One full attribute config per quantizer (ValueError when the counts differ).
+  void set_from_attribute_config(const std::vector<QuantizerAttributeConfig>& attributes);
+  /// One attribute JSON per quantizer, setting only the keys given.
+  void set_attributes(const std::vector<std::string>& json);
+
+  /// Number of quantizers.
+  size_t size() const { return quantizers_.size(); }
+  /// The i-th quantizer.
+  TensorQuantizer at(size_t i) const { return quantizers_.at(i); }
+  /// All quantizers, in order.
+  const std::vector<TensorQuantizer>& quantizers() const { return quantizers_; }
+
+  /// Enable / disable every quantizer.
+  void enable();
+  void disable();
+  /// True when any quantizer is enabled.
+  bool is_enabled() const;
+
+  /// Prints "SequentialQuantizer" (the children print below it).
+  void pretty_print(std::ostream& stream) const override;
+
+ private:
+  std::vector<TensorQuantizer> quantizers_;
+};
+
+/// Module holder of SequentialQuantizerImpl.
+TORCH_MODULE(SequentialQuantizer);
+
+}  // namespace mopt
