@@ -1,0 +1,124 @@
+#include <algorithm>
+
+#include "common/parallel.h"
+#include "gptq/gptq.h"
+#include "gptq/gptq_math.h"
+
+namespace mopt::kernels::gptq {
+
+namespace {
+
+// Enough multiply-adds per parallel task to amortize the dispatch.
+constexpr int64_t kMinTaskWork = 1 << 16;
+
+void check_spec(const QuantSpec& s) {
+  if (s.format == Format::kInt) {
+    MOPT_CHECK(s.num_bits >= 2 && s.num_bits <= 16, "integer num_bits must be in [2, 16], got ",
+               s.num_bits);
+  } else if (s.format == Format::kMinifloat) {
+    MOPT_CHECK(s.exponent_bits >= 1 && s.exponent_bits <= 5 && s.mantissa_bits >= 0 &&
+                   s.mantissa_bits <= 10,
+               "minifloat format E", s.exponent_bits, "M", s.mantissa_bits, " is not supported");
+  } else {
+    MOPT_CHECK(s.nvfp4_tensor_scale >= 0.0f, "NVFP4 tensor scale must be non-negative, got ",
+               s.nvfp4_tensor_scale);
+  }
+}
+
+void check_groups(const Groups& g, int64_t cols) {
+  MOPT_CHECK(g.group_size > 0, "group_size must be positive, got ", g.group_size);
+  MOPT_CHECK(g.count == (cols + g.group_size - 1) / g.group_size, "group count ", g.count,
+             " does not cover ", cols, " columns in groups of ", g.group_size);
+  MOPT_CHECK(g.param != nullptr, "null group parameters");
+}
+
+// Parameters of group g of one row from the weights v[0, n) of that group.
+inline void set_group(const ElementQuant& q, const float* v, int64_t n, int64_t first_col,
+                      float* param, int32_t* pin) {
+  const GroupMax m = group_max(v, n, 1);
+  *param = q.param_from_amax(m.amax);
+  if (pin != nullptr) *pin = *param != 0.0f ? static_cast<int32_t>(first_col + m.argmax) : -1;
+}
+
+}  // namespace
+
+void gptq_check(const BlockArgs& a) {
+  MOPT_CHECK(a.rows >= 0 && a.ncols >= 0 && a.col0 >= 0, "negative size");
+  MOPT_CHECK(a.ldw >= a.col0 + a.ncols, "ldw ", a.ldw, " is smaller than the block end ",
+             a.col0 + a.ncols);
+  MOPT_CHECK(a.ldh >= a.col0 + a.ncols, "ldh ", a.ldh, " is smaller than the block end ",
+             a.col0 + a.ncols);
+  MOPT_CHECK(
+      a.rows == 0 || a.ncols == 0 ||
+          (a.w != nullptr && a.hinv != nullptr && a.err != nullptr && a.col_index != nullptr),
+      "null data pointer");
+  check_spec(a.spec);
+  check_groups(a.groups, a.ldw);
+  if (a.groups_at_start) {
+    MOPT_CHECK(a.col0 % a.groups.group_size == 0 &&
+                   (a.ncols % a.groups.group_size == 0 || a.col0 + a.ncols == a.ldw),
+               "groups computed at their first column must lie inside the block: block [", a.col0,
+               ", ", a.col0 + a.ncols, ") and group size ", a.groups.group_size);
+  }
+}
+
+void gptq_group_params_cpu(const GroupParamsArgs& a) {
+  check_spec(a.spec);
+  check_groups(a.groups, a.cols);
+  MOPT_CHECK(a.ld >= a.cols, "ld ", a.ld, " is smaller than cols ", a.cols);
+  const ElementQuant q = make_element_quant(a.spec);
+  const Groups& g = a.groups;
+  const bool pins = a.spec.format == Format::kNVFP4 && g.pin != nullptr;
+  parallel_for(0, a.rows, rows_grain(a.cols, kMinTaskWork), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t k = 0; k < g.count; ++k) {
+        const int64_t c = k * g.group_size;
+        set_group(q, a.w + r * a.ld + c, std::min(g.group_size, a.cols - c), c,
+                  g.param + r * g.count + k, pins ? g.pin + r * g.count + k : nullptr);
+      }
+    }
+  });
+}
+
+void gptq_block_cpu(const BlockArgs& a) {
+  gptq_check(a);
+  const ElementQuant q = make_element_quant(a.spec);
+  const Groups& g = a.groups;
+  const bool pins = a.spec.format == Format::kNVFP4 && g.pin != nullptr;
+  const int64_t n = a.ncols;
+  parallel_for(0, a.rows, rows_grain(n * n / 2 + n, kMinTaskWork), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* __restrict__ wr = a.w + r * a.ldw + a.col0;
+      float* __restrict__ er = a.err + r * n;
+      float* gp = g.param + r * g.count;
+      int32_t* gpin = pins ? g.pin + r * g.count : nullptr;
+      float loss = 0.0f;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t c = a.col_index[a.col0 + j];
+        const int64_t k = c / g.group_size;
+        if (a.groups_at_start && c % g.group_size == 0) {
+          set_group(q, wr + j, std::min(g.group_size, n - j), c, gp + k, pins ? gpin + k : nullptr);
+        }
+        const float x = wr[j];
+        float y = q(x, gp[k]);
+        if (pins && gpin[k] >= 0) {
+          if (q.reaches_top_code(x, gp[k])) {
+            gpin[k] = -1;
+          } else if (gpin[k] == c) {
+            y = q.top_code(x, gp[k]);
+            gpin[k] = -1;
+          }
+        }
+        const float* __restrict__ h = a.hinv + (a.col0 + j) * a.ldh + a.col0;
+        const float e = (x - y) / h[j];
+        wr[j] = y;
+        er[j] = e;
+        loss += e * e;
+        for (int64_t t = j + 1; t < n; ++t) wr[t] -= e * h[t];
+      }
+      if (a.row_loss != nullptr) a.row_loss[r] += 0.5f * loss;
+    }
+  });
+}
+
+}  // namespace mopt::kernels::gptq

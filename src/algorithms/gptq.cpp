@@ -1,0 +1,413 @@
+#include "mopt/algorithms/gptq.h"
+
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cholesky_inverse.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linalg_cholesky_ex.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+#include <vector>
+
+#include "algorithms/gptq_cuda.h"
+#include "block_quant/block_quant_math.h"
+#include "core/tensor_utils.h"
+#include "gptq/gptq.h"
+#include "mopt/core/error.h"
+#include "mopt/quant/config.h"
+#include "mopt/quant/quantize_tensor.h"
+
+namespace mopt::algorithms {
+
+namespace {
+
+namespace kg = kernels::gptq;
+
+std::string layer_label(const std::string& name) {
+  return name.empty() ? std::string("GPTQ") : "GPTQ of layer '" + name + "'";
+}
+
+bool all_finite(const at::Tensor& t) { return t.isfinite().all().item<bool>(); }
+
+// How the weight quantizer groups a [rows, cols] weight: one amax per tensor, per row, or per
+// block of `group_size` consecutive inputs of a row.
+enum class Granularity { kPerTensor, kPerRow, kBlocks };
+
+struct ColumnQuantizer {
+  kg::QuantSpec spec;
+  Granularity granularity = Granularity::kPerTensor;
+  int64_t group_size = 0;
+  bool static_nvfp4 = false;  // NVFP4 with calibrated block amaxes (block_sizes type "static")
+};
+
+ColumnQuantizer column_quantizer(const QuantizerAttributeConfig& cfg, int64_t cols,
+                                 const std::string& label) {
+  MOPT_CHECK_VALUE(cfg.enable, label, ": the weight quantizer is disabled");
+  MOPT_CHECK_IMPLEMENTED(!cfg.is_unsigned, label,
+                         ": unsigned weight quantizers are not supported by GPTQ");
+  const QuantKind kind = quant_kind(cfg);
+  MOPT_CHECK_IMPLEMENTED(
+      kind == QuantKind::kInt || kind == QuantKind::kMinifloat || kind == QuantKind::kNVFP4, label,
+      ": GPTQ supports integer, minifloat and NVFP4 weight quantizers; "
+      "MX and NF4 block formats are not supported");
+  ColumnQuantizer c;
+  if (kind == QuantKind::kInt) {
+    c.spec.format = kg::Format::kInt;
+    c.spec.num_bits = cfg.num_bits.bits;
+    c.spec.narrow_range = cfg.narrow_range;
+  } else if (kind == QuantKind::kMinifloat) {
+    c.spec.format = kg::Format::kMinifloat;
+    c.spec.exponent_bits = cfg.num_bits.exponent;
+    c.spec.mantissa_bits = cfg.num_bits.mantissa;
+  } else {
+    c.spec.format = kg::Format::kNVFP4;
+  }
+  const bool dynamic = cfg.type == "dynamic" || (cfg.block_sizes && cfg.block_sizes->dynamic());
+  MOPT_CHECK_IMPLEMENTED(!dynamic || kind == QuantKind::kNVFP4, label,
+                         ": dynamic weight quantizers are only supported by GPTQ for NVFP4 "
+                         "(the result must be a fixed point of the quantizer)");
+  c.static_nvfp4 = kind == QuantKind::kNVFP4 && !dynamic;
+  if (cfg.block_sizes) {
+    std::vector<std::pair<int64_t, int64_t>> blocked;
+    bool whole_rows = false;
+    for (const auto& [axis, size] : cfg.block_sizes->axes) {
+      const int64_t a = core::normalize_axes({axis}, 2, "block_sizes axis")[0];
+      MOPT_CHECK_IMPLEMENTED(a == 1, label,
+                             ": GPTQ supports blocks along the input axis (-1) "
+                             "only, got a block along axis ",
+                             axis);
+      if (size)
+        blocked.emplace_back(a, *size);
+      else
+        whole_rows = true;
+    }
+    if (blocked.empty()) {
+      c.granularity = Granularity::kPerRow;  // {-1: None}: one amax per output row
+      c.group_size = cols;
+    } else {
+      c.granularity = Granularity::kBlocks;
+      c.group_size = blocked.front().second;
+    }
+    MOPT_CHECK_IMPLEMENTED(!(whole_rows && !blocked.empty()), label,
+                           ": conflicting block_sizes entries for the input axis");
+  } else {
+    MOPT_CHECK_IMPLEMENTED(kind != QuantKind::kNVFP4, label, ": NVFP4 without block_sizes");
+    if (cfg.axis && !cfg.axis->empty()) {
+      const auto axes = core::normalize_axes(*cfg.axis, 2, "axis");
+      MOPT_CHECK_IMPLEMENTED(axes.size() == 1 && axes[0] == 0, label,
+                             ": GPTQ supports per-tensor or per-output-channel (axis=0) weight "
+                             "scales, got axis ",
+                             c10::IntArrayRef(*cfg.axis));
+      c.granularity = Granularity::kPerRow;
+    } else {
+      c.granularity = Granularity::kPerTensor;
+    }
+    c.group_size = cols;
+  }
+  return c;
+}
+
+// Runs a kernel of the column loop on the device holding the weight.
+void run_group_params(const kg::GroupParamsArgs& a, const c10::Device& device) {
+  if (device.is_cpu()) {
+    core::call_kernel([&] { kg::gptq_group_params_cpu(a); });
+    return;
+  }
+#ifdef MOPT_WITH_CUDA_OPS
+  if (device.is_cuda()) {
+    core::call_kernel([&] { detail::gptq_group_params_cuda(a, device); });
+    return;
+  }
+#endif
+  MOPT_CHECK_IMPLEMENTED(false, "GPTQ has no kernel for weights on ", device,
+                         " in this build of mopt");
+}
+
+void run_block(const kg::BlockArgs& a, const c10::Device& device) {
+  if (device.is_cpu()) {
+    core::call_kernel([&] { kg::gptq_block_cpu(a); });
+    return;
+  }
+#ifdef MOPT_WITH_CUDA_OPS
+  if (device.is_cuda()) {
+    core::call_kernel([&] { detail::gptq_block_cuda(a, device); });
+    return;
+  }
+#endif
+  MOPT_CHECK_IMPLEMENTED(false, "GPTQ has no kernel for weights on ", device,
+                         " in this build of mopt");
+}
+
+// Shape of the amax a calibration of this quantizer gives for `weight` (keepdims over the
+// calibration view), so the result can be stored in the quantizer's amax buffer.
+std::vector<int64_t> quantizer_amax_shape(const at::Tensor& weight, const std::string& cfg_json,
+                                          const QuantizerAttributeConfig& cfg) {
+  const at::Tensor meta = at::empty(weight.sizes(), weight.options().device(at::kMeta));
+  const at::Tensor view = quantizer_calib_view(meta, c10::nullopt, cfg_json);
+  const auto keep = quantizer_amax_axes(cfg, weight.dim());
+  std::vector<int64_t> shape(view.dim(), 1);
+  for (int64_t d : keep) shape[d] = view.size(d);
+  return shape;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Hessian
+
+GptqHessian::GptqHessian(int64_t in_features, std::string name)
+    : in_features_(in_features), name_(std::move(name)) {
+  MOPT_CHECK_VALUE(in_features > 0, "GptqHessian: in_features must be positive, got ", in_features);
+}
+
+void GptqHessian::add_batch(const at::Tensor& x) {
+  MOPT_CHECK_TYPE(at::isFloatingType(x.scalar_type()), layer_label(name_),
+                  ": inputs must be floating point, got ", x.scalar_type());
+  MOPT_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == in_features_, layer_label(name_),
+                   ": inputs must end in ", in_features_, " features, got shape ",
+                   core::shape_str(x.sizes()));
+  const at::Tensor flat = x.detach().reshape({-1, in_features_}).to(at::kFloat);
+  if (flat.size(0) == 0) return;  // e.g. an MoE expert that got no token in this batch
+  if (!sum_.defined()) {
+    sum_ = at::zeros({in_features_, in_features_}, flat.options());
+  } else {
+    MOPT_CHECK_VALUE(sum_.device() == flat.device(), layer_label(name_), ": inputs moved from ",
+                     sum_.device(), " to ", flat.device());
+  }
+  sum_.addmm_(flat.t(), flat);
+  num_samples_ += flat.size(0);
+}
+
+at::Tensor GptqHessian::hessian() const {
+  MOPT_CHECK_STATE(num_samples_ > 0, layer_label(name_),
+                   ": no calibration token reached this layer, so it has no Hessian");
+  return sum_.mul(2.0 / static_cast<double>(num_samples_));
+}
+
+void GptqHessian::reset() {
+  sum_ = at::Tensor();
+  num_samples_ = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inverse Hessian
+
+GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percdamp, bool act_order,
+                                        const std::string& name) {
+  const std::string label = layer_label(name);
+  MOPT_CHECK_VALUE(hessian.dim() == 2 && hessian.size(0) == hessian.size(1) && hessian.size(0) > 0,
+                   label, ": the Hessian must be a non-empty square matrix, got shape ",
+                   core::shape_str(hessian.sizes()));
+  MOPT_CHECK_TYPE(at::isFloatingType(hessian.scalar_type()), label,
+                  ": the Hessian must be floating point, got ", hessian.scalar_type());
+  MOPT_CHECK_VALUE(std::isfinite(percdamp) && percdamp >= 0.0 && percdamp <= 1.0, label,
+                   ": percdamp must be in [0, 1], got ", percdamp);
+  MOPT_CHECK_STATE(all_finite(hessian), label,
+                   ": the Hessian holds NaN or Inf; the calibration activations reaching this "
+                   "layer are not finite (or overflow fp32)");
+  const int64_t n = hessian.size(0);
+  // fp64 for the factorizations: they square the condition number of a possibly ill-conditioned H.
+  at::Tensor h = hessian.to(at::kDouble).clone();
+  at::Tensor diag = h.diagonal();
+  MOPT_CHECK_STATE(!diag.lt(0).any().item<bool>(), label,
+                   ": the Hessian has a negative diagonal entry, so it is not X^T X of any input");
+  const at::Tensor dead = diag.eq(0);
+  GptqHessianInverse out;
+  out.dead_columns = dead.sum().item<int64_t>();
+  diag.masked_fill_(dead, 1.0);
+  if (act_order) {
+    // Stable, so ties (dead channels) keep their order.
+    out.perm = std::get<1>(diag.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+    h = h.index_select(0, out.perm).index_select(1, out.perm);
+    diag = h.diagonal();
+  } else {
+    out.perm = at::arange(n, h.options().dtype(at::kLong));
+  }
+  const double mean_diag = diag.mean().item<double>();
+  double rel = percdamp;
+  while (true) {
+    at::Tensor damped = h.clone();
+    damped.diagonal().add_(rel * mean_diag);
+    auto [lower, info] = at::linalg_cholesky_ex(damped, /*upper=*/false, /*check_errors=*/false);
+    if (info.item<int64_t>() == 0) {
+      const at::Tensor inv = at::cholesky_inverse(lower, /*upper=*/false);
+      auto [upper, info2] = at::linalg_cholesky_ex(inv, /*upper=*/true, /*check_errors=*/false);
+      if (info2.item<int64_t>() == 0 && all_finite(upper)) {
+        out.upper = upper.to(at::kFloat).contiguous();
+        out.percdamp = rel;
+        return out;
+      }
+    }
+    MOPT_CHECK_STATE(rel < 1.0, label,
+                     ": the Hessian is not positive definite even with "
+                     "percdamp = 1 (requested ",
+                     percdamp, "); its inputs may be degenerate");
+    rel = std::min(1.0, std::max(rel * 10.0, 1e-4));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Column loop
+
+void gptq_check_weight_config(const std::string& weight_cfg_json, int64_t out_features,
+                              int64_t in_features, const std::string& name) {
+  const std::string label = layer_label(name);
+  MOPT_CHECK_VALUE(out_features > 0 && in_features > 0, label, ": empty weight [", out_features,
+                   ", ", in_features, "]");
+  const QuantizerAttributeConfig& cfg = parse_quantizer_config_cached(weight_cfg_json);
+  column_quantizer(cfg, in_features, label);
+  quantizer_amax_shape(
+      at::empty({out_features, in_features}, at::TensorOptions().device(at::kMeta)),
+      weight_cfg_json, cfg);
+}
+
+GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hessian,
+                                const std::string& weight_cfg_json, const GptqOptions& options,
+                                const c10::optional<at::Tensor>& tensor_amax,
+                                const std::string& name) {
+  const std::string label = layer_label(name);
+  MOPT_CHECK_VALUE(weight.dim() == 2, label, ": the weight must be 2-D [out, in], got shape ",
+                   core::shape_str(weight.sizes()));
+  MOPT_CHECK_TYPE(at::isFloatingType(weight.scalar_type()), label,
+                  ": the weight must be floating point, got ", weight.scalar_type());
+  const int64_t rows = weight.size(0), cols = weight.size(1);
+  MOPT_CHECK_VALUE(rows > 0 && cols > 0, label, ": empty weight of shape ",
+                   core::shape_str(weight.sizes()));
+  MOPT_CHECK_VALUE(hessian.dim() == 2 && hessian.size(0) == cols && hessian.size(1) == cols, label,
+                   ": the Hessian must be [", cols, ", ", cols, "] for a weight with ", cols,
+                   " inputs, got shape ", core::shape_str(hessian.sizes()));
+  MOPT_CHECK_VALUE(hessian.device() == weight.device(), label, ": the Hessian is on ",
+                   hessian.device(), " but the weight is on ", weight.device());
+  MOPT_CHECK_VALUE(options.block_size > 0, label, ": block_size must be positive, got ",
+                   options.block_size);
+  MOPT_CHECK_STATE(all_finite(weight), label, ": the weight holds NaN or Inf");
+  const QuantizerAttributeConfig& cfg = parse_quantizer_config_cached(weight_cfg_json);
+  const ColumnQuantizer cq = column_quantizer(cfg, cols, label);
+  const std::vector<int64_t> amax_shape = quantizer_amax_shape(weight, weight_cfg_json, cfg);
+
+  const GptqHessianInverse hinv =
+      gptq_hessian_inverse(hessian, options.percdamp, options.act_order, name);
+
+  // Working copy: fp32, columns in processing order.
+  const at::Tensor original = weight.detach().to(at::kFloat).contiguous();
+  kg::QuantSpec spec = cq.spec;
+  at::Tensor nvfp4_amax;
+  if (cq.static_nvfp4) {
+    // Static NVFP4 derives its tensor scale from the largest calibrated block amax, so every
+    // block amax must be known before the first column: they come from the original weight.
+    nvfp4_amax = original.abs().max();
+    spec.nvfp4_tensor_scale = kernels::block_quant::nvfp4_tensor_scale(nvfp4_amax.item<float>());
+  } else if (spec.format == kg::Format::kNVFP4) {
+    if (tensor_amax.has_value() && tensor_amax->defined()) {
+      MOPT_CHECK_VALUE(tensor_amax->numel() == 1, label,
+                       ": the NVFP4 tensor amax must hold one value, got shape ",
+                       core::shape_str(tensor_amax->sizes()));
+      nvfp4_amax = tensor_amax->detach().to(at::kFloat).reshape({});
+    } else {
+      nvfp4_amax = weight.detach().abs().max().to(at::kFloat);
+    }
+    const float g = nvfp4_amax.item<float>();
+    MOPT_CHECK_STATE(std::isfinite(g) && g >= 0.0f, label, ": the NVFP4 tensor amax is ", g);
+    spec.nvfp4_tensor_scale = kernels::block_quant::nvfp4_tensor_scale(g);
+  }
+
+  const bool permuted = options.act_order;
+  at::Tensor w = permuted ? original.index_select(1, hinv.perm.to(weight.device())).contiguous()
+                          : original.clone();
+  const at::Tensor hu = hinv.upper.to(weight.device());
+  const at::Tensor col_index = hinv.perm.to(at::kInt).to(weight.device()).contiguous();
+
+  const int64_t group_size = cq.group_size;
+  const int64_t n_groups = (cols + group_size - 1) / group_size;
+  at::Tensor group_param = at::empty({rows, n_groups}, original.options());
+  at::Tensor group_pin;
+  kg::Groups groups;
+  groups.group_size = group_size;
+  groups.count = n_groups;
+  groups.param = group_param.mutable_data_ptr<float>();
+  if (spec.format == kg::Format::kNVFP4 && !cq.static_nvfp4) {
+    group_pin = at::empty({rows, n_groups}, original.options().dtype(at::kInt));
+    groups.pin = group_pin.mutable_data_ptr<int32_t>();
+  }
+  // Blocks get their amax from the updated weights when the loop reaches them, unless act_order
+  // visits their columns out of order (or static NVFP4 needs them all first); whole rows and
+  // tensors use the original weight.
+  const bool groups_at_start =
+      cq.granularity == Granularity::kBlocks && !permuted && !cq.static_nvfp4;
+  if (cq.granularity == Granularity::kPerTensor) {
+    group_param.fill_(original.abs().max());
+  } else if (!groups_at_start) {
+    kg::GroupParamsArgs ga;
+    ga.w = original.const_data_ptr<float>();
+    ga.rows = rows;
+    ga.cols = cols;
+    ga.ld = cols;
+    ga.spec = spec;
+    ga.groups = groups;
+    run_group_params(ga, weight.device());
+  }
+  int64_t block = options.block_size;
+  if (groups_at_start) block = (block + group_size - 1) / group_size * group_size;
+
+  at::Tensor row_loss = at::zeros({rows}, original.options());
+  at::Tensor err = at::empty({rows, std::min(block, cols)}, original.options());
+  for (int64_t c0 = 0; c0 < cols; c0 += block) {
+    const int64_t nc = std::min(block, cols - c0);
+    kg::BlockArgs a;
+    a.w = w.mutable_data_ptr<float>();
+    a.rows = rows;
+    a.ldw = cols;
+    a.col0 = c0;
+    a.ncols = nc;
+    a.hinv = hu.const_data_ptr<float>();
+    a.ldh = cols;
+    a.err = err.mutable_data_ptr<float>();
+    a.col_index = col_index.const_data_ptr<int32_t>();
+    a.groups = groups;
+    a.groups_at_start = groups_at_start;
+    a.spec = spec;
+    a.row_loss = row_loss.mutable_data_ptr<float>();
+    run_block(a, weight.device());
+    const int64_t c1 = c0 + nc;
+    if (c1 < cols) {
+      // Lazy batch update: the block's errors reach every later column at once.
+      at::Tensor rest = w.narrow(1, c1, cols - c1);
+      rest.addmm_(err.narrow(1, 0, nc), hu.narrow(0, c0, nc).narrow(1, c1, cols - c1), 1.0, -1.0);
+    }
+  }
+  if (permuted) {
+    const at::Tensor inv_perm = std::get<1>(hinv.perm.sort()).to(weight.device());
+    w = w.index_select(1, inv_perm);
+  }
+
+  GptqResult out;
+  out.weight = w.to(weight.scalar_type()).reshape(weight.sizes());
+  at::Tensor amax;
+  if (cq.static_nvfp4) {
+    // The block amaxes the scales came from, as static calibration stores them.
+    const int64_t padded = n_groups * group_size;
+    amax = at::constant_pad_nd(original.abs(), {0, padded - cols}, 0.0)
+               .reshape({rows, n_groups, group_size})
+               .amax({2});
+  } else if (spec.format == kg::Format::kNVFP4) {
+    amax = nvfp4_amax.reshape({1});
+  } else if (cq.granularity == Granularity::kPerTensor) {
+    amax = group_param.select(1, 0).narrow(0, 0, 1).clone();
+  } else {
+    amax = group_param;
+  }
+  int64_t amax_numel = 1;
+  for (int64_t s : amax_shape) amax_numel *= s;
+  MOPT_CHECK_STATE(amax.numel() == amax_numel, label, ": internal error, GPTQ computed ",
+                   amax.numel(), " amax values but the quantizer holds ", amax_numel);
+  out.amax = amax.reshape(amax_shape).contiguous();
+  out.loss = row_loss.sum().item<double>();
+  out.percdamp = hinv.percdamp;
+  out.dead_columns = hinv.dead_columns;
+  return out;
+}
+
+}  // namespace mopt::algorithms
