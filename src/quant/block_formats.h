@@ -1,4 +1,4 @@
-// Dynamic block formats of the quantizer forward (internal): NVFP4, MX and NF4.
+// Block formats of the quantizer forward (internal): NVFP4, MX and NF4, dynamic or static.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -8,9 +8,12 @@
 
 namespace mopt {
 
-/// Fake-quantizes x in a block format along the config's blocked axis. global_amax is the
-/// calibrated per-tensor amax (NVFP4's tensor scale), or undefined to use the input's own.
-at::Tensor quantize_block_format(const at::Tensor& x, const at::Tensor& global_amax,
+/// Fake-quantizes x in a block format along the config's one blocked axis (moved last for the
+/// kernels and back; a partial last block counts as zero padded). `amax` is what the quantizer
+/// calibrated, or undefined: for dynamic blocks only NVFP4 reads it, as the one-element tensor
+/// amax behind its tensor scale (undefined: the input's own); static blocks read it as the
+/// per-block amax in the shape of the calibration view (undefined: each block's own).
+at::Tensor quantize_block_format(const at::Tensor& x, const at::Tensor& amax,
                                  const QuantizerAttributeConfig& cfg, QuantKind kind);
 
 }  // namespace mopt
