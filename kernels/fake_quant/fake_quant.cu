@@ -14,7 +14,10 @@ __device__ __forceinline__ float quant_one(const Q& q, float x, const float* ama
 
 // Each thread handles VEC consecutive elements per step of a grid-stride loop. When every row
 // holds a whole number of vectors (the launcher checks) a vector never straddles two rows.
-template <typename T, typename Q, int VEC>
+// kUniform (one amax for the whole tensor, or none): the scale is computed once per thread and
+// no index arithmetic runs per vector (64-bit division is dozens of instructions on a GPU, about
+// as long as the vector's memory time at full bandwidth).
+template <typename T, typename Q, int VEC, bool kUniform>
 __global__ void fake_quant_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t numel,
                                   const float* __restrict__ amax, ReduceLayout layout, Q q,
                                   int32_t* negative_found) {
@@ -22,20 +25,32 @@ __global__ void fake_quant_kernel(const T* __restrict__ x, T* __restrict__ y, in
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const bool inner_kept = layout.inner_kept();
   const int64_t inner = layout.inner();
+  float uniform_scale = 1.0f;
+  if (kUniform && amax != nullptr) uniform_scale = scale_from_amax(amax[0], q.max_value());
   bool neg = false;
   for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < nvec;
        v += stride) {
     const int64_t i0 = v * VEC;
     Vec<T, VEC> in = reinterpret_cast<const Vec<T, VEC>*>(x)[v];
     Vec<T, VEC> out;
-    const int64_t base = layout.row_offset(i0 / inner);
-    const int64_t col = i0 % inner;
+    if constexpr (kUniform) {
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const float xf = load_float(&in.v[k]);
-      neg |= xf < 0.0f;
-      const int64_t off = base + (inner_kept ? col + k : 0);
-      store_float(&out.v[k], quant_one(q, xf, amax, off));
+      for (int k = 0; k < VEC; ++k) {
+        const float xf = load_float(&in.v[k]);
+        neg |= xf < 0.0f;
+        const float r = amax == nullptr ? q(xf, 1.0f) : apply_scaled(q, xf, uniform_scale);
+        store_float(&out.v[k], r);
+      }
+    } else {
+      const int64_t base = layout.row_offset(i0 / inner);
+      const int64_t col = i0 % inner;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float xf = load_float(&in.v[k]);
+        neg |= xf < 0.0f;
+        const int64_t off = base + (inner_kept ? col + k : 0);
+        store_float(&out.v[k], quant_one(q, xf, amax, off));
+      }
     }
     reinterpret_cast<Vec<T, VEC>*>(y)[v] = out;
   }
@@ -44,10 +59,9 @@ __global__ void fake_quant_kernel(const T* __restrict__ x, T* __restrict__ y, in
 
 // Scalar loop for misaligned tensors, rows not divisible by the vector width, and tails.
 template <typename T, typename Q>
-__global__ void fake_quant_scalar_kernel(const T* __restrict__ x, T* __restrict__ y,
-                                         int64_t begin, int64_t numel,
-                                         const float* __restrict__ amax, ReduceLayout layout, Q q,
-                                         int32_t* negative_found) {
+__global__ void fake_quant_scalar_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t begin,
+                                         int64_t numel, const float* __restrict__ amax,
+                                         ReduceLayout layout, Q q, int32_t* negative_found) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   bool neg = false;
   for (int64_t i = begin + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
@@ -66,13 +80,17 @@ void launch(const FakeQuantParams& p, const Q& q, cudaStream_t stream) {
   T* y = static_cast<T*>(p.y);
   const int64_t numel = p.layout.numel;
   int32_t* neg = (p.format == Format::kInt && p.is_unsigned) ? p.negative_found : nullptr;
-  const bool vectorizable =
-      is_vec_aligned(x) && is_vec_aligned(y) && p.layout.inner() % VEC == 0;
+  const bool vectorizable = is_vec_aligned(x) && is_vec_aligned(y) && p.layout.inner() % VEC == 0;
   int64_t done = 0;
   if (vectorizable && numel >= VEC) {
     const int64_t nvec = numel / VEC;
-    fake_quant_kernel<T, Q, VEC><<<grid_for(nvec), kBlockThreads, 0, stream>>>(
-        x, y, numel, p.amax, p.layout, q, neg);
+    if (p.amax == nullptr || p.layout.out_numel == 1) {
+      fake_quant_kernel<T, Q, VEC, true>
+          <<<grid_for(nvec), kBlockThreads, 0, stream>>>(x, y, numel, p.amax, p.layout, q, neg);
+    } else {
+      fake_quant_kernel<T, Q, VEC, false>
+          <<<grid_for(nvec), kBlockThreads, 0, stream>>>(x, y, numel, p.amax, p.layout, q, neg);
+    }
     MOPT_CHECK_LAUNCH();
     done = nvec * VEC;
   }

@@ -1,7 +1,9 @@
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <vector>
 
+#include "common/cpu_isa.h"
 #include "common/parallel.h"
 #include "fake_quant/fake_quant.h"
 #include "fake_quant/fake_quant_math.h"
@@ -25,39 +27,95 @@ void fake_quant_check(const FakeQuantParams& p) {
 namespace {
 
 constexpr int64_t kGrain = 1 << 15;
+// Elements per step: 16-bit inputs are quantized into an fp32 tile of this size (L1-resident)
+// and narrowed from there.
+constexpr int64_t kTile = 2048;
+
+// The loops below carry no branch per element (the zero-scale case of apply_scaled and the
+// fp16/bf16 conversions are selects), so the compiler vectorizes each of them. For 16-bit types
+// the fp32 results go through a float tile and are narrowed in a second loop: fused into one
+// loop, GCC narrows intermediate values early and shuffles them between 16- and 32-bit lanes,
+// which costs more than the extra pass over L1. `out` may equal `x` (in place).
+template <typename T>
+MOPT_ALWAYS_INLINE void narrow_span(const float* v, T* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) store_float(out + j, v[j]);
+}
+
+template <typename T, typename Q>
+MOPT_ALWAYS_INLINE void quant_span(const T* x, T* out, float* work, int64_t n, const Q& q,
+                                   float scale) {
+  if constexpr (std::is_same_v<T, float>) {
+    MOPT_IVDEP
+    for (int64_t j = 0; j < n; ++j) out[j] = q(x[j], scale);
+  } else {
+    for (int64_t j = 0; j < n; ++j) work[j] = q(load_float(x + j), scale);
+    narrow_span(work, out, n);
+  }
+}
+
+template <typename T, typename Q>
+MOPT_ALWAYS_INLINE void quant_span_scales(const T* x, T* out, float* work, int64_t n, const Q& q,
+                                          const float* scales) {
+  if constexpr (std::is_same_v<T, float>) {
+    MOPT_IVDEP
+    for (int64_t j = 0; j < n; ++j) out[j] = apply_scaled(q, x[j], scales[j]);
+  } else {
+    for (int64_t j = 0; j < n; ++j) work[j] = apply_scaled(q, load_float(x + j), scales[j]);
+    narrow_span(work, out, n);
+  }
+}
+
+template <typename T>
+MOPT_ALWAYS_INLINE void zero_span(T* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) store_float(out + j, 0.0f);
+}
 
 // Applies q over x[begin, end) for one kernel call; the reduced index advances row by row.
 template <typename T, typename Q>
-void run_range(const FakeQuantParams& p, const Q& q, const float* scales, int64_t begin,
-               int64_t end) {
+MOPT_ALWAYS_INLINE void run_range_impl(const FakeQuantParams& p, const Q& q, const float* scales,
+                                       int64_t begin, int64_t end) {
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
   const ReduceLayout& l = p.layout;
   const int64_t inner = l.inner();
   int64_t row = begin / inner;
   int64_t col = begin % inner;
-  int64_t pos = begin;
-  while (pos < end) {
-    const int64_t n = std::min(inner - col, end - pos);
+  alignas(64) float work[std::is_same_v<T, float> ? 1 : kTile];
+  for (int64_t pos = begin; pos < end;) {
+    const int64_t n = std::min({inner - col, end - pos, kTile});
     const T* xr = x + pos;
-    T* yr = y + pos;
+    T* out = y + pos;
     if (scales == nullptr) {  // unscaled minifloat cast
-      for (int64_t j = 0; j < n; ++j) store_float(yr + j, q(load_float(xr + j), 1.0f));
+      quant_span(xr, out, work, n, q, 1.0f);
     } else if (l.inner_kept()) {
-      const float* s = scales + l.row_offset(row) + col;
-      for (int64_t j = 0; j < n; ++j) store_float(yr + j, apply_scaled(q, load_float(xr + j), s[j]));
+      quant_span_scales(xr, out, work, n, q, scales + l.row_offset(row) + col);
     } else {
       const float s = scales[l.row_offset(row)];
       if (s == 0.0f) {
-        for (int64_t j = 0; j < n; ++j) store_float(yr + j, 0.0f);
+        zero_span(out, n);
       } else {
-        for (int64_t j = 0; j < n; ++j) store_float(yr + j, q(load_float(xr + j), s));
+        quant_span(xr, out, work, n, q, s);
       }
     }
     pos += n;
-    col = 0;
-    ++row;
+    col += n;
+    if (col == inner) {
+      col = 0;
+      ++row;
+    }
   }
+}
+
+template <typename T, typename Q>
+void run_range_baseline(const FakeQuantParams& p, const Q& q, const float* scales, int64_t begin,
+                        int64_t end) {
+  run_range_impl<T, Q>(p, q, scales, begin, end);
+}
+
+template <typename T, typename Q>
+MOPT_TARGET_AVX2 void run_range_avx2(const FakeQuantParams& p, const Q& q, const float* scales,
+                                     int64_t begin, int64_t end) {
+  run_range_impl<T, Q>(p, q, scales, begin, end);
 }
 
 template <typename T>
@@ -65,8 +123,8 @@ bool any_negative(const void* data, int64_t numel) {
   const T* x = static_cast<const T*>(data);
   std::atomic<bool> found{false};
   parallel_for(0, numel, kGrain, [&](int64_t b, int64_t e) {
-    bool neg = false;
-    for (int64_t i = b; i < e; ++i) neg |= load_float(x + i) < 0.0f;
+    int neg = 0;  // an int OR-reduction vectorizes; a bool one does not
+    for (int64_t i = b; i < e; ++i) neg |= load_float(x + i) < 0.0f ? 1 : 0;
     if (neg) found.store(true, std::memory_order_relaxed);
   });
   return found.load();
@@ -82,8 +140,14 @@ void run(const FakeQuantParams& p, const Q& q) {
     }
   }
   const float* s = p.amax != nullptr ? scales.data() : nullptr;
-  parallel_for(0, p.layout.numel, kGrain,
-               [&](int64_t b, int64_t e) { run_range<T>(p, q, s, b, e); });
+  const bool avx2 = cpu_has_avx2();
+  parallel_for(0, p.layout.numel, kGrain, [&](int64_t b, int64_t e) {
+    if (avx2) {
+      run_range_avx2<T>(p, q, s, b, e);
+    } else {
+      run_range_baseline<T>(p, q, s, b, e);
+    }
+  });
 }
 
 }  // namespace

@@ -71,22 +71,23 @@ MOPT_HOST_DEVICE int minifloat_min_exponent(int exponent_bits) {
 }
 
 /// Rounds x to the nearest value of a minifloat format (ties to even, subnormals included),
-/// saturating at +-max_value; NaN stays NaN.
+/// saturating at +-max_value; NaN stays NaN (the same bits). Branch-free, so loops vectorize.
 MOPT_HOST_DEVICE float round_to_minifloat(float x, int mantissa_bits, int min_exponent,
                                           float max_value) {
   const uint32_t bits = float_to_bits(x);
   const uint32_t sign = bits & 0x80000000u;
   float a = bits_to_float(bits & 0x7fffffffu);
-  if (a != a) return x;
+  const bool is_nan = a != a;
   a = a > max_value ? max_value : a;
   int e = static_cast<int>((float_to_bits(a) >> 23) & 0xffu) - 127;  // floor(log2 a) for normals
   e = e < min_exponent ? min_exponent : e;
-  // a * 2^(mantissa_bits - e) is exact (power-of-two scaling inside the fp32 range).
+  // a * 2^(mantissa_bits - e) is exact (power-of-two scaling inside the fp32 range). For NaN
+  // the exponents are meaningless (and unsigned, so well defined); its result is not used.
   const float up = bits_to_float(static_cast<uint32_t>(127 + mantissa_bits - e) << 23);
   const float down = bits_to_float(static_cast<uint32_t>(127 - mantissa_bits + e) << 23);
   float q = round_half_even(a * up) * down;
   q = q > max_value ? max_value : q;
-  return bits_to_float(float_to_bits(q) | sign);
+  return is_nan ? x : bits_to_float(float_to_bits(q) | sign);
 }
 
 /// Minifloat fake quantization of one value: minifloat(x * scale) / scale.
@@ -107,10 +108,12 @@ MOPT_HOST_DEVICE float scale_from_amax(float amax, float max_value) {
   return amax <= kMinAmax ? 0.0f : max_value / amax;
 }
 
-/// Applies q with a scale from scale_from_amax (0 -> output 0).
+/// Applies q with a scale from scale_from_amax (0 -> output 0). q runs unconditionally (with a
+/// zero scale it makes a NaN that the select drops) so that a loop over it has no branch.
 template <typename Q>
 MOPT_HOST_DEVICE float apply_scaled(const Q& q, float x, float scale) {
-  return scale == 0.0f ? 0.0f : q(x, scale);
+  const float y = q(x, scale);
+  return scale == 0.0f ? 0.0f : y;
 }
 
 }  // namespace mopt::kernels::fake_quant

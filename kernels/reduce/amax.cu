@@ -20,8 +20,10 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // Grid-stride over VEC-element vectors. A thread keeps a running max while consecutive elements
-// map to the same output slot and flushes it with one atomic when the slot changes.
-template <typename T, int VEC>
+// map to the same output slot and flushes it with one atomic when the slot changes. kPerTensor:
+// every element maps to slot 0, so no per-element index arithmetic runs (a 64-bit division per
+// element would make the reduction compute bound).
+template <typename T, int VEC, bool kPerTensor>
 __global__ void amax_kernel(const T* __restrict__ x, int64_t begin, int64_t end,
                             ReduceLayout layout, float* __restrict__ out, bool vectorized) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -40,17 +42,21 @@ __global__ void amax_kernel(const T* __restrict__ x, int64_t begin, int64_t end,
     } else {
       vals[0] = abs_canonical(load_float(x + i0));
     }
-    for (int k = 0; k < width; ++k) {
-      const int64_t s = layout.offset(i0 + k);
-      if (s != slot) {
-        if (slot >= 0) atomic_max_nonneg(out + slot, m);
-        slot = s;
-        m = 0.0f;
+    if constexpr (kPerTensor) {
+      for (int k = 0; k < width; ++k) m = max_keep_nan(m, vals[k]);
+    } else {
+      for (int k = 0; k < width; ++k) {
+        const int64_t s = layout.offset(i0 + k);
+        if (s != slot) {
+          if (slot >= 0) atomic_max_nonneg(out + slot, m);
+          slot = s;
+          m = 0.0f;
+        }
+        m = max_keep_nan(m, vals[k]);
       }
-      m = max_keep_nan(m, vals[k]);
     }
   }
-  if (layout.out_numel == 1) {
+  if constexpr (kPerTensor) {
     // Per-tensor: reduce the warp first so only one lane per warp issues the atomic.
     m = warp_max(m);
     if ((threadIdx.x & 31) == 0) atomic_max_nonneg(out, m);
@@ -59,24 +65,33 @@ __global__ void amax_kernel(const T* __restrict__ x, int64_t begin, int64_t end,
   }
 }
 
-template <typename T>
+template <typename T, bool kPerTensor>
 void launch(const AmaxParams& p, cudaStream_t stream) {
   constexpr int VEC = vec_width<T>();
   const T* x = static_cast<const T*>(p.x);
   const int64_t numel = p.layout.numel;
-  MOPT_CHECK_CUDA(cudaMemsetAsync(p.out, 0, sizeof(float) * p.layout.out_numel, stream));
-  if (numel == 0) return;
   int64_t done = 0;
   if (is_vec_aligned(x) && numel >= VEC) {
     done = numel / VEC * VEC;
-    amax_kernel<T, VEC><<<grid_for(done / VEC), kBlockThreads, 0, stream>>>(x, 0, done, p.layout,
-                                                                           p.out, true);
+    amax_kernel<T, VEC, kPerTensor>
+        <<<grid_for(done / VEC), kBlockThreads, 0, stream>>>(x, 0, done, p.layout, p.out, true);
     MOPT_CHECK_LAUNCH();
   }
   if (done < numel) {
-    amax_kernel<T, VEC><<<grid_for(numel - done), kBlockThreads, 0, stream>>>(
+    amax_kernel<T, VEC, kPerTensor><<<grid_for(numel - done), kBlockThreads, 0, stream>>>(
         x, done, numel, p.layout, p.out, false);
     MOPT_CHECK_LAUNCH();
+  }
+}
+
+template <typename T>
+void launch(const AmaxParams& p, cudaStream_t stream) {
+  MOPT_CHECK_CUDA(cudaMemsetAsync(p.out, 0, sizeof(float) * p.layout.out_numel, stream));
+  if (p.layout.numel == 0) return;
+  if (p.layout.out_numel == 1) {
+    launch<T, true>(p, stream);
+  } else {
+    launch<T, false>(p, stream);
   }
 }
 

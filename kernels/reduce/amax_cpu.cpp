@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/cpu_isa.h"
 #include "common/parallel.h"
 #include "reduce/amax.h"
 #include "reduce/amax_math.h"
@@ -10,9 +11,23 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 15;
 
+// max |x[0, n)| as fp32 bits. |x| of non-negative floats orders like its bit pattern, and every
+// NaN pattern lies above inf, so an integer max (which vectorizes, unlike a float max that must
+// keep NaN) finds the largest magnitude and sees any NaN.
+template <typename T>
+MOPT_ALWAYS_INLINE uint32_t abs_max_bits(const T* x, int64_t n) {
+  uint32_t m = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t a = float_to_bits(load_float(x + j)) & 0x7fffffffu;
+    m = a > m ? a : m;
+  }
+  return m;
+}
+
 // Folds x[begin, end) into out (which must hold partial maxima already).
 template <typename T>
-void fold_range(const T* x, const ReduceLayout& l, float* out, int64_t begin, int64_t end) {
+MOPT_ALWAYS_INLINE void fold_range_impl(const T* x, const ReduceLayout& l, float* out,
+                                        int64_t begin, int64_t end) {
   const int64_t inner = l.inner();
   int64_t row = begin / inner;
   int64_t col = begin % inner;
@@ -22,22 +37,42 @@ void fold_range(const T* x, const ReduceLayout& l, float* out, int64_t begin, in
     const T* xr = x + pos;
     float* o = out + l.row_offset(row);
     if (l.inner_kept()) {
+      // Partial maxima are non-negative or the canonical NaN, so max_keep_nan is an integer max
+      // of the bit patterns here too.
       o += col;
-      for (int64_t j = 0; j < n; ++j) o[j] = max_keep_nan(o[j], abs_canonical(load_float(xr + j)));
-    } else {
-      // Two independent accumulators plus a NaN flag keep the loop vectorizable.
-      float m = 0.0f;
-      bool nan = false;
       for (int64_t j = 0; j < n; ++j) {
-        const float a = abs_canonical(load_float(xr + j));
-        nan |= a != a;
-        m = a > m ? a : m;
+        const uint32_t a = float_to_bits(abs_canonical(load_float(xr + j)));
+        const uint32_t m = float_to_bits(o[j]);
+        o[j] = bits_to_float(a > m ? a : m);
       }
-      *o = max_keep_nan(*o, nan ? bits_to_float(kCanonicalNaNBits) : m);
+    } else {
+      const uint32_t m = abs_max_bits(xr, n);
+      *o = max_keep_nan(*o, bits_to_float(m > 0x7f800000u ? kCanonicalNaNBits : m));
     }
     pos += n;
     col = 0;
     ++row;
+  }
+}
+
+template <typename T>
+void fold_range_baseline(const T* x, const ReduceLayout& l, float* out, int64_t begin,
+                         int64_t end) {
+  fold_range_impl(x, l, out, begin, end);
+}
+
+template <typename T>
+MOPT_TARGET_AVX2 void fold_range_avx2(const T* x, const ReduceLayout& l, float* out, int64_t begin,
+                                      int64_t end) {
+  fold_range_impl(x, l, out, begin, end);
+}
+
+template <typename T>
+void fold_range(const T* x, const ReduceLayout& l, float* out, int64_t begin, int64_t end) {
+  if (cpu_has_avx2()) {
+    fold_range_avx2(x, l, out, begin, end);
+  } else {
+    fold_range_baseline(x, l, out, begin, end);
   }
 }
 
@@ -54,9 +89,8 @@ void run(const AmaxParams& p) {
     const int64_t outer = l.sizes[0];
     const int64_t slice = l.numel / outer;
     const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(slice, 1));
-    parallel_for(0, outer, grain, [&](int64_t b, int64_t e) {
-      fold_range<T>(x, l, out, b * slice, e * slice);
-    });
+    parallel_for(0, outer, grain,
+                 [&](int64_t b, int64_t e) { fold_range<T>(x, l, out, b * slice, e * slice); });
     return;
   }
   // Otherwise each chunk reduces into its own partial buffer, merged in chunk order.
