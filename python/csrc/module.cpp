@@ -6,4 +6,8 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "mopt C++ core: quantizer configs, calibrators and algorithm solvers";
   mopt::python::bind_quant(m);
   mopt::python::bind_calib(m);
+  mopt::python::bind_torch_api(m);
+  mopt::python::bind_histogram(m);
+  mopt::python::bind_algorithms(m);
+  mopt::python::bind_gptq(m);
 }

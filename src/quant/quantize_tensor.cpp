@@ -32,9 +32,13 @@ BlockPlan block_plan(const BlockSizes& b, int64_t ndim) {
   return plan;
 }
 
+// Integer/minifloat blocks and static NVFP4/MX/NF4 blocks calibrate one amax per block of the
+// view; dynamic block formats compute their block scales from each input.
 bool uses_block_view(const QuantizerAttributeConfig& cfg) {
+  if (!cfg.block_sizes) return false;
   const QuantKind k = quant_kind(cfg);
-  return cfg.block_sizes && (k == QuantKind::kInt || k == QuantKind::kMinifloat);
+  return k == QuantKind::kInt || k == QuantKind::kMinifloat ||
+         !(cfg.type == "dynamic" || cfg.block_sizes->dynamic());
 }
 
 // [.., L, ..] -> [.., ceil(L / B), B, ..] for every blocked axis, zero padding L up to a multiple.
@@ -152,8 +156,7 @@ QuantKind quant_kind(const QuantizerAttributeConfig& cfg) {
 std::vector<int64_t> quantizer_amax_axes(const QuantizerAttributeConfig& cfg, int64_t ndim) {
   std::vector<int64_t> keep;
   if (cfg.block_sizes) {
-    const QuantKind kind = quant_kind(cfg);
-    if (kind != QuantKind::kInt && kind != QuantKind::kMinifloat) return keep;  // tensor scale
+    if (!uses_block_view(cfg)) return keep;  // dynamic NVFP4/MX/NF4: NVFP4's tensor scale
     const BlockPlan plan = block_plan(*cfg.block_sizes, ndim);
     int64_t v = 0;  // running dim index in the view
     for (int64_t d = 0; d < ndim; ++d) {

@@ -24,6 +24,8 @@ from .model_quant import (
 from .nn.modules.quant_module import QuantModuleRegistry
 from .utils import is_quantized
 
+from . import plugins  # noqa: E402,F401  (optional integrations, loaded when their library is)
+
 __all__ = [
     "calib",
     "config",

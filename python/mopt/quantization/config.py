@@ -27,6 +27,8 @@ __all__ = [
     "INT4_BLOCKWISE_WEIGHT_ONLY_CFG",
     "INT4_AWQ_CFG",
     "W4A8_AWQ_BETA_CFG",
+    "INT4_BLOCKWISE_GPTQ_CFG",
+    "NVFP4_WEIGHT_ONLY_GPTQ_CFG",
     "NVFP4_DEFAULT_CFG",
     "NVFP4_AWQ_LITE_CFG",
     "NVFP4_AWQ_CLIP_CFG",
@@ -37,6 +39,7 @@ __all__ = [
     "MXFP4_DEFAULT_CFG",
     "MXINT8_DEFAULT_CFG",
     "W4A8_MXFP4_FP8_CFG",
+    "NF4_WEIGHT_ONLY_CFG",
     "FP8_KV_CFG",
 ]
 
@@ -189,7 +192,9 @@ class QuantizeConfig(dict):
 
 
 def need_calibration(config: dict) -> bool:
-    """True when quantizing with `config` needs a forward_loop (static activation amax)."""
+    """True when quantizing with `config` needs a forward_loop: an algorithm other than max, or
+    an enabled activation quantizer with a static amax (NVFP4 included: its blocks are dynamic
+    but its tensor scale is calibrated). Weight quantizers calibrate from the weights alone."""
     algorithm = config.get("algorithm", "max")
     if algorithm is None:
         return False
@@ -198,19 +203,30 @@ def need_calibration(config: dict) -> bool:
     def _static_enabled(attrs: Any) -> bool:
         if isinstance(attrs, (list, tuple)):
             return any(_static_enabled(a) for a in attrs)
+        if isinstance(attrs, QuantizerAttributeConfig):
+            attrs = attrs.model_dump()
         if not isinstance(attrs, dict) or not attrs.get("enable", True):
             return False
         block = attrs.get("block_sizes") or {}
-        return attrs.get("type", "static") == "static" and block.get("type", "static") == "static"
+        nvfp4 = _as_pair(attrs.get("num_bits")) == (2, 1) and _as_pair(
+            block.get("scale_bits")
+        ) == (4, 3)
+        if attrs.get("type", "static") == "dynamic":
+            return False
+        return block.get("type", "static") == "static" or nvfp4
+
+    def _as_pair(num_bits: Any) -> Any:
+        return tuple(num_bits) if isinstance(num_bits, (list, tuple)) else num_bits
+
+    def _activation_pattern(pattern: Any) -> bool:
+        return not (isinstance(pattern, str) and "weight_quantizer" in pattern)
 
     for pattern, attrs in quant_cfg.items():
-        if pattern == "default":
-            continue
         if isinstance(attrs, dict) and _is_class_pattern(pattern):
-            if any(_static_enabled(a) for a in attrs.values()):
+            if any(_activation_pattern(p) and _static_enabled(a) for p, a in attrs.items()):
                 return True
-        elif "weight_quantizer" not in str(pattern) and _static_enabled(attrs):
-            return True
+        elif _activation_pattern(pattern) and _static_enabled(attrs):
+            return True  # "default" too: it reaches the activation quantizers
     algo_name = algorithm if isinstance(algorithm, str) else (
         algorithm.get("method") if isinstance(algorithm, dict) else None
     )
@@ -298,6 +314,15 @@ W4A8_AWQ_BETA_CFG = _cfg(
     {"num_bits": (4, 3), "axis": None, "enable": True},
     "awq_lite",
 )
+# Ours: GPTQ weight-only recipes (SPEC §1 "gptq").
+INT4_BLOCKWISE_GPTQ_CFG = _cfg(
+    {"num_bits": 4, "block_sizes": {-1: 128}, "enable": True},
+    _OFF,
+    {"method": "gptq", "block_size": 128, "percdamp": 0.01, "act_order": False},
+)
+NVFP4_WEIGHT_ONLY_GPTQ_CFG = _cfg(
+    _nvfp4(), _OFF, {"method": "gptq", "block_size": 128, "percdamp": 0.01, "act_order": False}
+)
 NVFP4_DEFAULT_CFG = _cfg(_nvfp4(), _nvfp4(), "max")
 NVFP4_AWQ_LITE_CFG = _cfg(_nvfp4(), _nvfp4(), "awq_lite")
 NVFP4_AWQ_CLIP_CFG = _cfg(_nvfp4(), _nvfp4(), {"method": "awq_clip"})
@@ -308,6 +333,14 @@ MXFP6_DEFAULT_CFG = _cfg(_mx((3, 2)), _mx((3, 2)), None)
 MXFP4_DEFAULT_CFG = _cfg(_mx((2, 1)), _mx((2, 1)), None)
 MXINT8_DEFAULT_CFG = _cfg(_mx(8), _mx(8), None)
 W4A8_MXFP4_FP8_CFG = _cfg(_mx((2, 1)), {**_FP8_PER_TENSOR, "enable": True}, None)
+# Ours: NF4 weights (QLoRA's NormalFloat4) in ModelOpt's convention: absmax blocks of 64 whose
+# scales are double-quantized to int8 around their mean, one fp32 scale per 256 of them.
+NF4_WEIGHT_ONLY_CFG = _cfg(
+    {"num_bits": 4, "block_sizes": {-1: 64, "scale_bits": 8, "scale_block_sizes": {-1: 256}},
+     "enable": True},
+    _OFF,
+    "max",
+)
 FP8_KV_CFG = {
     "quant_cfg": {
         "*[kv]_bmm_quantizer": {"num_bits": (4, 3), "axis": None, "enable": True},

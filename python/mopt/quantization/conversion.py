@@ -19,7 +19,19 @@ __all__ = [
     "set_quantizer_by_cfg_context",
     "register",
     "unregister",
+    "CUSTOM_MODEL_PLUGINS",
+    "apply_model_plugins",
 ]
+
+# fn(model) hooks run before a model is converted; plugins (mopt.quantization.plugins) use them to
+# register the model's own module classes (e.g. transformers attention) for conversion.
+CUSTOM_MODEL_PLUGINS: list[Callable[[nn.Module], None]] = []
+
+
+def apply_model_plugins(model: nn.Module) -> None:
+    """Runs every CUSTOM_MODEL_PLUGINS hook on `model` (idempotent)."""
+    for plugin in CUSTOM_MODEL_PLUGINS:
+        plugin(model)
 
 
 def replace_quant_module(model: nn.Module, converted: list | None = None) -> int:
@@ -33,6 +45,7 @@ def replace_quant_module(model: nn.Module, converted: list | None = None) -> int
             f"the model itself is a {type(model).__name__}; wrap it in a container "
             "(e.g. nn.Sequential) so it can be converted in place"
         )
+    apply_model_plugins(model)
     count = 0
     for name, module in list(model.named_modules()):
         if type(module) in QuantModuleRegistry and not isinstance(module, QuantModule):

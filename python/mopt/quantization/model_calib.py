@@ -22,6 +22,7 @@ __all__ = [
     "calibration_algorithms",
     "enable_stats_collection",
     "finish_stats_collection",
+    "abort_stats_collection",
     "weight_only_calibrate",
     "check_amax",
 ]
@@ -74,6 +75,18 @@ def finish_stats_collection(model: nn.Module, method: str | None = None, **kwarg
         q.enable_quant()
 
 
+def abort_stats_collection(model: nn.Module) -> None:
+    """Switches calibrating quantizers back to quantizing and drops what they collected (the
+    forward loop failed part-way: a partial statistic must not become an amax)."""
+    for _, q in named_quantizers(model):
+        if not q._if_calib:
+            continue
+        if q._calibrator is not None:
+            q._calibrator.reset()
+        q.disable_calib()
+        q.enable_quant()
+
+
 def weight_only_calibrate(model: nn.Module, only_uncalibrated: bool = False) -> None:
     """Calibrates weight quantizers from the weights themselves (no data needed). With
     `only_uncalibrated`, only layers the forward loop never reached, with a warning naming
@@ -115,7 +128,13 @@ def max_calibrate(model: nn.Module, forward_loop: ForwardLoop | None = None, **k
     try:
         with torch.no_grad():
             forward_loop(model)
-    finally:
+    except BaseException:
+        abort_stats_collection(model)
+        raise
+    with warnings.catch_warnings():
+        # a weight quantizer the loop never reached is reported once, by weight_only_calibrate
+        warnings.filterwarnings("ignore", message=r"mopt: quantizer '[^']*weight_quantizer[^']*' "
+                                r"collected no data")
         finish_stats_collection(model)
     weight_only_calibrate(model, only_uncalibrated=True)
 

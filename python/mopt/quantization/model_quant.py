@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .config import QuantizeConfig
-from .conversion import apply_quant_cfg_full, replace_quant_module
+from .conversion import apply_model_plugins, apply_quant_cfg_full, replace_quant_module
 from .model_calib import calibrate
 from .nn.modules.tensor_quantizer import SequentialQuantizer, TensorQuantizer
 from .utils import ParameterBackup, matches, named_quantizers, quantized_modules
@@ -53,6 +53,7 @@ def quantize(model: nn.Module, config: dict, forward_loop: Callable | None = Non
     with ``config["algorithm"]`` running ``forward_loop(model)``. On any error the model is put
     back as it was: classes, quantizers and any parameter an algorithm changed.
     """
+    apply_model_plugins(model)  # before validation: the config may name classes they register
     config = QuantizeConfig(config)
     forward_loop = _wrap_forward_loop(forward_loop)
     converted: list[nn.Module] = []

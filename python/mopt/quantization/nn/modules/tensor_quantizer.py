@@ -233,10 +233,24 @@ class TensorQuantizer(nn.Module):
 
     # -- calibration ----------------------------------------------------------------------------
     def _calib_view(self, inputs: torch.Tensor) -> torch.Tensor:
+        self._check_floating(inputs)
         view = torch.ops.mopt.quantizer_calib_view(inputs, self.pre_quant_scale, self._cfg_json)
+        # Checked here so that quantize() fails (and rolls back) instead of the first forward.
+        if self._attr.unsigned and bool((view < 0).any()):
+            raise ValueError(
+                f"mopt: unsigned quantizer '{self._mopt_name or 'TensorQuantizer'}' met negative "
+                "values while calibrating; use unsigned=False for this tensor"
+            )
         axes = list(_C.quantizer_amax_axes(self._cfg_json, inputs.dim()))
         self._calibrator._axis = tuple(axes) if axes else None
         return view
+
+    def _check_floating(self, inputs: torch.Tensor) -> None:
+        if not inputs.is_floating_point():
+            raise TypeError(
+                f"mopt: quantizer '{self._mopt_name or 'TensorQuantizer'}' got a {inputs.dtype} "
+                "tensor; only floating-point tensors (float32, float16, bfloat16) can be quantized"
+            )
 
     def collect(self, inputs: torch.Tensor) -> None:
         """Feeds one batch to the calibrator (whatever the calib flag)."""
@@ -271,6 +285,7 @@ class TensorQuantizer(nn.Module):
             self._calibrator.collect(self._calib_view(inputs))
         if not self._if_quant:
             return inputs if pqs is None else inputs * pqs.to(inputs.dtype)
+        self._check_floating(inputs)
         amax = self._buffers.get("_amax")
         if amax is None and self._needs_amax and not self._warned_uncalibrated:
             self._warned_uncalibrated = True
