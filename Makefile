@@ -51,7 +51,7 @@ test-python: build
 	$(PY) -m pytest -q tests/python
 
 demo: build
-	$(PY) examples/python/digits_cnn_demo.py
+	$(PY) -m mopt ptq --model default --configs all --out out/demo
 
 bench: build
 	$(PY) benchmarks/bench_fake_quant.py

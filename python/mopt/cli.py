@@ -1,0 +1,168 @@
+"""The ``mopt`` command line (also ``python -m mopt``).
+
+    mopt ptq --model default --configs int8,fp8 --out out/ptq
+
+quantizes a fresh copy of the model per config and prints one table (see mopt.ptq and
+docs/llm_ptq.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mopt", description="mopt model optimization tools")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    ptq = sub.add_parser(
+        "ptq",
+        help="post-training quantization of an LLM over several configs, one table",
+        description=(
+            "Quantize a fresh copy of the model per config (calibrating on --calib-text) and "
+            "report perplexity on --eval-text, its change against float, the weight bytes as "
+            "deployed (effective bits per parameter) and the calibration time. Writes "
+            "results.json and ptq_plot.png to --out."
+        ),
+    )
+    ptq.add_argument(
+        "--model",
+        default="default",
+        help="'default' (shipped stories260K), a llama2.c .bin checkpoint, a Hugging "
+        "Face model folder, or 'minilm' (sentence-embedding cosine check)",
+    )
+    ptq.add_argument(
+        "--configs",
+        default="all",
+        help="comma-separated short names (e.g. int8,int8_sq,fp8,int4_awq) or 'all'; "
+        "see --list-configs",
+    )
+    ptq.add_argument(
+        "--calib-text",
+        default=None,
+        help="UTF-8 text file for calibration (default: shipped TinyStories text "
+        "after the evaluation slice)",
+    )
+    ptq.add_argument(
+        "--eval-text",
+        default=None,
+        help="UTF-8 text file to evaluate on, used whole (default: the first 20,000 "
+        "characters of the shipped TinyStories validation text)",
+    )
+    ptq.add_argument("--out", default=None, help="folder for results.json and ptq_plot.png")
+    ptq.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer for a llama2.c checkpoint (tokenizer.bin format) or a "
+        "Hugging Face tokenizer folder",
+    )
+    ptq.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="evaluation window (default: min(model maximum, 512))",
+    )
+    ptq.add_argument(
+        "--calib-samples", type=int, default=16, help="calibration windows (default 16)"
+    )
+    ptq.add_argument(
+        "--calib-seq-len",
+        type=int,
+        default=None,
+        help="calibration window length (default: --seq-len)",
+    )
+    ptq.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
+    ptq.add_argument(
+        "--threads",
+        default="auto",
+        help="CPU threads for torch: a number, 'torch' (torch's own choice) or 'auto' (default: 1 "
+        "for models under 10M parameters, whose ops are too small to split across threads, "
+        "else torch's choice)",
+    )
+    ptq.add_argument("--device", default="cpu", help="device to run on (cpu, cuda, cuda:1, ...)")
+    ptq.add_argument(
+        "--eval-rows", type=int, default=64, help="WikiText-2 rows to embed (--model minilm)"
+    )
+    ptq.add_argument("--seed", type=int, default=0, help="seed of the calibration sampling")
+    ptq.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ptq.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
+    ptq.add_argument(
+        "--list-configs",
+        action="store_true",
+        help="list the config short names and whether each can run, then exit",
+    )
+    return parser
+
+
+def _list_configs() -> int:
+    from .ptq import PTQ_CONFIGS, config_availability
+
+    for name, entry in PTQ_CONFIGS.items():
+        reason = config_availability(entry)
+        status = "runnable" if reason is None else f"not available: {reason}"
+        print(f"{name:16} {entry.description:60} {status}")
+    return 0
+
+
+def _ptq(args: argparse.Namespace) -> int:
+    from .ptq import run_ptq
+
+    if args.list_configs:
+        return _list_configs()
+    threads = args.threads
+    if threads == "torch":
+        threads = None
+    elif threads != "auto":
+        try:
+            threads = int(threads)
+        except ValueError:
+            threads = 0
+        if threads <= 0:
+            raise ValueError(
+                f"--threads must be a positive number, 'auto' or 'torch', got {args.threads!r}"
+            )
+    results = run_ptq(
+        model=args.model,
+        configs=args.configs,
+        calib_text=args.calib_text,
+        eval_text=args.eval_text,
+        out_dir=args.out,
+        tokenizer=args.tokenizer,
+        seq_len=args.seq_len,
+        calib_samples=args.calib_samples,
+        calib_seq_len=args.calib_seq_len,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+        plot=not args.no_plot,
+        device=args.device,
+        threads=threads,
+        eval_rows=args.eval_rows,
+    )
+    explicit = args.configs.strip() != "all"
+    failed = [
+        r
+        for r in results["rows"]
+        if r["status"] == "failed" or (explicit and r["status"] == "not available")
+    ]
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _ptq(args)
+    except (FileNotFoundError, ValueError, NotImplementedError, TypeError) as e:
+        print(f"mopt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
