@@ -78,45 +78,22 @@ class PtqConfig:
     """A short name for a predefined mtq config, optionally with another algorithm."""
 
     name: str
-    cfg_name: str | None  # attribute of mopt.quantization.config (None: `inline` below)
+    cfg_name: str  # attribute of mopt.quantization.config
     description: str
     algorithm: Any = _KEEP
-    inline: dict | None = None
     needs_kv_quantizers: bool = False
 
     def build(self) -> dict:
         """The quantize config dict (a deep copy); KeyError when mtq does not define it."""
         from . import quantization as mtq
 
-        if self.inline is not None:
-            cfg = copy.deepcopy(self.inline)
-        else:
-            if not hasattr(mtq.config, self.cfg_name):
-                raise KeyError(self.cfg_name)
-            cfg = copy.deepcopy(getattr(mtq.config, self.cfg_name))
+        if not hasattr(mtq.config, self.cfg_name):
+            raise KeyError(self.cfg_name)
+        cfg = copy.deepcopy(getattr(mtq.config, self.cfg_name))
         if self.algorithm is not _KEEP:
             cfg["algorithm"] = copy.deepcopy(self.algorithm)
         return cfg
 
-
-def _weight_only(weight: dict) -> dict:
-    from .quantization.config import _default_disabled_quantizer_cfg
-
-    return {
-        "quant_cfg": {
-            "*weight_quantizer": weight,
-            "*input_quantizer": {"enable": False},
-            **_default_disabled_quantizer_cfg,
-        },
-        "algorithm": "max",
-    }
-
-
-_NF4_WEIGHT = {
-    "num_bits": 4,
-    "enable": True,
-    "block_sizes": {-1: 64, "type": "dynamic", "scale_bits": 8, "scale_block_sizes": {-1: 256}},
-}
 
 PTQ_CONFIGS: dict[str, PtqConfig] = {
     c.name: c
@@ -150,14 +127,10 @@ PTQ_CONFIGS: dict[str, PtqConfig] = {
         PtqConfig("fp8_2d", "FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG", "FP8 weight-only 128x128 blocks"),
         PtqConfig("int4", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "INT4 weight-only blocks of 128, RTN"),
         PtqConfig("int4_awq", "INT4_AWQ_CFG", "INT4 weight-only blocks of 128, AWQ lite"),
-        PtqConfig(
-            "int4_gptq",
-            "INT4_BLOCKWISE_WEIGHT_ONLY_CFG",
-            "INT4 weight-only blocks of 128, GPTQ",
-            algorithm="gptq",
-        ),
+        PtqConfig("int4_gptq", "INT4_BLOCKWISE_GPTQ_CFG", "INT4 weight-only blocks of 128, GPTQ"),
         PtqConfig("w4a8_awq", "W4A8_AWQ_BETA_CFG", "INT4 blocks + FP8 W, FP8 A, AWQ lite"),
         PtqConfig("nvfp4", "NVFP4_DEFAULT_CFG", "NVFP4 W+A (E2M1, E4M3 scales per 16)"),
+        PtqConfig("nvfp4_gptq", "NVFP4_WEIGHT_ONLY_GPTQ_CFG", "NVFP4 weight-only, GPTQ"),
         PtqConfig("nvfp4_awq", "NVFP4_AWQ_LITE_CFG", "NVFP4 W+A, AWQ lite"),
         PtqConfig("nvfp4_awq_clip", "NVFP4_AWQ_CLIP_CFG", "NVFP4 W+A, AWQ clip"),
         PtqConfig("nvfp4_awq_full", "NVFP4_AWQ_FULL_CFG", "NVFP4 W+A, AWQ lite + clip"),
@@ -168,10 +141,7 @@ PTQ_CONFIGS: dict[str, PtqConfig] = {
         PtqConfig("mxint8", "MXINT8_DEFAULT_CFG", "MXINT8 W+A"),
         PtqConfig("w4a8_mxfp4_fp8", "W4A8_MXFP4_FP8_CFG", "MXFP4 W + FP8 A"),
         PtqConfig(
-            "nf4",
-            None,
-            "NF4 weight-only, blocks of 64, int8 double-quantized scales",
-            inline=_weight_only(_NF4_WEIGHT),
+            "nf4", "NF4_WEIGHT_ONLY_CFG", "NF4 weight-only, blocks of 64, int8 double-quantized scales"
         ),
         PtqConfig(
             "fp8_kv",

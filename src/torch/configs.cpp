@@ -168,14 +168,21 @@ QuantizeConfig make_cfg(const std::string& weight, const std::string& input,
 }
 
 std::string nvfp4(int block) {
-  return R"({"num_bits": [2, 1], "block_sizes": {"-1": )" + std::to_string(block) +
-         R"(, "type": "dynamic", "scale_bits": [4, 3]}, "axis": null, "enable": true})";
+  // appended piece by piece: GCC 12-14 warn (-Warray-bounds, a false positive) on a chain of
+  // operator+ over raw string literals
+  std::string s = R"({"num_bits": [2, 1], "block_sizes": {"-1": )";
+  s += std::to_string(block);
+  s += R"(, "type": "dynamic", "scale_bits": [4, 3]}, "axis": null, "enable": true})";
+  return s;
 }
 
 std::string mx(const std::string& fmt) {
   return R"({"num_bits": )" + fmt +
          R"(, "block_sizes": {"-1": 32, "type": "dynamic", "scale_bits": [8, 0]}, "enable": true})";
 }
+
+const std::string kGptq =
+    R"({"method": "gptq", "block_size": 128, "percdamp": 0.01, "act_order": false})";
 
 const std::string kInt4Static =
     R"({"num_bits": 4, "block_sizes": {"-1": 128, "type": "static"}, "enable": true})";
@@ -192,6 +199,9 @@ const std::vector<std::pair<std::string, ConfigFactory>>& factories() {
       {"FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG", &configs::fp8_2d_blockwise_weight_only},
       {"INT4_BLOCKWISE_WEIGHT_ONLY_CFG", &configs::int4_blockwise_weight_only},
       {"INT4_AWQ_CFG", &configs::int4_awq},
+      {"INT4_BLOCKWISE_GPTQ_CFG", &configs::int4_blockwise_gptq},
+      {"NVFP4_WEIGHT_ONLY_GPTQ_CFG", &configs::nvfp4_weight_only_gptq},
+      {"NF4_WEIGHT_ONLY_CFG", &configs::nf4_weight_only},
       {"W4A8_AWQ_BETA_CFG", &configs::w4a8_awq_beta},
       {"NVFP4_DEFAULT_CFG", &configs::nvfp4_default},
       {"NVFP4_AWQ_LITE_CFG", &configs::nvfp4_awq_lite},
@@ -373,6 +383,16 @@ QuantizeConfig int4_blockwise_weight_only() {
 }
 QuantizeConfig int4_awq() {
   return make_cfg(kInt4Static, kOff, R"({"method": "awq_lite", "alpha_step": 0.1})");
+}
+QuantizeConfig int4_blockwise_gptq() {
+  return make_cfg(R"({"num_bits": 4, "block_sizes": {"-1": 128}, "enable": true})", kOff, kGptq);
+}
+QuantizeConfig nvfp4_weight_only_gptq() { return make_cfg(nvfp4(16), kOff, kGptq); }
+QuantizeConfig nf4_weight_only() {
+  return make_cfg(
+      R"({"num_bits": 4, "block_sizes": {"-1": 64, "scale_bits": 8, "scale_block_sizes": {"-1": 256}},
+          "enable": true})",
+      kOff, R"("max")");
 }
 QuantizeConfig w4a8_awq_beta() {
   return make_cfg("[" + kInt4Static + R"(, {"num_bits": [4, 3], "axis": null, "enable": true}])",

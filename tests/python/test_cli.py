@@ -1,4 +1,4 @@
-"""`mopt ptq`: plain errors for bad input, and a fast end-to-end run with two configs."""
+"""`mopt ptq`: plain errors for bad input, fast end-to-end runs (two configs, then all)."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from mopt import cli
+from mopt import cli, ptq
 from mopt import data as mdata
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -116,6 +116,31 @@ def test_fast_run_with_two_configs(capsys, tmp_path):
     assert abs(rows["int8_wo"]["change_pct"]) < 1.0
     assert res["setup"]["seq_len"] == 128 and res["setup"]["calib_samples"] == 4
     assert (out_dir / "ptq_plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_config_on_the_real_model(capsys, tmp_path):
+    """Every config the CLI offers (all of mtq.choices) quantizes the real stories260K model.
+
+    Short calibration and evaluation (4 windows of 128 tokens each side), so the bounds are
+    loose; docs/benchmarks.md has the full-length numbers from `make demo`.
+    """
+    eval_file = tmp_path / "eval.txt"
+    eval_file.write_text(mdata.default_eval_text()[:2400])
+    out_dir = tmp_path / "out"
+    rc, out, _ = run_cli(capsys, "--configs", "all", "--eval-text", str(eval_file),
+                         "--seq-len", "128", "--calib-samples", "4", "--out", str(out_dir),
+                         "--no-progress", "--no-plot")
+    assert rc == 0, out
+    rows = {r["config"]: r for r in json.loads((out_dir / "results.json").read_text())["rows"]}
+    assert set(rows) == {"float", *ptq.config_names()}
+    float_row = rows.pop("float")
+    assert float_row["status"] == "float"
+    for name, r in rows.items():
+        assert r["status"] == "ok", (name, r)
+        assert r["metric"] > float_row["metric"] * 0.99, (name, r["metric"])
+        # 8-bit formats within a few percent, 4-bit ones well under doubling the perplexity
+        bound = 8.0 if r["effective_bits"] > 8.5 else 80.0
+        assert r["change_pct"] < bound, (name, r["change_pct"])
 
 
 def test_python_dash_m_entry_point():

@@ -35,6 +35,7 @@ def test_core_configs_exist_on_both_sides():
     py = set(mtq.config.choices)
     for name in CORE_CONFIGS:
         assert name in cxx and name in py
+    assert cxx == py  # every predefined config exists on both sides
 
 
 BOTH_SIDES = sorted(set(_C.predefined_config_names()) & set(mtq.config.choices))

@@ -113,7 +113,10 @@ def test_resolve_configs():
         if reason is None:
             mtq.config.QuantizeConfig(entry.build())
     gptq = ptq.PTQ_CONFIGS["int4_gptq"].build()
-    assert gptq["algorithm"] == "gptq" and mtq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG["algorithm"] == "max"
+    assert gptq["algorithm"]["method"] == "gptq"
+    assert ptq.PTQ_CONFIGS["int8_entropy"].build()["algorithm"] == "entropy"
+    # the CLI offers every predefined config (issue 4: each one appears in `mopt ptq`)
+    assert set(mtq.config.choices) <= {c.cfg_name for c in ptq.PTQ_CONFIGS.values()}
 
 
 def test_availability_reasons(monkeypatch):

@@ -86,6 +86,12 @@ QuantizeConfig fp8_2d_blockwise_weight_only();
 QuantizeConfig int4_blockwise_weight_only();
 /// INT4 blocks with AWQ lite (runs from Python only).
 QuantizeConfig int4_awq();
+/// INT4 blocks of 128 with GPTQ (runs from Python only).
+QuantizeConfig int4_blockwise_gptq();
+/// NVFP4 weights with GPTQ, activations in float (runs from Python only).
+QuantizeConfig nvfp4_weight_only_gptq();
+/// NF4 weights in blocks of 64 with 8-bit double-quantized scales (blocks of 256), max.
+QuantizeConfig nf4_weight_only();
 /// INT4 blocks then FP8 weights, FP8 activations, AWQ lite (runs from Python only).
 QuantizeConfig w4a8_awq_beta();
 /// NVFP4 weights and activations, max calibration of the tensor scale.

@@ -8,7 +8,10 @@ reaches on the TinyStories evaluation text (9,505 predicted tokens), their diffe
 calibration wall time (median of --repeats quantize calls after one warm-up) with the ratio
 modelopt / mopt (> 1: mopt is faster).
 
-    python benchmarks/bench_llm_ptq.py [--configs int8,int8_sq,...] [--repeats 3] [--threads 1]
+    python benchmarks/compare_modelopt.py [--configs int8,int8_sq,...|all] [--repeats 3]
+
+A config modelopt does not define, or that fails in modelopt on this machine, gets a row that says
+why instead of numbers. Where nvidia-modelopt is not installed the script prints why and exits 1.
 """
 
 from __future__ import annotations
@@ -36,7 +39,23 @@ from mopt.ptq import _KEEP, PTQ_CONFIGS  # noqa: E402
 
 # Configs whose reference implementation runs on CPU in nvidia-modelopt 0.47 (its NVFP4 / MX
 # dynamic block kernels assert a CUDA tensor).
-DEFAULT_CONFIGS = "int8,int8_wo,int8_sq,fp8,fp8_pcpt,fp8_2d,int4,int4_awq,w4a8_awq"
+DEFAULT_CONFIGS = "int8,int8_wo,int8_sq,fp8,fp8_pcpt,fp8_2d,int4,int4_awq,int4_gptq,w4a8_awq"
+
+
+def reference_config(mq, entry):
+    """modelopt's config for a registry entry, or raise KeyError naming what modelopt lacks."""
+    if entry.cfg_name == "INT4_BLOCKWISE_GPTQ_CFG":
+        # modelopt 0.47 has GPTQ as an algorithm but no predefined config for it; its GPTQ runs
+        # layer by layer only with "layerwise" enabled, which is what mopt's GPTQ always does
+        cfg = copy.deepcopy(mq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG)
+        cfg["algorithm"] = {"method": "gptq", "layerwise": {"enable": True}}
+        return cfg
+    if not hasattr(mq, entry.cfg_name):
+        raise KeyError(f"modelopt has no {entry.cfg_name}")
+    cfg = copy.deepcopy(getattr(mq, entry.cfg_name))
+    if entry.algorithm is not _KEEP:  # a registry entry that swaps the algorithm
+        cfg["algorithm"] = copy.deepcopy(entry.algorithm)
+    return cfg
 
 
 def quantize_timed(lib, model, cfg, forward_loop) -> float:
@@ -57,8 +76,10 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     try:
         import modelopt.torch.quantization as mq
-    except ImportError:
-        print("nvidia-modelopt is not installed; nothing to compare against", file=sys.stderr)
+    except ImportError as e:
+        print(f"nvidia-modelopt does not import ({e}); nothing to compare against. It installs "
+              "from PyPI with `pip install nvidia-modelopt` (pure Python; install torch first so "
+              "pip does not resolve another one)", file=sys.stderr)
         return 1
     import modelopt
 
@@ -80,28 +101,43 @@ def main() -> int:
     )
     print(
         "| config | mopt ppl | modelopt ppl | difference | mopt calib s | modelopt calib s |"
-        " modelopt / mopt |"
+        " modelopt / mopt | mopt / modelopt |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    names = list(PTQ_CONFIGS) if args.configs == "all" else [
+        c.strip() for c in args.configs.split(",") if c.strip()]
+    for name in names:
         entry = PTQ_CONFIGS[name]
-        cfg = entry.build()
-        ref_cfg = copy.deepcopy(getattr(mq, entry.cfg_name))
-        if entry.algorithm is not _KEEP:  # a registry entry that swaps the algorithm
-            ref_cfg["algorithm"] = copy.deepcopy(cfg["algorithm"])
+        if entry.needs_kv_quantizers:
+            print(f"| {name} | - | - | - | - | - | - | (KV-cache quantizers need the Hugging Face "
+                  "attention plugin of each library; compared in bench_huggingface.py) |")
+            continue
+        try:
+            ref_cfg = reference_config(mq, entry)
+        except KeyError as e:
+            print(f"| {name} | - | - | - | - | - | - | ({e.args[0]}) |", flush=True)
+            continue
         results = {}
-        for label, lib, c in (("mopt", mtq, cfg), ("modelopt", mq, ref_cfg)):
+        for label, lib, c in (("mopt", mtq, entry.build()), ("modelopt", mq, ref_cfg)):
             times = []
             model = None
-            for _ in range(args.repeats + 1):  # the first call warms up
-                model = copy.deepcopy(base)
-                times.append(quantize_timed(lib, model, c, forward_loop))
+            try:
+                for _ in range(args.repeats + 1):  # the first call warms up
+                    model = copy.deepcopy(base)
+                    times.append(quantize_timed(lib, model, c, forward_loop))
+            except Exception as e:  # noqa: BLE001 - reported in the table
+                results[label] = f"{label} failed: {type(e).__name__}: {str(e).splitlines()[0]}"
+                break
             ppl = perplexity(model, eval_ids, 512, progress=False)
             results[label] = (ppl, statistics.median(times[1:]))
+        failed = [r for r in results.values() if isinstance(r, str)]
+        if failed:
+            print(f"| {name} | - | - | - | - | - | - | ({'; '.join(failed)}) |", flush=True)
+            continue
         (p1, t1), (p2, t2) = results["mopt"], results["modelopt"]
         print(
             f"| {name} | {p1:.4f} | {p2:.4f} | {p1 - p2:+.4f} | {t1:.2f} | {t2:.2f} | "
-            f"{t2 / t1:.2f}x |",
+            f"{t2 / t1:.2f}x | {t1 / t2:.2f} |",
             flush=True,
         )
     return 0
