@@ -318,6 +318,53 @@ def test_default_config_layerwise_against_one_pass(calib_batches):
     assert _assert_fixed_point(layerwise) == _assert_fixed_point(one_pass) == 35
 
 
+def _tiny_gpt2() -> nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=512, n_positions=128, n_embd=64, n_layer=3, n_head=4)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.mark.parametrize("kind", ["stories260K", "gpt2"])
+def test_recording_pass_skips_later_layers_without_changing_the_result(calib_batches, kind,
+                                                                       monkeypatch):
+    """Only the first decoder layer computes in the recording pass; the result must equal the
+    one from a recording pass that runs every layer in float, and the layers' forwards come
+    back afterwards."""
+    from mopt.quantization.algorithms import gptq as gptq_mod
+
+    make = load_llama2c if kind == "stories260K" else _tiny_gpt2
+    batches = calib_batches[:4, :128] if kind == "gpt2" else calib_batches[:8]
+    loop = make_forward_loop(batches, batch_size=4)
+    cfg = _gptq_cfg({"num_bits": 4, "block_sizes": {-1: 32}})
+    fast = make()
+    layers = gptq_mod.decoder_layers(fast)[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback to the one-pass mode
+        mtq.quantize(fast, cfg, loop)
+    assert all("forward" not in layer.__dict__ for layer in layers)
+
+    class _AllLayersCompute:
+        def __init__(self, layers):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(gptq_mod, "_OnlyFirstLayerComputes", _AllLayersCompute)
+    full = mtq.quantize(make(), cfg, loop)
+    n = 0
+    for (name, a), b in zip(fast.named_modules(), full.modules()):
+        if isinstance(a, nn.Linear) or type(a).__name__ == "Conv1D":
+            assert torch.equal(a.weight, b.weight), name
+            n += 1
+    assert n > 10
+    with torch.no_grad():
+        assert torch.equal(fast(batches[:1]).logits, full(batches[:1]).logits)
+
+
 def test_nvfp4_gptq(calib_batches, eval_ids):
     loop = make_forward_loop(calib_batches, batch_size=4)
     try:

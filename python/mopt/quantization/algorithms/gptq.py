@@ -8,7 +8,8 @@ this module decides what runs when:
 
 * Decoder models (Hugging Face ``model.layers`` / ``transformer.h`` / ... lists of identical
   blocks that the model chains directly): one ``forward_loop`` pass in float records each call's
-  input to the first decoder layer and the keyword arguments (masks, rotary tables) of every layer.
+  input to the first decoder layer and the keyword arguments (masks, rotary tables) of every layer;
+  in that pass only the first layer computes, the later ones hand its output on unchanged.
   Then, one decoder layer at a time: max-calibrate its activation quantizers on its inputs,
   accumulate the Hessians of its linear layers (hooks, weight quantizers off), run GPTQ on each,
   and recompute the layer's outputs with the quantized weights as the next layer's inputs. Memory:
@@ -306,6 +307,43 @@ class _LayerRecorder:
             self.chained = False
 
 
+class _OnlyFirstLayerComputes:
+    """During the recording pass, decoder layers after the first return the previous layer's
+    output object unchanged instead of computing: the pass only needs the first layer's inputs
+    and every layer's other arguments (masks, rotary tables, which the model computes without
+    looking at the hidden values), so the float pass through layers 1..n-1 would be thrown away.
+    Since the blocks are identical, the returned object has the structure the model expects."""
+
+    def __init__(self, layers: nn.ModuleList) -> None:
+        self.layers = layers
+        self._last: Any = None
+        self._saved: list[tuple[nn.Module, Any]] = []
+        self._handle = None
+
+    def _passthrough(self, *args, **kwargs) -> Any:
+        return self._last
+
+    def _keep(self, _m, _args, out) -> None:
+        self._last = out
+
+    def __enter__(self) -> _OnlyFirstLayerComputes:
+        self._handle = self.layers[0].register_forward_hook(self._keep)
+        for layer in list(self.layers)[1:]:
+            self._saved.append((layer, layer.__dict__.get("forward")))  # e.g. accelerate's
+            layer.forward = self._passthrough
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+        for layer, own in self._saved:
+            if own is None:
+                del layer.forward
+            else:
+                layer.forward = own
+        self._saved.clear()
+        self._last = None
+
+
 def _run_layer(layer: nn.Module, hidden: torch.Tensor, recorded: tuple) -> Any:
     rest, kwargs, as_keyword = recorded
     if as_keyword:
@@ -319,7 +357,8 @@ def _gptq_layerwise(model: nn.Module, forward_loop: Callable, layers_name: str,
     """Layer-by-layer GPTQ; False (nothing changed) when the model's layers are not chained in
     a way that can be replayed."""
     all_quantizers = _quantizers_in(model)
-    with _Disabled(all_quantizers), _LayerRecorder(layers) as rec, torch.no_grad():
+    with _Disabled(all_quantizers), _LayerRecorder(layers) as rec, \
+            _OnlyFirstLayerComputes(layers), torch.no_grad():
         forward_loop(model)
     if not rec.calls:
         raise RuntimeError(
