@@ -15,7 +15,7 @@ export PYTHONPATH := $(PYTHONPATH_DEV)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: all deps deps-apt deps-python build test test-cpp test-python demo bench install-check clean
+.PHONY: all deps deps-apt deps-python deps-bench build test test-cpp test-python demo bench install-check clean
 
 all: build
 
@@ -53,8 +53,15 @@ test-python: build
 demo: build
 	$(PY) -m mopt ptq --model default --configs all --out out/demo
 
-bench: build
+# nvidia-modelopt (pure Python) is what compare_modelopt.py measures against; constraints.txt
+# keeps it from resolving another torch. If it does not install, the script says why.
+deps-bench: deps
+	@$(PY) -c "import modelopt" 2>/dev/null || $(PY) -m pip install -q -c constraints.txt nvidia-modelopt \
+	  || echo "nvidia-modelopt did not install; compare_modelopt.py will report it"
+
+bench: build deps-bench
 	$(PY) benchmarks/bench_fake_quant.py
+	$(PY) benchmarks/compare_modelopt.py --configs all
 
 clean:
 	rm -rf $(BUILD) python/mopt/_C*.so python/mopt/libmopt.so*

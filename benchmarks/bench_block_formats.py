@@ -36,7 +36,6 @@ import math
 import os
 import pathlib
 import platform
-import statistics
 import sys
 import time
 
@@ -45,6 +44,8 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT / "python") not in sys.path:
     sys.path.insert(0, str(ROOT / "python"))
+
+from _bench_common import cuda_time, gbps, print_table, time_interleaved  # noqa: E402
 
 import mopt  # noqa: E402,F401  (registers torch.ops.mopt.*)
 
@@ -148,35 +149,8 @@ NF4_PLAIN_MAX = 4 << 20
 CLOCK = time.perf_counter
 
 
-def time_interleaved(fns: dict, repeats: int, warmup: int) -> dict:
-    """Median seconds per call of each callable, calls of different callables interleaved."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = CLOCK()
-            fn()
-            samples[k].append(CLOCK() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
-def gbps(nbytes: int, seconds: float) -> float:
-    return nbytes / seconds / 1e9
-
-
 def fmt(v: float | None, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print(line(r))
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> str:
@@ -208,7 +182,7 @@ def cpu_section(sizes: list[int], repeats: int, warmup: int) -> None:
             x = torch.randn(numel // COLS, COLS, generator=gen).to(dtype)
             y = torch.empty_like(x)
             nbytes = 2 * x.numel() * x.element_size()
-            t = time_interleaved({"copy": lambda x=x, y=y: y.copy_(x)}, repeats, warmup)
+            t = time_interleaved({"copy": lambda x=x, y=y: y.copy_(x)}, repeats, warmup, CLOCK)
             copy_bw = gbps(nbytes, t["copy"])
             for name, (mopt_f, _) in FORMATS.items():
                 fns = {"mopt": mopt_f(x)}
@@ -216,7 +190,7 @@ def cpu_section(sizes: list[int], repeats: int, warmup: int) -> None:
                 if plain is not None:
                     fns["plain"] = plain
                 agree = agreement(fns["mopt"](), plain()) if plain is not None else "-"
-                t = time_interleaved(fns, repeats, warmup)
+                t = time_interleaved(fns, repeats, warmup, CLOCK)
                 bw = {k: gbps(nbytes, v) for k, v in t.items()}
                 rows.append([name, dname, f"{numel >> 20}M", fmt(bw["mopt"]),
                              fmt(bw.get("plain")), fmt(copy_bw),
@@ -231,41 +205,6 @@ def cpu_section(sizes: list[int], repeats: int, warmup: int) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # GPU
-
-
-def cuda_time(fn, inputs: list, iters: int, repeats: int, warmup: int) -> float:
-    """Median seconds per call over event-timed loops of `iters` calls on rotating inputs,
-    captured in a CUDA graph when possible (so Python's launch overhead does not count)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for i in range(warmup):
-            fn(inputs[i % len(inputs)])
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-
-    def loop():
-        return [fn(inputs[i % len(inputs)]) for i in range(iters)]
-
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            kept = loop()  # noqa: F841  (alive for the graph's lifetime)
-        run = graph.replay
-    except RuntimeError:
-        run = loop
-    run()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / iters)
-    return statistics.median(times)
 
 
 def gpu_section(sizes: list[int], repeats: int, warmup: int) -> None:
@@ -285,15 +224,15 @@ def gpu_section(sizes: list[int], repeats: int, warmup: int) -> None:
             ys = [torch.empty_like(x) for x in xs]
             iters = 2 * nbuf
             copy_bw = gbps(2 * nbytes_one, cuda_time(lambda xy: xy[1].copy_(xy[0]),
-                                                     list(zip(xs, ys)), iters, repeats, warmup))
+                                                     list(zip(xs, ys)), iters, repeats, warmup)[0])
             for name, (mopt_f, _) in FORMATS.items():
-                t = cuda_time(lambda x, f=mopt_f: f(x)(), xs, iters, repeats, warmup)
+                t = cuda_time(lambda x, f=mopt_f: f(x)(), xs, iters, repeats, warmup)[0]
                 bw = gbps(2 * nbytes_one, t)
                 plain = plain_for(name, xs[0])
                 plain_bw = None
                 if plain is not None:
                     plain_bw = gbps(2 * nbytes_one, cuda_time(
-                        lambda x, n=name: plain_for(n, x)(), xs, iters, repeats, warmup))
+                        lambda x, n=name: plain_for(n, x)(), xs, iters, repeats, warmup)[0])
                 cpu_ref = FORMATS[name][0](xs[0].cpu())()
                 rows.append([name, dname, f"{numel >> 20}M", fmt(bw), fmt(plain_bw), fmt(copy_bw),
                              f"{100 * bw / copy_bw:.0f}%",

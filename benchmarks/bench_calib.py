@@ -31,7 +31,6 @@ import math
 import os
 import pathlib
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -44,23 +43,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT / "python") not in sys.path:
     sys.path.insert(0, str(ROOT / "python"))
 
+from _bench_common import time_interleaved  # noqa: E402
+
 import mopt.quantization as mtq
 from mopt import _C
 from mopt.quantization.calib import HistogramCalibrator
-
-
-def timed(fns: dict, repeats: int, warmup: int = 1) -> dict:
-    """Median seconds of each callable, runs interleaved."""
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def reference_module():
@@ -128,7 +115,7 @@ def bench_entropy(acts, ref, repeats):
             "mopt": lambda b=bits: _C.histogram_amax_entropy(counts, edges, b, False, 1, 128),
             "numpy": lambda b=bits: straightforward_entropy(counts.numpy(), edges.numpy(), b),
         }
-        t = timed(fns, repeats)
+        t = time_interleaved(fns, repeats)
         amax = {k: f() for k, f in fns.items()}
         if ref is not None and bits == 8:
             h, e = counts.int().numpy(), edges.numpy()
@@ -186,7 +173,7 @@ def bench_collection(ref, repeats):
             fns["ref"] = ref_collect
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t = timed(fns, repeats)
+            t = time_interleaved(fns, repeats)
         assert torch.equal(torch.ops.mopt.histogram_abs(x, [], m, bins, 2048)[0],
                            torch.histc(xf.abs(), 2048, 0, m.item()).long())
         name = f"{n >> 20}M {str(dtype).replace('torch.', '')}"
@@ -204,8 +191,8 @@ def bench_collection(ref, repeats):
         a = x.abs()
         return [torch.histc(a[:, c], 2048, 0, ups[c]) for c in range(512)]
 
-    t = timed({"op": lambda: torch.ops.mopt.histogram_abs(x, [1], up, nb, 2048),
-               "histc": loop_histc}, max(3, repeats // 2))
+    t = time_interleaved({"op": lambda: torch.ops.mopt.histogram_abs(x, [1], up, nb, 2048),
+                          "histc": loop_histc}, max(3, repeats // 2))
     print(f"| 4M fp32 per channel (512 ch, last axis) | {t['op'] * 1e3:.1f} ms | "
           f"{t['histc'] * 1e3:.1f} ms (loop) | {t['histc'] / t['op']:.1f}x | - | - | - |")
 

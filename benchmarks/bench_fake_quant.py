@@ -31,15 +31,15 @@ import math
 import os
 import pathlib
 import platform
-import statistics
 import sys
-import time
 
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT / "python") not in sys.path:
     sys.path.insert(0, str(ROOT / "python"))
+
+from _bench_common import cuda_time, gbps, print_table, time_interleaved  # noqa: E402
 
 import mopt  # noqa: F401  (registers torch.ops.mopt.*)
 
@@ -115,42 +115,12 @@ FORMATS = {
 # Timing
 
 
-def time_interleaved(fns: dict, repeats: int, warmup: int) -> dict:
-    """Median seconds per call of each callable, calls of different callables interleaved."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
-def gbps(nbytes: int, seconds: float) -> float:
-    return nbytes / seconds / 1e9
-
-
 def fmt_ratio(a: float | None, b: float | None) -> str:
     return "-" if a is None or b is None else f"{a / b:.2f}x"
 
 
 def fmt_gbps(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"
-
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print(line(r))
 
 
 def size_label(numel: int) -> str:
@@ -243,45 +213,6 @@ def cpu_section(sizes: list[int], repeats: int, warmup: int) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # GPU section
-
-
-def cuda_time(fn, inputs: list, iters: int, repeats: int, warmup: int) -> tuple[float, bool]:
-    """Median seconds per call over `repeats` event-timed loops of `iters` calls, each call on
-    the next of the rotating inputs. The loop is captured in a CUDA graph when possible, so that
-    Python's launch overhead (microseconds, as long as a 4M-element kernel on a fast GPU) does not
-    stand in for the kernel time; outputs are kept so every call writes fresh memory. Returns
-    (seconds, whether a graph was used)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # graph capture wants warmed-up kernels and allocator
-        for i in range(warmup):
-            fn(inputs[i % len(inputs)])
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-
-    def loop():
-        return [fn(inputs[i % len(inputs)]) for i in range(iters)]
-
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            kept = loop()  # noqa: F841  (alive for the graph's lifetime)
-        run = graph.replay
-    except RuntimeError:
-        graph, run = None, loop
-    run()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / iters)
-    del graph
-    return statistics.median(times), run is not loop
 
 
 def gpu_case(xs: list, fmt_name: str, per_channel: bool, dname: str, repeats: int,

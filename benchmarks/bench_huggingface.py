@@ -26,7 +26,6 @@ import copy
 import os
 import pathlib
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -36,20 +35,9 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT / "python") not in sys.path:
     sys.path.insert(0, str(ROOT / "python"))
+
+from _bench_common import time_interleaved  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def _median_times(fns: dict, repeats: int) -> dict:
-    """Median seconds of each callable, interleaved so that a load change hits all alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _quantize_timed(lib, model, cfg, loop) -> float:
@@ -168,8 +156,8 @@ def main() -> int:
                                   pad_token_id=0)
 
     with torch.no_grad():
-        f = _median_times({k: fwd(m) for k, m in models.items()}, args.repeats)
-        g = _median_times({k: gen(m) for k, m in models.items()}, args.repeats)
+        f = time_interleaved({k: fwd(m) for k, m in models.items()}, args.repeats)
+        g = time_interleaved({k: gen(m) for k, m in models.items()}, args.repeats)
     print(f"\nstories260K with {key}: median of {args.repeats} after a warm-up\n")
     print("| measurement | float | mopt | modelopt | mopt / float | modelopt / mopt |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -204,7 +192,7 @@ def main() -> int:
         g_models[label] = m
     with torch.no_grad():
         lo = {k: m(gids, use_cache=False).logits for k, m in g_models.items()}
-        gf = _median_times({k: (lambda m=m: m(gids, use_cache=False))
+        gf = time_interleaved({k: (lambda m=m: m(gids, use_cache=False))
                             for k, m in g_models.items()}, args.repeats)
     rel = ((lo["mopt"] - lo["modelopt"]).norm() / (lo["modelopt"] - lo["float"]).norm()).item()
     print(f"\nGPT-2 shape (4 layers, 768 wide, random weights, Conv1D) with INT8_DEFAULT_CFG; "

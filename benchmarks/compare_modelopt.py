@@ -60,7 +60,9 @@ def reference_config(mq, entry):
 
 def quantize_timed(lib, model, cfg, forward_loop) -> float:
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    sink = io.StringIO()  # both libraries print progress; modelopt's tqdm writes to stderr
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lib.quantize(model, copy.deepcopy(cfg), forward_loop)
     return time.perf_counter() - t0
@@ -91,14 +93,23 @@ def main() -> int:
     )
     forward_loop = make_forward_loop(batches, 4)
     float_ppl = perplexity(base, eval_ids, 512, progress=False)
+    with torch.no_grad():
+        forward_loop(copy.deepcopy(base))  # warm-up
+        fwd = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            forward_loop(base)
+            fwd.append(time.perf_counter() - t0)
     print(
         f"stories260K, {len(eval_ids) - 1} predicted tokens, calibration {args.calib_samples} x "
         f"512 tokens; float perplexity {float_ppl:.4f}"
     )
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPU, torch {torch.__version__}, "
-        f"{args.threads} thread(s); mopt vs nvidia-modelopt {modelopt.__version__}\n"
+        f"{args.threads} thread(s); mopt vs nvidia-modelopt {modelopt.__version__}"
     )
+    print(f"one float pass of forward_loop (the floor of one calibration pass): "
+          f"{statistics.median(fwd):.2f} s\n")
     print(
         "| config | mopt ppl | modelopt ppl | difference | mopt calib s | modelopt calib s |"
         " modelopt / mopt | mopt / modelopt |"

@@ -43,15 +43,18 @@ from torch import nn
 
 from ... import _C
 from ..model_calib import (
-    enable_stats_collection,
-    finish_stats_collection,
     max_calibrate,
     register_calibration_algorithm,
     weight_only_calibrate,
 )
 from ..nn.modules.tensor_quantizer import SequentialQuantizer, TensorQuantizer
 from ..utils import ParameterBackup
-from .smoothquant import input_pre_hook, quantized_linears, recalibrate_weight, set_input_amax
+from .smoothquant import (
+    quantized_linears,
+    recalibrate_weight,
+    run_with_input_hooks,
+    set_input_amax,
+)
 
 __all__ = ["AwqLiteDebug", "AwqClipDebug", "awq_lite", "awq_clip", "awq_full"]
 
@@ -105,18 +108,8 @@ class _Layer:
 def _run_pass(model: nn.Module, forward_loop: Callable, layers: list[_Layer],
               fn: Callable[[_Layer], Callable[[torch.Tensor], None]],
               calibrate_others: bool = False) -> None:
-    handles = [layer.module.register_forward_pre_hook(input_pre_hook(fn(layer)), with_kwargs=True)
-               for layer in layers]
-    if calibrate_others:
-        enable_stats_collection(model)
-    try:
-        with torch.no_grad():
-            forward_loop(model)
-    finally:
-        for h in handles:
-            h.remove()
-        if calibrate_others:
-            finish_stats_collection(model)
+    run_with_input_hooks(model, forward_loop, [(layer.module, fn(layer)) for layer in layers],
+                         calibrate_others)
 
 
 class _QuantizersOff:

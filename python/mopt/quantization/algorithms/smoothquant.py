@@ -76,6 +76,26 @@ def input_pre_hook(fn: Callable[[torch.Tensor], None]) -> Callable:
     return hook
 
 
+def run_with_input_hooks(model: nn.Module, forward_loop: Callable,
+                         hooks: list[tuple[nn.Module, Callable[[torch.Tensor], None]]],
+                         calibrate_others: bool = False) -> None:
+    """Runs ``forward_loop(model)`` without gradients with ``fn(input)`` called before each
+    ``module`` of `hooks` computes; with `calibrate_others`, every quantizer in calibration mode
+    collects statistics in the same pass (max calibration)."""
+    handles = [module.register_forward_pre_hook(input_pre_hook(fn), with_kwargs=True)
+               for module, fn in hooks]
+    if calibrate_others:
+        enable_stats_collection(model)
+    try:
+        with torch.no_grad():
+            forward_loop(model)
+    finally:
+        for h in handles:
+            h.remove()
+        if calibrate_others:
+            finish_stats_collection(model)
+
+
 def recalibrate_weight(module: nn.Module, first: int = 0) -> None:
     """Max-calibrates the weight quantizer(s) of `module` on its current weight, from stage
     `first` of a SequentialQuantizer on (each stage sees the previous stages' output)."""
@@ -133,22 +153,16 @@ def smoothquant(model: nn.Module, forward_loop: Callable | None = None, alpha: f
     # The smoothed input quantizers stay out of the max pass: their amax comes from the
     # per-channel statistics. Disabled, a quantizer still applies an earlier pre_quant_scale, so
     # the hook sees the input as the weight sees it.
-    handles = []
+    hooks = []
     for _, module, layer in targets:
         iq = module.input_quantizer
         iq.disable()
-        handles.append(module.register_forward_pre_hook(
-            input_pre_hook(lambda x, iq=iq, layer=layer: layer.collect(iq(x))), with_kwargs=True))
-    enable_stats_collection(model)
+        hooks.append((module, lambda x, iq=iq, layer=layer: layer.collect(iq(x))))
     try:
-        with torch.no_grad():
-            forward_loop(model)
+        run_with_input_hooks(model, forward_loop, hooks, calibrate_others=True)
     finally:
-        for h in handles:
-            h.remove()
         for _, module, _ in targets:
             module.input_quantizer.enable()
-        finish_stats_collection(model)
 
     smoothed = 0
     for name, module, layer in targets:
