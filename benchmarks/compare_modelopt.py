@@ -136,10 +136,10 @@ def main() -> int:
                 for _ in range(args.repeats + 1):  # the first call warms up
                     model = copy.deepcopy(base)
                     times.append(quantize_timed(lib, model, c, forward_loop))
+                ppl = perplexity(model, eval_ids, 512, progress=False)
             except Exception as e:  # noqa: BLE001 - reported in the table
                 results[label] = f"{label} failed: {type(e).__name__}: {str(e).splitlines()[0]}"
                 break
-            ppl = perplexity(model, eval_ids, 512, progress=False)
             results[label] = (ppl, statistics.median(times[1:]))
         failed = [r for r in results.values() if isinstance(r, str)]
         if failed:
