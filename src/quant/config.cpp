@@ -149,7 +149,13 @@ void apply_keys(QuantizerAttributeConfig& c, const json& j) {
     else if (k == "type") c.type = get_choice(v, "type", {"static", "dynamic"});
     else if (k == "block_sizes")
       c.block_sizes = v.is_null() ? std::nullopt : std::optional(parse_block_sizes(v));
-    else if (k == "calibrator") c.calibrator = get_choice(v, "calibrator", {"max", "histogram", "custom"});
+    else if (k == "calibrator") {
+      // "custom" marks a Python calibrator class (Python writes it; users write a tuple)
+      MOPT_CHECK_VALUE(v.is_string() && (v == "max" || v == "histogram" || v == "custom"),
+                       "quantizer attribute 'calibrator' must be \"max\", \"histogram\" or (from "
+                       "Python) a (cls, args, kwargs) tuple, got ", v.dump());
+      c.calibrator = v.get<std::string>();
+    }
     else if (k == "pass_through_bwd") c.pass_through_bwd = get_bool(v, "pass_through_bwd");
     else if (k == "trt_high_precision_dtype")
       c.trt_high_precision_dtype =

@@ -95,6 +95,10 @@ class QuantizerAttributeConfig:
 
     def __init__(self, **kwargs: Any) -> None:
         custom = kwargs.get("calibrator")
+        if custom == "custom":  # the internal JSON marker of a Python calibrator class
+            raise ValueError(
+                "calibrator must be 'max', 'histogram' or a (cls, args, kwargs) tuple, got 'custom'"
+            )
         if custom is not None and not isinstance(custom, str):
             if not (isinstance(custom, (tuple, list)) and len(custom) in (1, 2, 3)) and not callable(
                 custom

@@ -78,7 +78,9 @@ def test_attribute_normalization_and_copy():
     (dict(rotate=True), NotImplementedError, "rotate"),
     (dict(fake_quant=False), NotImplementedError, "fake_quant"),
     (dict(bias={"type": "static"}), NotImplementedError, "bias"),
-    (dict(calibrator="median"), ValueError, "calibrator"),
+    (dict(calibrator="median"), ValueError,
+     r"'calibrator' must be \"max\", \"histogram\" or .* tuple, got \"median\""),
+    (dict(calibrator="custom"), ValueError, r"tuple, got 'custom'"),
     (dict(calibrator=42), ValueError, "calibrator"),
 ])
 def test_attribute_validation_errors(kw, exc, match):
