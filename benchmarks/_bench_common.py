@@ -85,3 +85,17 @@ def cuda_time(fn, inputs: list, iters: int, repeats: int, warmup: int) -> tuple[
         times.append(start.elapsed_time(end) / 1e3 / iters)
     del graph
     return statistics.median(times), run is not loop
+
+
+def run_sections(cpu_section, gpu_section, sizes: list[int], repeats: int, warmup: int,
+                 cpu: bool = True) -> None:
+    """The CPU section (unless `cpu` is False), then the GPU one where CUDA is present, or a line
+    saying that it is not."""
+    with torch.inference_mode():
+        if cpu:
+            cpu_section(sizes, repeats, warmup)
+        if torch.cuda.is_available():
+            gpu_section(sizes, repeats, warmup)
+        else:
+            print("\n## GPU: no CUDA GPU is present (torch.cuda.is_available() is False); "
+                  "GPU section skipped.")

@@ -45,7 +45,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT / "python") not in sys.path:
     sys.path.insert(0, str(ROOT / "python"))
 
-from _bench_common import cuda_time, gbps, print_table, time_interleaved  # noqa: E402
+from _bench_common import cuda_time, gbps, print_table, run_sections, time_interleaved  # noqa: E402
 
 import mopt  # noqa: E402,F401  (registers torch.ops.mopt.*)
 
@@ -262,14 +262,7 @@ def main() -> None:
         CLOCK = time.thread_time
         torch.set_num_threads(1)
     sizes = [int(s) << 20 for s in args.sizes.split(",")]
-    with torch.inference_mode():
-        if not args.no_cpu:
-            cpu_section(sizes, args.repeats, args.warmup)
-        if torch.cuda.is_available():
-            gpu_section(sizes, args.repeats, args.warmup)
-        else:
-            print("\n## GPU: no CUDA GPU is present (torch.cuda.is_available() is False); "
-                  "GPU section skipped.")
+    run_sections(cpu_section, gpu_section, sizes, args.repeats, args.warmup, not args.no_cpu)
 
 
 if __name__ == "__main__":
