@@ -29,6 +29,26 @@ class _Calibrator:
     def reset(self) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not implement reset()")
 
+    # Calibrators backed by a C++ calibrator (max, histogram, MSE) build it with _new_core for
+    # the kept axes and rebuild it when the axes change before any data arrived.
+    _impl = None
+    _impl_axis = None
+
+    def _new_core(self, axes: list[int] | None):
+        raise NotImplementedError(f"{type(self).__name__} has no C++ calibrator")
+
+    def _has_data(self) -> bool:
+        raise NotImplementedError(f"{type(self).__name__} has no C++ calibrator")
+
+    def _core(self):
+        axes = self._kept_axes()
+        if self._impl is None or axes != self._impl_axis:
+            if self._impl is not None and self._has_data():
+                raise RuntimeError("amax shape changed! (the calibrator's axis changed mid-way)")
+            self._impl = self._new_core(axes)
+            self._impl_axis = axes
+        return self._impl
+
     def _kept_axes(self) -> list[int] | None:
         if self._axis is None:
             return None

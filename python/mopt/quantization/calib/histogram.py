@@ -59,13 +59,8 @@ class HistogramCalibrator(_Calibrator):
         self._impl_axis = axes
         return self._impl
 
-    def _core(self) -> _C.HistogramCalibrator:
-        axes = self._kept_axes()
-        if axes != self._impl_axis:
-            if self._impl.channels > 0:
-                raise RuntimeError("amax shape changed! (the calibrator's axis changed mid-way)")
-            self._new_core(axes)
-        return self._impl
+    def _has_data(self) -> bool:
+        return self._impl.channels > 0
 
     @torch.no_grad()
     def collect(self, x: torch.Tensor) -> None:

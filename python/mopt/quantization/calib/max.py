@@ -25,15 +25,12 @@ class MaxCalibrator(_Calibrator):
         self._impl = None
         self._impl_axis = None
 
-    def _core(self) -> _C.MaxCalibrator:
-        axes = self._kept_axes()
-        if self._impl is None or axes != self._impl_axis:
-            if self._impl is not None and self._impl.compute_amax() is not None:
-                raise RuntimeError("amax shape changed! (the calibrator's axis changed mid-way)")
-            bits = self._num_bits if isinstance(self._num_bits, int) else 1 + sum(self._num_bits)
-            self._impl = _C.MaxCalibrator(bits, axes, self._unsigned, self._track_amax)
-            self._impl_axis = axes
-        return self._impl
+    def _new_core(self, axes) -> _C.MaxCalibrator:
+        bits = self._num_bits if isinstance(self._num_bits, int) else 1 + sum(self._num_bits)
+        return _C.MaxCalibrator(bits, axes, self._unsigned, self._track_amax)
+
+    def _has_data(self) -> bool:
+        return self._impl.compute_amax() is not None
 
     def collect(self, x: torch.Tensor) -> None:
         """Folds one batch into the running amax."""

@@ -79,13 +79,8 @@ class MseCalibrator(_Calibrator):
         self._impl_axis = axes
         return self._impl
 
-    def _core(self) -> _C.MseCalibrator:
-        axes = self._kept_axes()
-        if axes != self._impl_axis:
-            if self._impl.losses:
-                raise RuntimeError("amax shape changed! (the calibrator's axis changed mid-way)")
-            self._new_core(axes)
-        return self._impl
+    def _has_data(self) -> bool:
+        return bool(self._impl.losses)
 
     @torch.no_grad()
     def collect(self, x: torch.Tensor) -> None:
