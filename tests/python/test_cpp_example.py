@@ -34,10 +34,9 @@ def _run(cmd, **kw):
 
 @pytest.fixture(scope="module")
 def installed_example(tmp_path_factory):
-    if not (BUILD_DIR / "cmake_install.cmake").exists() or not list(BUILD_DIR.glob("libmopt.so*")):
-        pytest.skip(f"no built mopt tree at {BUILD_DIR} (set MOPT_BUILD_DIR)")
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake not found")
+    assert (BUILD_DIR / "cmake_install.cmake").exists() and list(BUILD_DIR.glob("libmopt.so*")), (
+        f"no built mopt tree at {BUILD_DIR}: run `make build` first, or set MOPT_BUILD_DIR")
+    assert shutil.which("cmake") is not None, "cmake not found (make deps installs it)"
     tmp = tmp_path_factory.mktemp("cpp_example")
     prefix = tmp / "prefix"
     _run(["cmake", "--install", str(BUILD_DIR), "--prefix", str(prefix)])

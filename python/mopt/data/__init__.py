@@ -32,6 +32,7 @@ _FILES = {
     "stories260K.bin": "stories260K model, llama2.c format",
     "tok512.bin": "tok512 tokenizer, llama2.c format",
     "tinystories_val_slice.txt": "first 150,000 characters of the TinyStories validation split",
+    "wikitext2_test_slice.txt": "first 2,175 lines (400 paragraph rows) of the WikiText-2 test split",
 }
 
 

@@ -125,13 +125,17 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def wikitext_path() -> pathlib.Path:
     """WikiText-2 test text: $MOPT_SHARED_DATA/wikitext2_test.txt, else ../shared/data beside
-    the source checkout."""
+    the source checkout, else the first 400 paragraph rows shipped in mopt/data (the same rows
+    in the same order, so results over those rows do not depend on which file was found)."""
     candidates = []
     env = os.environ.get("MOPT_SHARED_DATA")
     if env:
         candidates.append(pathlib.Path(env) / "wikitext2_test.txt")
     repo = pathlib.Path(__file__).resolve().parents[3]
     candidates.append(repo.parent / "shared" / "data" / "wikitext2_test.txt")
+    from .. import data
+
+    candidates.append(data.path_of("wikitext2_test_slice.txt"))
     for c in candidates:
         if c.is_file():
             return c

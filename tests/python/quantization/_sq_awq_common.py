@@ -9,9 +9,11 @@ import copy
 import functools
 
 import mopt.quantization as mtq
-from mopt.data import default_calib_text, default_eval_text
-from mopt.eval import make_forward_loop, perplexity, text_calibration_batches
-from mopt.models import Llama2cTokenizer, load_llama2c
+from mopt.data import default_eval_text
+from mopt.eval import make_forward_loop, perplexity
+from mopt.models import load_llama2c
+
+from . import _stories as stories
 
 import torch
 from torch import nn
@@ -32,16 +34,9 @@ def fresh_model() -> nn.Module:
     return copy.deepcopy(_float_model())
 
 
-@functools.lru_cache(maxsize=1)
-def _tokenizer() -> Llama2cTokenizer:
-    return Llama2cTokenizer.from_file()
-
-
-@functools.lru_cache(maxsize=1)
 def calib_batches() -> torch.Tensor:
     """Seeded windows of the calibration text (disjoint from the evaluation text)."""
-    ids = _tokenizer().encode(default_calib_text())
-    return text_calibration_batches(ids, CALIB_SAMPLES, CALIB_SEQ_LEN, seed=0)
+    return stories.calib_batches(CALIB_SAMPLES, CALIB_SEQ_LEN)
 
 
 def forward_loop():
@@ -50,7 +45,7 @@ def forward_loop():
 
 @functools.lru_cache(maxsize=1)
 def eval_ids() -> list[int]:
-    return _tokenizer().encode(default_eval_text())
+    return stories.tokenizer().encode(default_eval_text())
 
 
 def eval_perplexity(model: nn.Module, n_tokens: int | None = None) -> float:
@@ -66,18 +61,9 @@ def float_activations() -> dict[str, list[torch.Tensor]]:
     [tokens, in]. While AWQ searches, every searched layer computes in float, so these are
     exactly the inputs the algorithms see."""
     model = fresh_model()
-    acts: dict[str, list[torch.Tensor]] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and "lm_head" not in name:
-            def hook(mod, args, name=name):
-                acts.setdefault(name, []).append(
-                    args[0].detach().double().reshape(-1, args[0].shape[-1]))
-            handles.append(module.register_forward_pre_hook(hook))
-    forward_loop()(model)
-    for h in handles:
-        h.remove()
-    return acts
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and "lm_head" not in n]
+    acts = stories.layer_inputs(model, names, calib_batches(), CALIB_BATCH)
+    return {n: [x.double().reshape(-1, x.shape[-1]) for x in v] for n, v in acts.items()}
 
 
 def linear_weights(model: nn.Module) -> dict[str, torch.Tensor]:

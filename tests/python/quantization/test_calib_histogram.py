@@ -20,9 +20,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from mopt.data import default_calib_text, default_eval_text
-from mopt.eval import make_forward_loop, perplexity, text_calibration_batches
+from mopt.data import default_eval_text
+from mopt.eval import make_forward_loop, perplexity
 from mopt.models import Llama2cTokenizer, load_llama2c
+
+from . import _stories as stories
 
 # ---------------------------------------------------------------------------------------------
 # Oracles: the straightforward formulations, float64, sharing nothing with mopt.
@@ -135,24 +137,13 @@ LAYERS = ["model.layers.0.self_attn.q_proj", "model.layers.2.mlp.down_proj",
 
 @pytest.fixture(scope="module")
 def calib_batches():
-    ids = Llama2cTokenizer.from_file().encode(default_calib_text())
-    return text_calibration_batches(ids, n_samples=8, seq_len=256, seed=0)
+    return stories.calib_batches(8, 256)
 
 
 @pytest.fixture(scope="module")
 def activations(calib_batches):
     """{layer: [input of each calibration batch of 2 windows]}."""
-    model = load_llama2c()
-    acts = {name: [] for name in LAYERS}
-    hooks = [model.get_submodule(name).register_forward_pre_hook(
-        lambda mod, args, name=name: acts[name].append(args[0].detach().clone()))
-        for name in LAYERS]
-    with torch.no_grad():
-        for b in range(0, len(calib_batches), 2):
-            model(calib_batches[b : b + 2])
-    for h in hooks:
-        h.remove()
-    return acts
+    return stories.layer_inputs(load_llama2c(), LAYERS, calib_batches, batch_size=2)
 
 
 def _collect(batches, **kwargs):

@@ -15,9 +15,10 @@ from . import _ref
 
 transformers = pytest.importorskip("transformers")
 
-from mopt.data import default_calib_text
-from mopt.eval import make_forward_loop, text_calibration_batches
-from mopt.models import Llama2cTokenizer, load_llama2c
+from mopt.eval import make_forward_loop
+from mopt.models import load_llama2c
+
+from . import _stories as stories
 
 LAYERS = ["model.layers.0.self_attn.q_proj", "model.layers.3.mlp.down_proj"]
 
@@ -41,23 +42,12 @@ def naive_search(batches, amax, reduce_dims, quant, multipliers, error=None):
 
 @pytest.fixture(scope="module")
 def calib_batches():
-    ids = Llama2cTokenizer.from_file().encode(default_calib_text())
-    return text_calibration_batches(ids, n_samples=8, seq_len=256, seed=0)
+    return stories.calib_batches(8, 256)
 
 
 @pytest.fixture(scope="module")
 def activations(calib_batches):
-    model = load_llama2c()
-    acts = {name: [] for name in LAYERS}
-    hooks = [model.get_submodule(name).register_forward_pre_hook(
-        lambda mod, args, name=name: acts[name].append(args[0].detach().clone()))
-        for name in LAYERS]
-    with torch.no_grad():
-        for b in range(0, len(calib_batches), 2):
-            model(calib_batches[b : b + 2])
-    for h in hooks:
-        h.remove()
-    return acts
+    return stories.layer_inputs(load_llama2c(), LAYERS, calib_batches, batch_size=2)
 
 
 def test_calibrator_per_channel_weights_with_python_quant_func():

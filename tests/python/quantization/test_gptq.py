@@ -22,6 +22,8 @@ from mopt.data import default_calib_text, default_eval_text
 from mopt.eval import make_forward_loop, perplexity, text_calibration_batches
 from mopt.models import Llama2cTokenizer, load_llama2c
 
+from . import _stories as stories
+
 # ---------------------------------------------------------------------------------------------
 # The oracle: GPTQ (Frantar et al. 2023, Algorithm 1 with lazy batch updates) in float64.
 # Scale groups follow the quantizer: per output row from the original weight, or blocks along the
@@ -179,16 +181,9 @@ def float_model():
 
 
 def _capture_inputs(model: nn.Module, names: list[str], batches: torch.Tensor) -> dict:
-    xs = {n: [] for n in names}
-    handles = [model.get_submodule(n).register_forward_pre_hook(
-        lambda m, args, n=n: xs[n].append(args[0].detach().reshape(-1, args[0].shape[-1])))
-        for n in names]
-    with torch.no_grad():
-        for b in batches.split(4):
-            model(b)
-    for h in handles:
-        h.remove()
-    return {n: torch.cat(v) for n, v in xs.items()}
+    """{name: the layer's inputs over all batches as [tokens, in_features]}."""
+    xs = stories.layer_inputs(model, names, batches, batch_size=4)
+    return {n: torch.cat([x.reshape(-1, x.shape[-1]) for x in v]) for n, v in xs.items()}
 
 
 ORACLE_LAYERS = ["model.layers.1.self_attn.q_proj", "model.layers.3.mlp.down_proj"]
@@ -367,10 +362,7 @@ def test_recording_pass_skips_later_layers_without_changing_the_result(calib_bat
 
 def test_nvfp4_gptq(calib_batches, eval_ids):
     loop = make_forward_loop(calib_batches, batch_size=4)
-    try:
-        model = mtq.quantize(load_llama2c(), mtq.NVFP4_WEIGHT_ONLY_GPTQ_CFG, loop)
-    except NotImplementedError as e:
-        pytest.skip(f"NVFP4 is not built into this mopt yet: {e}")
+    model = mtq.quantize(load_llama2c(), mtq.NVFP4_WEIGHT_ONLY_GPTQ_CFG, loop)
     assert _assert_fixed_point(model) == 35
     rtn_cfg = copy.deepcopy(mtq.NVFP4_WEIGHT_ONLY_GPTQ_CFG)
     rtn_cfg["algorithm"] = "max"
