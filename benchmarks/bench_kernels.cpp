@@ -168,10 +168,10 @@ int main(int argc, char** argv) {
         p.amax = amax.data();
         p.layout = layout;
         if (std::string(kind) == "INT8") {
-          p.format = fq::Format::kInt;
+          p.format = mopt::kernels::Format::kInt;
           p.num_bits = 8;
         } else {
-          p.format = fq::Format::kMinifloat;
+          p.format = mopt::kernels::Format::kMinifloat;
           p.exponent_bits = 4;
           p.mantissa_bits = 3;
         }

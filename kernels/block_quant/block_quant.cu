@@ -200,10 +200,10 @@ void block_quant_cuda(const BlockQuantParams& p, cudaStream_t stream) {
   if (p.rows * p.row_len == 0) return;
   MOPT_DTYPE_SWITCH(p.dtype, T, [&] {
     switch (p.format) {
-      case BlockFormat::kNVFP4:
+      case Format::kNVFP4:
         launch<T>(p, Nvfp4Op{p.global_amax}, p.block_amax, stream);
         break;
-      case BlockFormat::kMX: {
+      case Format::kMX: {
         const float emax = mx_element_max(p.exponent_bits, p.mantissa_bits);
         if (p.exponent_bits == 0) {
           launch<T>(p, MxOp<MxIntElement>{MxIntElement{emax}, emax}, p.block_amax, stream);
@@ -214,7 +214,7 @@ void block_quant_cuda(const BlockQuantParams& p, cudaStream_t stream) {
         }
         break;
       }
-      case BlockFormat::kNF4:
+      case Format::kNF4:
         if (p.scale_block_size == 0) {
           launch<T>(p, Nf4Op{nullptr}, p.block_amax, stream);
         } else {

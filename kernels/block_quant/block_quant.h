@@ -8,15 +8,9 @@
 
 #include "common/cuda_stream.h"
 #include "common/dtype.h"
+#include "common/format.h"
 
 namespace mopt::kernels::block_quant {
-
-/// Which block format a call computes.
-enum class BlockFormat {
-  kNVFP4,  // E2M1 values, E4M3 block scales, fp32 tensor scale from global_amax
-  kMX,     // E8M0 block scales; element format (exponent_bits, mantissa_bits), E0Mm = integer
-  kNF4,    // NormalFloat4 table, absmax block scales, optional int8 double quantization
-};
 
 /// Arguments of block_quant_cpu / block_quant_cuda. x and y are contiguous [rows, row_len] of
 /// `dtype` and may alias; blocks of block_size run along each row.
@@ -27,7 +21,7 @@ struct BlockQuantParams {
   int64_t rows = 0;
   int64_t row_len = 0;
   int64_t block_size = 16;
-  BlockFormat format = BlockFormat::kNVFP4;
+  Format format = Format::kNVFP4;  // kNVFP4, kMX or kNF4
   /// MX element format: a minifloat for exponent_bits 1..5 (E4M3, E5M2, E3M2, E2M3, E2M1, E1M2),
   /// a sign-magnitude integer of mantissa_bits magnitude bits for exponent_bits 0 (E0M7 = INT8).
   int exponent_bits = 2;

@@ -18,10 +18,10 @@ void block_quant_check(const BlockQuantParams& p) {
   MOPT_CHECK(p.block_size >= 1, "block_size must be positive, got ", p.block_size);
   MOPT_CHECK(p.rows * p.row_len == 0 || (p.x != nullptr && p.y != nullptr), "null data pointer");
   switch (p.format) {
-    case BlockFormat::kNVFP4:
+    case Format::kNVFP4:
       MOPT_CHECK(p.global_amax != nullptr, "NVFP4 needs the tensor amax (global_amax)");
       break;
-    case BlockFormat::kMX:
+    case Format::kMX:
       MOPT_CHECK((p.exponent_bits == 0 && p.mantissa_bits >= 1 && p.mantissa_bits <= 7) ||
                      (p.exponent_bits >= 1 && p.exponent_bits <= 5 && p.mantissa_bits >= 1 &&
                       p.mantissa_bits <= 10),
@@ -29,7 +29,7 @@ void block_quant_check(const BlockQuantParams& p) {
                  " is not supported; use a minifloat with exponent bits in [1, 5] and mantissa "
                  "bits in [1, 10], or E0M1..E0M7 for integers (E0M7 = INT8)");
       break;
-    case BlockFormat::kNF4:
+    case Format::kNF4:
       MOPT_CHECK(p.scale_block_size >= -1,
                  "NF4 scale_block_size must be 0 (no double "
                  "quantization), -1 (one group) or positive, got ",
@@ -39,7 +39,7 @@ void block_quant_check(const BlockQuantParams& p) {
 }
 
 size_t block_quant_workspace_bytes(const BlockQuantParams& p) {
-  if (p.format != BlockFormat::kNF4 || p.scale_block_size == 0) return 0;
+  if (p.format != Format::kNF4 || p.scale_block_size == 0) return 0;
   const int64_t blocks = p.rows * blocks_per_row(p);
   if (blocks == 0) return 0;
   const int64_t group = p.scale_block_size > 0 ? p.scale_block_size : blocks;
@@ -242,10 +242,10 @@ void block_quant_cpu(const BlockQuantParams& p) {
   if (p.rows * p.row_len == 0) return;
   MOPT_DTYPE_SWITCH(p.dtype, T, [&] {
     switch (p.format) {
-      case BlockFormat::kNVFP4:
+      case Format::kNVFP4:
         run<T>(p, Nvfp4Op{p.global_amax});
         break;
-      case BlockFormat::kMX: {
+      case Format::kMX: {
         const float emax = mx_element_max(p.exponent_bits, p.mantissa_bits);
         if (p.exponent_bits == 0) {
           run<T>(p, MxOp<MxIntElement>{MxIntElement{emax}, emax});
@@ -256,7 +256,7 @@ void block_quant_cpu(const BlockQuantParams& p) {
         }
         break;
       }
-      case BlockFormat::kNF4:
+      case Format::kNF4:
         if (p.scale_block_size == 0) {
           run<T>(p, Nf4Op{nullptr});
         } else {

@@ -6,15 +6,10 @@
 
 #include "common/cuda_stream.h"
 #include "common/dtype.h"
+#include "common/format.h"
 #include "common/layout.h"
 
 namespace mopt::kernels::fake_quant {
-
-/// Number format of a fake-quant kernel call.
-enum class Format {
-  kInt,        // num_bits-bit integer, symmetric scale maxbound / amax
-  kMinifloat,  // sign + exponent_bits + mantissa_bits float (FP8 E4M3/E5M2, FP6, FP4)
-};
 
 /// Arguments of fake_quant_cpu / fake_quant_cuda. x and y are contiguous, numel elements of
 /// `dtype`, and may alias. amax is fp32 with layout.out_numel elements broadcasting over x as

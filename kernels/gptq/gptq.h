@@ -8,15 +8,9 @@
 #include <cstdint>
 
 #include "common/cuda_stream.h"
+#include "common/format.h"
 
 namespace mopt::kernels::gptq {
-
-/// Element format of the weight quantizer.
-enum class Format {
-  kInt,        // symmetric integer, scale maxbound / amax of the group
-  kMinifloat,  // FP8/FP6/FP4 element, scale max_value / amax of the group
-  kNVFP4,      // E2M1 element, E4M3 block scale per group of 16, fp32 tensor scale
-};
 
 /// How one weight element is rounded (mirrors the quantizer config).
 struct QuantSpec {

@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
+
+from . import _C
 from torch import nn
 
 __all__ = [
@@ -236,50 +238,6 @@ class WeightBytes:
         return 8.0 * self.total_bytes / self.n_params if self.n_params else float("nan")
 
 
-def _format_bits(num_bits: Any) -> int:
-    if isinstance(num_bits, (tuple, list)):
-        e, m = num_bits
-        return 8 if (e, m) == (8, 0) else 1 + e + m  # E8M0 is unsigned: 8 exponent bits
-    return int(num_bits)
-
-
-def _scale_count(attr, shape: Sequence[int]) -> int:
-    ndim = len(shape)
-    block = attr.block_sizes
-    if block:
-        count = 1
-        sizes = {int(k) % ndim: v for k, v in block.items() if isinstance(k, int)}
-        for d, n in enumerate(shape):
-            if d in sizes:
-                size = sizes[d]
-                count *= 1 if size is None else math.ceil(n / size)
-            else:
-                count *= n
-        return count
-    if attr.axis is None:
-        return 1
-    axes = attr.axis if isinstance(attr.axis, (tuple, list)) else (attr.axis,)
-    return math.prod(shape[int(a) % ndim] for a in axes)
-
-
-def _quantizer_scale_bits(attr, shape: Sequence[int]) -> float:
-    """Bits of all scales one weight quantizer needs for a weight of `shape`."""
-    count = _scale_count(attr, shape)
-    block = attr.block_sizes or {}
-    scale_bits = block.get("scale_bits")
-    if scale_bits is None:
-        return count * (32 if count == 1 else 16)
-    bits = count * _format_bits(scale_bits)
-    second = block.get("scale_block_sizes")
-    if isinstance(scale_bits, (tuple, list)) and tuple(scale_bits) != (8, 0):
-        bits += 32  # FP8 block scales are relative to one fp32 tensor scale (NVFP4)
-    elif second:
-        size = next((v for k, v in second.items() if isinstance(k, int)), None)
-        groups = 1 if not size or size < 0 else math.ceil(count / size)
-        bits += 32 * groups + 32  # fp32 scale per group of scales + their fp32 mean
-    return bits
-
-
 def deployed_weight_bytes(model: nn.Module) -> WeightBytes:
     """Bytes of `model`'s parameters as deployed (float: 16-bit; quantized weights at their
     format plus scales); see the module doc for the exact rules."""
@@ -296,13 +254,13 @@ def deployed_weight_bytes(model: nn.Module) -> WeightBytes:
         stages = [q for q in (wq if isinstance(wq, SequentialQuantizer) else [wq]) if q.is_enabled]
         if not stages:
             continue
-        shape = tuple(weight.shape)
-        elem_bits = min(_format_bits(q.num_bits) for q in stages)
-        scale_bits = sum(_quantizer_scale_bits(q.attribute_config, shape) for q in stages)
-        for q in [*stages, getattr(module, "input_quantizer", None)]:
-            pqs = getattr(q, "pre_quant_scale", None)
-            if isinstance(pqs, torch.Tensor):
-                scale_bits += 16 * pqs.numel()
+        pqs_numel = sum(
+            q.pre_quant_scale.numel()
+            for q in [*stages, getattr(module, "input_quantizer", None)]
+            if isinstance(getattr(q, "pre_quant_scale", None), torch.Tensor)
+        )
+        elem_bits, scale_bits = _C.weight_storage_bits(
+            [q.attribute_config.to_json() for q in stages], list(weight.shape), pqs_numel)
         quantized[id(weight)] = (elem_bits, scale_bits)
     total_bits = 0.0
     scale_total = 0.0
@@ -316,7 +274,7 @@ def deployed_weight_bytes(model: nn.Module) -> WeightBytes:
         n_params += p.numel()
         if id(p) in quantized:
             elem_bits, scale_bits = quantized[id(p)]
-            total_bits += p.numel() * elem_bits + scale_bits
+            total_bits += elem_bits + scale_bits
             scale_total += scale_bits
             n_quant += p.numel()
         else:

@@ -19,6 +19,7 @@
 #include "mopt/core/error.h"
 #include "mopt/quant/config.h"
 #include "mopt/quant/quantize_tensor.h"
+#include "quant/kernel_format.h"
 
 namespace mopt::algorithms {
 
@@ -48,28 +49,21 @@ ColumnQuantizer column_quantizer(const QuantizerAttributeConfig& cfg, int64_t co
   MOPT_CHECK_VALUE(cfg.enable, label, ": the weight quantizer is disabled");
   MOPT_CHECK_IMPLEMENTED(!cfg.is_unsigned, label,
                          ": unsigned weight quantizers are not supported by GPTQ");
-  const QuantKind kind = quant_kind(cfg);
-  MOPT_CHECK_IMPLEMENTED(
-      kind == QuantKind::kInt || kind == QuantKind::kMinifloat || kind == QuantKind::kNVFP4, label,
-      ": GPTQ supports integer, minifloat and NVFP4 weight quantizers; "
-      "MX and NF4 block formats are not supported");
+  const ResolvedFormat format = resolve_format(cfg);
+  MOPT_CHECK_IMPLEMENTED(format.info->gptq, label, ": GPTQ's column quantizer does not follow ",
+                         format.name, " weights (it follows integer, minifloat and NVFP4)");
+  const bool nvfp4 = format.family() == FormatFamily::kNVFP4;
   ColumnQuantizer c;
-  if (kind == QuantKind::kInt) {
-    c.spec.format = kg::Format::kInt;
-    c.spec.num_bits = cfg.num_bits.bits;
-    c.spec.narrow_range = cfg.narrow_range;
-  } else if (kind == QuantKind::kMinifloat) {
-    c.spec.format = kg::Format::kMinifloat;
-    c.spec.exponent_bits = cfg.num_bits.exponent;
-    c.spec.mantissa_bits = cfg.num_bits.mantissa;
-  } else {
-    c.spec.format = kg::Format::kNVFP4;
-  }
-  const bool dynamic = cfg.type == "dynamic" || (cfg.block_sizes && cfg.block_sizes->dynamic());
-  MOPT_CHECK_IMPLEMENTED(!dynamic || kind == QuantKind::kNVFP4, label,
+  c.spec.format = kernel_format(format.family());
+  c.spec.num_bits = format.element_bits;
+  c.spec.narrow_range = cfg.narrow_range;
+  c.spec.exponent_bits = format.exponent_bits;
+  c.spec.mantissa_bits = format.mantissa_bits;
+  const bool dynamic = format.dynamic;
+  MOPT_CHECK_IMPLEMENTED(!dynamic || nvfp4, label,
                          ": dynamic weight quantizers are only supported by GPTQ for NVFP4 "
                          "(the result must be a fixed point of the quantizer)");
-  c.static_nvfp4 = kind == QuantKind::kNVFP4 && !dynamic;
+  c.static_nvfp4 = nvfp4 && !dynamic;
   if (cfg.block_sizes) {
     std::vector<std::pair<int64_t, int64_t>> blocked;
     bool whole_rows = false;
@@ -94,7 +88,7 @@ ColumnQuantizer column_quantizer(const QuantizerAttributeConfig& cfg, int64_t co
     MOPT_CHECK_IMPLEMENTED(!(whole_rows && !blocked.empty()), label,
                            ": conflicting block_sizes entries for the input axis");
   } else {
-    MOPT_CHECK_IMPLEMENTED(kind != QuantKind::kNVFP4, label, ": NVFP4 without block_sizes");
+    MOPT_CHECK_IMPLEMENTED(!nvfp4, label, ": NVFP4 without block_sizes");
     if (cfg.axis && !cfg.axis->empty()) {
       const auto axes = core::normalize_axes(*cfg.axis, 2, "axis");
       MOPT_CHECK_IMPLEMENTED(axes.size() == 1 && axes[0] == 0, label,
@@ -300,7 +294,7 @@ GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hess
     // block amax must be known before the first column: they come from the original weight.
     nvfp4_amax = original.abs().max();
     spec.nvfp4_tensor_scale = kernels::block_quant::nvfp4_tensor_scale(nvfp4_amax.item<float>());
-  } else if (spec.format == kg::Format::kNVFP4) {
+  } else if (spec.format == kernels::Format::kNVFP4) {
     if (tensor_amax.has_value() && tensor_amax->defined()) {
       MOPT_CHECK_VALUE(tensor_amax->numel() == 1, label,
                        ": the NVFP4 tensor amax must hold one value, got shape ",
@@ -328,7 +322,7 @@ GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hess
   groups.group_size = group_size;
   groups.count = n_groups;
   groups.param = group_param.mutable_data_ptr<float>();
-  if (spec.format == kg::Format::kNVFP4 && !cq.static_nvfp4) {
+  if (spec.format == kernels::Format::kNVFP4 && !cq.static_nvfp4) {
     group_pin = at::empty({rows, n_groups}, original.options().dtype(at::kInt));
     groups.pin = group_pin.mutable_data_ptr<int32_t>();
   }
@@ -392,7 +386,7 @@ GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hess
     amax = at::constant_pad_nd(original.abs(), {0, padded - cols}, 0.0)
                .reshape({rows, n_groups, group_size})
                .amax({2});
-  } else if (spec.format == kg::Format::kNVFP4) {
+  } else if (spec.format == kernels::Format::kNVFP4) {
     amax = nvfp4_amax.reshape({1});
   } else if (cq.granularity == Granularity::kPerTensor) {
     amax = group_param.select(1, 0).narrow(0, 0, 1).clone();

@@ -93,10 +93,10 @@ void MseCalibrator::reset() {
 
 MseCalibrator::QuantFunc quantizer_view_quant_func(const std::string& cfg_json) {
   const QuantizerAttributeConfig cfg = QuantizerAttributeConfig::from_json(cfg_json);
-  const QuantKind kind = quant_kind(cfg);
-  MOPT_CHECK_IMPLEMENTED(kind == QuantKind::kInt || kind == QuantKind::kMinifloat,
-                         "MSE calibration searches integer and minifloat amax; block formats "
-                         "with quantized scales (NVFP4, MX, NF4) are not supported");
+  const ResolvedFormat format = resolve_format(cfg);
+  MOPT_CHECK_IMPLEMENTED(format.info->histogram_calibration, "MSE calibration searches the amax "
+                         "of formats with a float scale (integer, minifloat); ", format.name,
+                         " quantizes its scales and is not supported");
   const NumBits nb = cfg.num_bits;
   if (nb.is_float) {
     return [nb](const at::Tensor& x, const at::Tensor& amax) {

@@ -20,7 +20,7 @@ struct BlockQuantCall {
 
 /// Validates and prepares a call: x is viewed as [numel / x.size(-1), x.size(-1)] (a 0-dim x as
 /// [1, 1]); global_amax is only read for NVFP4, where an absent one is computed on x's device.
-BlockQuantCall prepare_block_quant(const at::Tensor& x, kernels::block_quant::BlockFormat format,
+BlockQuantCall prepare_block_quant(const at::Tensor& x, kernels::Format format,
                                    int64_t block_size, const c10::optional<at::Tensor>& global_amax,
                                    const c10::optional<at::Tensor>& block_amax);
 

@@ -13,7 +13,7 @@
 namespace mopt {
 namespace ops {
 
-using kernels::block_quant::BlockFormat;
+using kernels::Format;
 
 namespace {
 
@@ -38,7 +38,7 @@ void check_block_size(int64_t block_size) {
 
 }  // namespace
 
-BlockQuantCall prepare_block_quant(const at::Tensor& x, BlockFormat format, int64_t block_size,
+BlockQuantCall prepare_block_quant(const at::Tensor& x, Format format, int64_t block_size,
                                    const c10::optional<at::Tensor>& global_amax,
                                    const c10::optional<at::Tensor>& block_amax) {
   BlockQuantCall c;
@@ -60,7 +60,7 @@ BlockQuantCall prepare_block_quant(const at::Tensor& x, BlockFormat format, int6
     c.block_amax = float_operand(x, *block_amax, "block_amax");
     p.block_amax = c.block_amax.const_data_ptr<float>();
   }
-  if (format == BlockFormat::kNVFP4) {
+  if (format == Format::kNVFP4) {
     if (global_amax.has_value() && global_amax->defined()) {
       MOPT_CHECK_VALUE(global_amax->numel() == 1,
                        "global_amax must hold one value (the tensor amax), got shape ",
@@ -84,7 +84,7 @@ at::Tensor fake_quant_nvfp4_cpu(const at::Tensor& x, const c10::optional<at::Ten
                                 int64_t block_size, const c10::optional<at::Tensor>& block_amax,
                                 bool /*pass_through_bwd*/) {
   BlockQuantCall c =
-      prepare_block_quant(x, BlockFormat::kNVFP4, block_size, global_amax, block_amax);
+      prepare_block_quant(x, Format::kNVFP4, block_size, global_amax, block_amax);
   core::call_kernel([&] { kernels::block_quant::block_quant_cpu(c.params); });
   return c.y;
 }
@@ -95,7 +95,7 @@ at::Tensor fake_quant_mx_cpu(const at::Tensor& x, int64_t exponent_bits, int64_t
   MOPT_CHECK_VALUE(
       exponent_bits >= 0 && exponent_bits <= 5 && mantissa_bits >= 1 && mantissa_bits <= 10,
       "MX element format E", exponent_bits, "M", mantissa_bits, " is not supported");
-  BlockQuantCall c = prepare_block_quant(x, BlockFormat::kMX, block_size, c10::nullopt, block_amax);
+  BlockQuantCall c = prepare_block_quant(x, Format::kMX, block_size, c10::nullopt, block_amax);
   c.params.exponent_bits = static_cast<int>(exponent_bits);
   c.params.mantissa_bits = static_cast<int>(mantissa_bits);
   core::call_kernel([&] { kernels::block_quant::block_quant_cpu(c.params); });
@@ -106,7 +106,7 @@ at::Tensor fake_quant_nf4_cpu(const at::Tensor& x, int64_t block_size, int64_t s
                               const c10::optional<at::Tensor>& block_amax,
                               bool /*pass_through_bwd*/) {
   BlockQuantCall c =
-      prepare_block_quant(x, BlockFormat::kNF4, block_size, c10::nullopt, block_amax);
+      prepare_block_quant(x, Format::kNF4, block_size, c10::nullopt, block_amax);
   c.params.scale_block_size = scale_block_size;
   core::call_kernel([&] { kernels::block_quant::block_quant_cpu(c.params); });
   return c.y;

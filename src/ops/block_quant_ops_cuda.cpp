@@ -11,7 +11,7 @@
 namespace mopt::ops {
 namespace {
 
-using kernels::block_quant::BlockFormat;
+using kernels::Format;
 
 // Runs the kernel, with device scratch from the caching allocator when the call needs some.
 void run_cuda(BlockQuantCall& c) {
@@ -30,7 +30,7 @@ at::Tensor fake_quant_nvfp4_cuda(const at::Tensor& x, const c10::optional<at::Te
                                  bool) {
   const c10::cuda::CUDAGuard guard(x.device());
   BlockQuantCall c =
-      prepare_block_quant(x, BlockFormat::kNVFP4, block_size, global_amax, block_amax);
+      prepare_block_quant(x, Format::kNVFP4, block_size, global_amax, block_amax);
   run_cuda(c);
   return c.y;
 }
@@ -42,7 +42,7 @@ at::Tensor fake_quant_mx_cuda(const at::Tensor& x, int64_t exponent_bits, int64_
       exponent_bits >= 0 && exponent_bits <= 5 && mantissa_bits >= 1 && mantissa_bits <= 10,
       "MX element format E", exponent_bits, "M", mantissa_bits, " is not supported");
   const c10::cuda::CUDAGuard guard(x.device());
-  BlockQuantCall c = prepare_block_quant(x, BlockFormat::kMX, block_size, c10::nullopt, block_amax);
+  BlockQuantCall c = prepare_block_quant(x, Format::kMX, block_size, c10::nullopt, block_amax);
   c.params.exponent_bits = static_cast<int>(exponent_bits);
   c.params.mantissa_bits = static_cast<int>(mantissa_bits);
   run_cuda(c);
@@ -53,7 +53,7 @@ at::Tensor fake_quant_nf4_cuda(const at::Tensor& x, int64_t block_size, int64_t 
                                const c10::optional<at::Tensor>& block_amax, bool) {
   const c10::cuda::CUDAGuard guard(x.device());
   BlockQuantCall c =
-      prepare_block_quant(x, BlockFormat::kNF4, block_size, c10::nullopt, block_amax);
+      prepare_block_quant(x, Format::kNF4, block_size, c10::nullopt, block_amax);
   c.params.scale_block_size = scale_block_size;
   run_cuda(c);
   return c.y;

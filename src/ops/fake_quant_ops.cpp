@@ -49,7 +49,7 @@ FakeQuantCall prepare_fake_quant_int(const at::Tensor& x, const at::Tensor& amax
   p.x = c.x.const_data_ptr();
   p.y = c.y.mutable_data_ptr();
   p.amax = c.amax.const_data_ptr<float>();
-  p.format = kernels::fake_quant::Format::kInt;
+  p.format = kernels::Format::kInt;
   p.num_bits = static_cast<int>(num_bits);
   p.is_unsigned = is_unsigned;
   p.narrow_range = narrow_range;
@@ -76,7 +76,7 @@ FakeQuantCall prepare_fake_quant_fp(const at::Tensor& x, const c10::optional<at:
   p.layout = core::reduce_layout(c.x, keep);
   p.x = c.x.const_data_ptr();
   p.y = c.y.mutable_data_ptr();
-  p.format = kernels::fake_quant::Format::kMinifloat;
+  p.format = kernels::Format::kMinifloat;
   p.exponent_bits = static_cast<int>(exponent_bits);
   p.mantissa_bits = static_cast<int>(mantissa_bits);
   return c;

@@ -1,5 +1,6 @@
 #include "quant/block_formats.h"
 
+#include <cctype>
 #include <string>
 
 #include "core/tensor_utils.h"
@@ -9,17 +10,11 @@
 namespace mopt {
 namespace {
 
-const char* kind_name(QuantKind kind) {
-  switch (kind) {
-    case QuantKind::kNVFP4:
-      return "NVFP4";
-    case QuantKind::kMX:
-      return "MX";
-    case QuantKind::kNF4:
-      return "NF4";
-    default:
-      return "block";
-  }
+// "NVFP4", "MX", "NF4" for messages.
+std::string family_label(const ResolvedFormat& f) {
+  std::string s = f.info->name;
+  for (auto& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return s;
 }
 
 // What a block-format config asks of the kernels, validated once per call (cheap).
@@ -32,9 +27,10 @@ struct BlockFormatPlan {
   int64_t scale_block_size = 0;  // NF4 double quantization (see fake_quant_nf4)
 };
 
-BlockFormatPlan plan_for(const QuantizerAttributeConfig& cfg, QuantKind kind, int64_t ndim) {
+BlockFormatPlan plan_for(const QuantizerAttributeConfig& cfg, const ResolvedFormat& f,
+                         int64_t ndim) {
   const BlockSizes& b = *cfg.block_sizes;
-  const char* name = kind_name(kind);
+  const std::string name = family_label(f);
   BlockFormatPlan plan;
   MOPT_CHECK_VALUE(b.axes.size() == 1 && b.axes[0].second.has_value(), name,
                    " quantizes blocks along exactly one axis with a block size, e.g. "
@@ -43,53 +39,32 @@ BlockFormatPlan plan_for(const QuantizerAttributeConfig& cfg, QuantKind kind, in
   plan.axis =
       core::normalize_axes({b.axes[0].first}, std::max<int64_t>(ndim, 1), "block_sizes axis")[0];
   plan.block_size = *b.axes[0].second;
-  plan.dynamic = cfg.type == "dynamic" || b.dynamic();
-  if (kind != QuantKind::kNF4) {
+  plan.dynamic = f.dynamic;
+  plan.exponent_bits = f.exponent_bits;
+  plan.mantissa_bits = f.mantissa_bits;
+  if (f.family() != FormatFamily::kNF4) {
     MOPT_CHECK_VALUE(b.scale_block_sizes.empty(),
                      "'scale_block_sizes' (double quantization of "
                      "the block scales) applies to NF4 only; ",
                      name, " scales are not regrouped");
+    return plan;
   }
-  switch (kind) {
-    case QuantKind::kMX:
-      if (cfg.num_bits.is_float) {
-        plan.exponent_bits = cfg.num_bits.exponent;
-        plan.mantissa_bits = cfg.num_bits.mantissa;
-      } else {
-        MOPT_CHECK_VALUE(!cfg.is_unsigned,
-                         "MX integer elements are signed; unsigned=True is not "
-                         "an MX format");
-        MOPT_CHECK_VALUE(cfg.num_bits.bits <= 8,
-                         "MX integer elements have at most 8 bits "
-                         "(MXINT8), got num_bits ",
-                         cfg.num_bits.bits);
-        plan.exponent_bits = 0;  // sign + (bits - 1) magnitude bits: MXINT8 = E0M7
-        plan.mantissa_bits = cfg.num_bits.bits - 1;
-      }
-      break;
-    case QuantKind::kNF4: {
-      MOPT_CHECK_VALUE(!cfg.is_unsigned, "NF4 is a signed table; unsigned=True does not apply");
-      const auto& s = b.scale_block_sizes;
-      MOPT_CHECK_VALUE(s.size() <= 1 && (s.empty() || s[0].first == -1),
-                       "NF4 'scale_block_sizes' takes one entry {-1: size} (groups of "
-                       "consecutive block scales), got ",
-                       s.size(), " entries",
-                       s.empty() ? "" : (" starting with axis " + std::to_string(s[0].first)));
-      // scale_bits 8 asks for int8 block scales: without scale_block_sizes (or with size None)
-      // every block scale of the tensor shares one fp32 double-quantization scale.
-      plan.scale_block_size = s.empty() || !s[0].second ? -1 : *s[0].second;
-      break;
-    }
-    default:
-      break;
-  }
+  const auto& s = b.scale_block_sizes;
+  MOPT_CHECK_VALUE(s.size() <= 1 && (s.empty() || s[0].first == -1),
+                   "NF4 'scale_block_sizes' takes one entry {-1: size} (groups of "
+                   "consecutive block scales), got ",
+                   s.size(), " entries",
+                   s.empty() ? "" : (" starting with axis " + std::to_string(s[0].first)));
+  // scale_bits 8 asks for int8 block scales: without scale_block_sizes (or with size None)
+  // every block scale of the tensor shares one fp32 double-quantization scale.
+  plan.scale_block_size = s.empty() || !s[0].second ? -1 : *s[0].second;
   return plan;
 }
 
 // The calibrated per-block amax (shape of the static block view: the blocked axis split into
 // [n_blocks, 1]) laid out as the kernels want it, [..., n_blocks] with the blocks last.
 at::Tensor kernel_block_amax(const at::Tensor& amax, const at::Tensor& x,
-                             const BlockFormatPlan& plan, const char* name) {
+                             const BlockFormatPlan& plan, const std::string& name) {
   const int64_t a = plan.axis;
   std::vector<c10::SymInt> want;
   if (x.dim() == 0) {
@@ -112,9 +87,10 @@ at::Tensor kernel_block_amax(const at::Tensor& amax, const at::Tensor& x,
 }  // namespace
 
 at::Tensor quantize_block_format(const at::Tensor& x, const at::Tensor& amax,
-                                 const QuantizerAttributeConfig& cfg, QuantKind kind) {
-  const BlockFormatPlan plan = plan_for(cfg, kind, x.dim());
-  const char* name = kind_name(kind);
+                                 const QuantizerAttributeConfig& cfg,
+                                 const ResolvedFormat& format) {
+  const BlockFormatPlan plan = plan_for(cfg, format, x.dim());
+  const std::string name = family_label(format);
   const bool moved = x.dim() > 1 && plan.axis != x.dim() - 1;
   const at::Tensor xt = moved ? x.movedim(plan.axis, -1) : x;
 
@@ -122,7 +98,7 @@ at::Tensor quantize_block_format(const at::Tensor& x, const at::Tensor& amax,
   if (amax.defined()) {
     if (!plan.dynamic) {
       block_amax = kernel_block_amax(amax, x, plan, name);
-    } else if (kind == QuantKind::kNVFP4) {
+    } else if (format.family() == FormatFamily::kNVFP4) {
       MOPT_CHECK_VALUE(amax.numel() == 1,
                        "NVFP4 with dynamic blocks keeps one per-tensor amax "
                        "for its tensor scale, got amax of shape ",
@@ -132,15 +108,15 @@ at::Tensor quantize_block_format(const at::Tensor& x, const at::Tensor& amax,
   }
 
   at::Tensor y;
-  switch (kind) {
-    case QuantKind::kNVFP4:
+  switch (format.family()) {
+    case FormatFamily::kNVFP4:
       y = fake_quant_nvfp4(xt, global_amax, plan.block_size, block_amax, cfg.pass_through_bwd);
       break;
-    case QuantKind::kMX:
+    case FormatFamily::kMX:
       y = fake_quant_mx(xt, plan.exponent_bits, plan.mantissa_bits, plan.block_size, block_amax,
                         cfg.pass_through_bwd);
       break;
-    case QuantKind::kNF4:
+    case FormatFamily::kNF4:
       y = fake_quant_nf4(xt, plan.block_size, plan.scale_block_size, block_amax,
                          cfg.pass_through_bwd);
       break;

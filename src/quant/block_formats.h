@@ -14,6 +14,7 @@ namespace mopt {
 /// amax behind its tensor scale (undefined: the input's own); static blocks read it as the
 /// per-block amax in the shape of the calibration view (undefined: each block's own).
 at::Tensor quantize_block_format(const at::Tensor& x, const at::Tensor& amax,
-                                 const QuantizerAttributeConfig& cfg, QuantKind kind);
+                                 const QuantizerAttributeConfig& cfg,
+                                 const ResolvedFormat& format);
 
 }  // namespace mopt

@@ -6,6 +6,7 @@
 #include <ATen/ops/mul.h>
 
 #include <algorithm>
+#include <string_view>
 
 #include "core/tensor_utils.h"
 #include "mopt/core/error.h"
@@ -34,11 +35,9 @@ BlockPlan block_plan(const BlockSizes& b, int64_t ndim) {
 
 // Integer/minifloat blocks and static NVFP4/MX/NF4 blocks calibrate one amax per block of the
 // view; dynamic block formats compute their block scales from each input.
-bool uses_block_view(const QuantizerAttributeConfig& cfg) {
+bool uses_block_view(const QuantizerAttributeConfig& cfg, const ResolvedFormat& f) {
   if (!cfg.block_sizes) return false;
-  const QuantKind k = quant_kind(cfg);
-  return k == QuantKind::kInt || k == QuantKind::kMinifloat ||
-         !(cfg.type == "dynamic" || cfg.block_sizes->dynamic());
+  return f.info->kernel == std::string_view("fake_quant") || !f.dynamic;
 }
 
 // [.., L, ..] -> [.., ceil(L / B), B, ..] for every blocked axis, zero padding L up to a multiple.
@@ -90,25 +89,15 @@ at::Tensor fake_quant_with_amax(const at::Tensor& v, const at::Tensor& amax,
                         cfg.pass_through_bwd);
 }
 
-bool is_dynamic(const QuantizerAttributeConfig& cfg) {
-  return cfg.type == "dynamic" || (cfg.block_sizes && cfg.block_sizes->dynamic());
-}
-
 at::Tensor quantize_tensor_impl(const at::Tensor& x_in, const c10::optional<at::Tensor>& amax,
                                 const c10::optional<at::Tensor>& pqs, c10::string_view cfg_json) {
   const QuantizerAttributeConfig& cfg = parse_quantizer_config_cached(std::string(cfg_json));
   at::Tensor x = apply_pre_quant_scale(x_in, pqs);
   if (!cfg.enable) return x;
-  const QuantKind kind = quant_kind(cfg);
+  const ResolvedFormat format = resolve_format(cfg);
   const bool have_amax = amax.has_value() && amax->defined();
-  switch (kind) {
-    case QuantKind::kNVFP4:
-    case QuantKind::kMX:
-    case QuantKind::kNF4:
-      return quantize_block_format(x, have_amax ? *amax : at::Tensor(), cfg, kind);
-    case QuantKind::kInt:
-    case QuantKind::kMinifloat:
-      break;
+  if (format.info->kernel == std::string_view("block_quant")) {
+    return quantize_block_format(x, have_amax ? *amax : at::Tensor(), cfg, format);
   }
   at::Tensor view = x;
   BlockPlan plan;
@@ -117,7 +106,7 @@ at::Tensor quantize_tensor_impl(const at::Tensor& x_in, const c10::optional<at::
     view = block_view(x, plan);
   }
   const auto keep = quantizer_amax_axes(cfg, x.dim());
-  at::Tensor a = (have_amax && !is_dynamic(cfg)) ? *amax : mopt::compute_amax(view.detach(), keep);
+  at::Tensor a = (have_amax && !format.dynamic) ? *amax : mopt::compute_amax(view.detach(), keep);
   at::Tensor y = fake_quant_with_amax(view, a, cfg);
   return cfg.block_sizes ? block_unview(y, x.sym_sizes(), plan) : y;
 }
@@ -126,37 +115,16 @@ at::Tensor calib_view_impl(const at::Tensor& x_in, const c10::optional<at::Tenso
                            c10::string_view cfg_json) {
   const QuantizerAttributeConfig& cfg = parse_quantizer_config_cached(std::string(cfg_json));
   at::Tensor x = apply_pre_quant_scale(x_in, pqs);
-  if (!uses_block_view(cfg)) return x;
+  if (!uses_block_view(cfg, resolve_format(cfg))) return x;
   return block_view(x, block_plan(*cfg.block_sizes, x.dim()));
 }
 
 }  // namespace
 
-QuantKind quant_kind(const QuantizerAttributeConfig& cfg) {
-  const auto& b = cfg.block_sizes;
-  if (b && b->scale_bits) {
-    const NumBits& s = *b->scale_bits;
-    if (cfg.num_bits == NumBits::minifloat(2, 1) && s == NumBits::minifloat(4, 3)) {
-      return QuantKind::kNVFP4;
-    }
-    if (s == NumBits::minifloat(8, 0)) return QuantKind::kMX;
-    if (!cfg.num_bits.is_float && cfg.num_bits.bits == 4 && !s.is_float && s.bits == 8) {
-      return QuantKind::kNF4;
-    }
-    MOPT_CHECK_IMPLEMENTED(false, "block scales quantized to ",
-                           s.is_float ? "(" + std::to_string(s.exponent) + ", " +
-                                            std::to_string(s.mantissa) + ")"
-                                      : std::to_string(s.bits) + " bits",
-                           " are only implemented for NVFP4 (num_bits (2, 1), scale_bits (4, 3)), "
-                           "MX (scale_bits (8, 0)) and NF4 (num_bits 4, scale_bits 8)");
-  }
-  return cfg.num_bits.is_float ? QuantKind::kMinifloat : QuantKind::kInt;
-}
-
 std::vector<int64_t> quantizer_amax_axes(const QuantizerAttributeConfig& cfg, int64_t ndim) {
   std::vector<int64_t> keep;
   if (cfg.block_sizes) {
-    if (!uses_block_view(cfg)) return keep;  // dynamic NVFP4/MX/NF4: NVFP4's tensor scale
+    if (!uses_block_view(cfg, resolve_format(cfg))) return keep;  // dynamic blocks: NVFP4's tensor scale
     const BlockPlan plan = block_plan(*cfg.block_sizes, ndim);
     int64_t v = 0;  // running dim index in the view
     for (int64_t d = 0; d < ndim; ++d) {

@@ -107,16 +107,14 @@ void TensorQuantizerImpl::sync_buffers() {
 }
 
 void TensorQuantizerImpl::set_from_attribute_config(const QuantizerAttributeConfig& attributes) {
-  // quant_kind raises NotImplementedError for formats without a kernel, before any state changes.
-  const QuantKind kind = quant_kind(attributes);
+  // resolve_format raises NotImplementedError for formats without a kernel, before any state
+  // changes.
+  const ResolvedFormat format = resolve_format(attributes);
   const bool renew_calibrator = attr_json_.empty() || !same_calibration(attr_, attributes);
   attr_ = attributes;
   attr_json_ = attributes.to_json();
   disabled_ = !attributes.enable;
-  const bool dynamic = attributes.type == "dynamic" ||
-                       (attributes.block_sizes && attributes.block_sizes->dynamic());
-  // NVFP4 blocks are dynamic but keep a calibrated per-tensor amax for the tensor scale.
-  needs_amax_ = !dynamic || kind == QuantKind::kNVFP4;
+  needs_amax_ = format.calibrated;
   if (renew_calibrator) {
     calibrator_.reset();
     calibrator_axes_.reset();

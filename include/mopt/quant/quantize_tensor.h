@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "mopt/quant/config.h"
+#include "mopt/quant/formats.h"
 
 namespace mopt {
 
@@ -29,17 +30,5 @@ at::Tensor quantizer_calib_view(const at::Tensor& x,
 
 /// Axes of the calibration view kept in amax, for an input of `ndim` dims.
 std::vector<int64_t> quantizer_amax_axes(const QuantizerAttributeConfig& cfg, int64_t ndim);
-
-/// How a config quantizes, after resolving num_bits and block_sizes.
-enum class QuantKind {
-  kInt,        // integer, per tensor / per channel / blocks
-  kMinifloat,  // FP8 / FP6 / FP4 with an fp32 scale per tensor / channel / block
-  kNVFP4,      // E2M1 values, E4M3 scales per block, fp32 tensor scale
-  kMX,         // OCP microscaling: E8M0 scale per block of 32
-  kNF4,        // NormalFloat4 lookup table, absmax per block, optional double quantization
-};
-
-/// Resolves the format of a config; NotImplementedError for combinations mopt cannot run.
-QuantKind quant_kind(const QuantizerAttributeConfig& cfg);
 
 }  // namespace mopt

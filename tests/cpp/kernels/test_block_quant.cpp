@@ -17,7 +17,6 @@
 namespace mopt::kernels {
 namespace {
 
-using block_quant::BlockFormat;
 using block_quant::BlockQuantParams;
 
 template <typename T>
@@ -55,7 +54,7 @@ std::vector<float> as_float(const std::vector<T>& y) {
   return out;
 }
 
-BlockQuantParams params(BlockFormat format, DType dtype, const void* x, void* y, int64_t rows,
+BlockQuantParams params(Format format, DType dtype, const void* x, void* y, int64_t rows,
                         int64_t row_len, int64_t block) {
   BlockQuantParams p;
   p.format = format;
@@ -110,7 +109,7 @@ void check_nvfp4(int64_t rows, int64_t row_len, int64_t block, float amax_factor
   for (float v : xf) global = std::max(global, std::fabs(v));
   global *= amax_factor;  // < 1: a calibrated amax smaller than this input (saturation)
   std::vector<T> y(x.size());
-  auto p = params(BlockFormat::kNVFP4, dtype_of<T>(), x.data(), y.data(), rows, row_len, block);
+  auto p = params(Format::kNVFP4, dtype_of<T>(), x.data(), y.data(), rows, row_len, block);
   p.global_amax = &global;
   const int64_t nb = (row_len + block - 1) / block;
   std::vector<float> block_amax(rows * nb);
@@ -144,7 +143,7 @@ TEST(BlockQuantNVFP4, MatchesReference16Bit) {
 std::vector<float> nvfp4_unit_scale(std::vector<float> block) {
   const float global = 2688.0f;
   std::vector<float> y(block.size());
-  auto p = params(BlockFormat::kNVFP4, DType::kFloat32, block.data(), y.data(), 1,
+  auto p = params(Format::kNVFP4, DType::kFloat32, block.data(), y.data(), 1,
                   static_cast<int64_t>(block.size()), static_cast<int64_t>(block.size()));
   p.global_amax = &global;
   block_quant::block_quant_cpu(p);
@@ -177,7 +176,7 @@ TEST(BlockQuantNVFP4, GoldenScaleSaturationAndZeroBlocks) {
   x.insert(x.end(), 12, 1.0f);
   x.insert(x.end(), zeros.begin(), zeros.end());
   std::vector<float> y(x.size());
-  auto p = params(BlockFormat::kNVFP4, DType::kFloat32, x.data(), y.data(), 1, 32, 16);
+  auto p = params(Format::kNVFP4, DType::kFloat32, x.data(), y.data(), 1, 32, 16);
   p.global_amax = &global;
   block_quant::block_quant_cpu(p);
   EXPECT_EQ(y[0], 2688.0f);
@@ -193,7 +192,7 @@ TEST(BlockQuantNVFP4, NaNAndUnusableAmax) {
   x[3] = std::numeric_limits<float>::quiet_NaN();
   std::vector<float> y(16);
   float global = 1.0f;
-  auto p = params(BlockFormat::kNVFP4, DType::kFloat32, x.data(), y.data(), 1, 16, 16);
+  auto p = params(Format::kNVFP4, DType::kFloat32, x.data(), y.data(), 1, 16, 16);
   p.global_amax = &global;
   block_quant::block_quant_cpu(p);
   EXPECT_TRUE(std::isnan(y[3]));
@@ -225,10 +224,10 @@ TEST(BlockQuantNVFP4, PartialBlockEqualsZeroPadding) {
   }
   const float global = 3.0f;
   std::vector<float> y(xf.size()), yp(xp.size());
-  auto p = params(BlockFormat::kNVFP4, DType::kFloat32, xf.data(), y.data(), rows, len, 16);
+  auto p = params(Format::kNVFP4, DType::kFloat32, xf.data(), y.data(), rows, len, 16);
   p.global_amax = &global;
   block_quant::block_quant_cpu(p);
-  auto pp = params(BlockFormat::kNVFP4, DType::kFloat32, xp.data(), yp.data(), rows, padded, 16);
+  auto pp = params(Format::kNVFP4, DType::kFloat32, xp.data(), yp.data(), rows, padded, 16);
   pp.global_amax = &global;
   block_quant::block_quant_cpu(pp);
   for (int64_t r = 0; r < rows; ++r) {
@@ -240,7 +239,7 @@ TEST(BlockQuantNVFP4, InPlace) {
   auto x = test::random_values(4096, 12);
   std::vector<float> y(x.size());
   const float global = 5.0f;
-  auto p = params(BlockFormat::kNVFP4, DType::kFloat32, x.data(), y.data(), 64, 64, 16);
+  auto p = params(Format::kNVFP4, DType::kFloat32, x.data(), y.data(), 64, 64, 16);
   p.global_amax = &global;
   block_quant::block_quant_cpu(p);
   p.y = x.data();
@@ -263,7 +262,7 @@ void check_mx(MxFormat f, int64_t rows, int64_t row_len, int64_t block, uint32_t
   std::vector<float> xf;
   const auto x = to_storage<T>(raw, &xf);
   std::vector<T> y(x.size());
-  auto p = params(BlockFormat::kMX, dtype_of<T>(), x.data(), y.data(), rows, row_len, block);
+  auto p = params(Format::kMX, dtype_of<T>(), x.data(), y.data(), rows, row_len, block);
   p.exponent_bits = f.e;
   p.mantissa_bits = f.m;
   const int64_t nb = (row_len + block - 1) / block;
@@ -303,7 +302,7 @@ INSTANTIATE_TEST_SUITE_P(Formats, BlockQuantMX,
 
 std::vector<float> mx_block(std::vector<float> x, int e, int m) {
   std::vector<float> y(x.size());
-  auto p = params(BlockFormat::kMX, DType::kFloat32, x.data(), y.data(), 1,
+  auto p = params(Format::kMX, DType::kFloat32, x.data(), y.data(), 1,
                   static_cast<int64_t>(x.size()), 32);
   p.exponent_bits = e;
   p.mantissa_bits = m;
@@ -348,7 +347,7 @@ void check_nf4(int64_t rows, int64_t row_len, int64_t block, int64_t scale_block
   std::vector<float> xf;
   const auto x = to_storage<T>(test::random_values(rows * row_len, seed), &xf);
   std::vector<T> y(x.size());
-  auto p = params(BlockFormat::kNF4, dtype_of<T>(), x.data(), y.data(), rows, row_len, block);
+  auto p = params(Format::kNF4, dtype_of<T>(), x.data(), y.data(), rows, row_len, block);
   p.scale_block_size = scale_block;
   const int64_t nb = (row_len + block - 1) / block;
   std::vector<float> block_amax(rows * nb);
@@ -415,7 +414,7 @@ TEST(BlockQuantNF4, GoldenTableAndTies) {
   x[18] = -0.99f;
   x[19] = 0.0796f * 0.5f;  // exactly on the fp32 midpoint of 0 and 0.0796: the lower entry
   std::vector<float> y(64);
-  auto p = params(BlockFormat::kNF4, DType::kFloat32, x.data(), y.data(), 1, 64, 64);
+  auto p = params(Format::kNF4, DType::kFloat32, x.data(), y.data(), 1, 64, 64);
   block_quant::block_quant_cpu(p);
   for (int i = 0; i < 16; ++i) EXPECT_EQ(y[i], static_cast<float>(table[i])) << i;
   EXPECT_EQ(y[16], 0.0796f);
@@ -431,7 +430,7 @@ TEST(BlockQuantNF4, GoldenDoubleQuant) {
   std::vector<float> x(256, 0.0f);
   for (int b = 0; b < 4; ++b) x[b * 64] = static_cast<float>(b + 1);
   std::vector<float> y(256);
-  auto p = params(BlockFormat::kNF4, DType::kFloat32, x.data(), y.data(), 1, 256, 64);
+  auto p = params(Format::kNF4, DType::kFloat32, x.data(), y.data(), 1, 256, 64);
   p.scale_block_size = 2;
   block_quant::block_quant_cpu(p);
   const float dq = 127.0f / 1.5f;
@@ -452,7 +451,7 @@ TEST(BlockQuantNF4, DequantizedScaleNeverNegative) {
   x[128] = 1.0083f;
   x[192] = 3.0f;
   std::vector<float> y(x.size());
-  auto p = params(BlockFormat::kNF4, DType::kFloat32, x.data(), y.data(), 1, 256, 64);
+  auto p = params(Format::kNF4, DType::kFloat32, x.data(), y.data(), 1, 256, 64);
   p.scale_block_size = -1;
   block_quant::block_quant_cpu(p);
   EXPECT_EQ(y[0], 0.0f);
@@ -487,7 +486,7 @@ TEST(BlockQuantIsa, BaselineEqualsAvx2) {
   for (int i = 200; i < 264; ++i) xf[i] = 0.0f;
   const float global = 3.0f;
   std::vector<float> block_amax(96 * 512 / 16, 0.7f);
-  for (const BlockFormat f : {BlockFormat::kNVFP4, BlockFormat::kMX, BlockFormat::kNF4}) {
+  for (const Format f : {Format::kNVFP4, Format::kMX, Format::kNF4}) {
     for (const int64_t block : {16, 32, 64}) {
       for (const bool with_static : {false, true}) {
         BlockQuantParams p = params(f, DType::kFloat32, nullptr, nullptr, 96, 512, block);
@@ -509,15 +508,15 @@ TEST(BlockQuantIsa, BaselineEqualsAvx2) {
 
 TEST(BlockQuantChecks, BadArgumentsThrow) {
   float x[4] = {0, 0, 0, 0}, y[4];
-  auto p = params(BlockFormat::kNVFP4, DType::kFloat32, x, y, 1, 4, 16);
+  auto p = params(Format::kNVFP4, DType::kFloat32, x, y, 1, 4, 16);
   EXPECT_THROW(block_quant::block_quant_cpu(p), KernelError);  // no global amax
-  p.format = BlockFormat::kMX;
+  p.format = Format::kMX;
   p.exponent_bits = 6;
   EXPECT_THROW(block_quant::block_quant_cpu(p), KernelError);
   p.exponent_bits = 0;
   p.mantissa_bits = 8;
   EXPECT_THROW(block_quant::block_quant_cpu(p), KernelError);
-  p = params(BlockFormat::kNF4, DType::kFloat32, x, y, 1, 4, 0);
+  p = params(Format::kNF4, DType::kFloat32, x, y, 1, 4, 0);
   EXPECT_THROW(block_quant::block_quant_cpu(p), KernelError);
   p.block_size = 64;
   p.scale_block_size = -2;

@@ -15,12 +15,11 @@
 namespace mopt::kernels {
 namespace {
 
-using block_quant::BlockFormat;
 using block_quant::BlockQuantParams;
 using test::DeviceBuffer;
 
 struct Case {
-  BlockFormat format;
+  Format format;
   int64_t rows, row_len, block;
   int e = 2, m = 1;         // MX element format
   int64_t scale_block = 0;  // NF4 double quantization
@@ -82,24 +81,24 @@ void compare(const Case& c, size_t misalign) {
 
 const std::vector<Case>& cases() {
   static const std::vector<Case> all = {
-      {BlockFormat::kNVFP4, 512, 1024, 16},
-      {BlockFormat::kNVFP4, 77, 100, 16},  // partial blocks: scalar kernel
-      {BlockFormat::kNVFP4, 64, 256, 32},
-      {BlockFormat::kNVFP4, 64, 256, 16, 2, 1, 0, true},
-      {BlockFormat::kNVFP4, 1, 1 << 20, 16},
-      {BlockFormat::kMX, 256, 512, 32, 4, 3},
-      {BlockFormat::kMX, 256, 512, 32, 5, 2},
-      {BlockFormat::kMX, 256, 512, 32, 3, 2},
-      {BlockFormat::kMX, 256, 512, 32, 2, 3},
-      {BlockFormat::kMX, 256, 512, 32, 2, 1},
-      {BlockFormat::kMX, 256, 512, 32, 0, 7},
-      {BlockFormat::kMX, 33, 70, 32, 2, 1},
-      {BlockFormat::kMX, 64, 256, 32, 4, 3, 0, true},
-      {BlockFormat::kNF4, 256, 512, 64},
-      {BlockFormat::kNF4, 256, 512, 64, 2, 1, 256},
-      {BlockFormat::kNF4, 100, 300, 64, 2, 1, 256},  // partial blocks and groups
-      {BlockFormat::kNF4, 512, 4096, 64, 2, 1, -1},  // one group over 32768 scales
-      {BlockFormat::kNF4, 64, 256, 64, 2, 1, 256, true},
+      {Format::kNVFP4, 512, 1024, 16},
+      {Format::kNVFP4, 77, 100, 16},  // partial blocks: scalar kernel
+      {Format::kNVFP4, 64, 256, 32},
+      {Format::kNVFP4, 64, 256, 16, 2, 1, 0, true},
+      {Format::kNVFP4, 1, 1 << 20, 16},
+      {Format::kMX, 256, 512, 32, 4, 3},
+      {Format::kMX, 256, 512, 32, 5, 2},
+      {Format::kMX, 256, 512, 32, 3, 2},
+      {Format::kMX, 256, 512, 32, 2, 3},
+      {Format::kMX, 256, 512, 32, 2, 1},
+      {Format::kMX, 256, 512, 32, 0, 7},
+      {Format::kMX, 33, 70, 32, 2, 1},
+      {Format::kMX, 64, 256, 32, 4, 3, 0, true},
+      {Format::kNF4, 256, 512, 64},
+      {Format::kNF4, 256, 512, 64, 2, 1, 256},
+      {Format::kNF4, 100, 300, 64, 2, 1, 256},  // partial blocks and groups
+      {Format::kNF4, 512, 4096, 64, 2, 1, -1},  // one group over 32768 scales
+      {Format::kNF4, 64, 256, 64, 2, 1, 256, true},
   };
   return all;
 }
@@ -130,7 +129,7 @@ TEST(BlockQuantCuda, NF4DoubleQuantNeedsWorkspace) {
   MOPT_SKIP_WITHOUT_CUDA();
   DeviceBuffer<float> x(std::vector<float>(128, 1.0f)), y(128);
   BlockQuantParams p;
-  p.format = BlockFormat::kNF4;
+  p.format = Format::kNF4;
   p.x = x.get();
   p.y = y.get();
   p.rows = 1;

@@ -20,7 +20,6 @@ namespace mopt::kernels {
 namespace {
 
 using fake_quant::FakeQuantParams;
-using fake_quant::Format;
 
 /// Runs the CPU kernels with the AVX2 loops allowed or not; restores the default on scope exit.
 class IsaGuard {

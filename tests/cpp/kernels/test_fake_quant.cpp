@@ -13,7 +13,6 @@ namespace mopt::kernels {
 namespace {
 
 using fake_quant::FakeQuantParams;
-using fake_quant::Format;
 
 FakeQuantParams int_params(const float* x, float* y, const float* amax, ReduceLayout layout,
                            int bits, bool is_unsigned, bool narrow) {

@@ -28,7 +28,7 @@ ReduceLayout layout_of(const Shape& s) {
 }
 
 template <typename T>
-void compare_fake_quant(const Shape& shape, fake_quant::Format format, int bits_or_e, int m,
+void compare_fake_quant(const Shape& shape, Format format, int bits_or_e, int m,
                         size_t misalign, bool with_amax) {
   const ReduceLayout l = layout_of(shape);
   auto xf = test::random_values(l.numel, 31 + static_cast<uint32_t>(l.numel));
@@ -42,7 +42,7 @@ void compare_fake_quant(const Shape& shape, fake_quant::Format format, int bits_
             : std::is_same_v<T, Half> ? DType::kFloat16 : DType::kBFloat16;
   p.layout = l;
   p.format = format;
-  if (format == fake_quant::Format::kInt) p.num_bits = bits_or_e;
+  if (format == Format::kInt) p.num_bits = bits_or_e;
   else {
     p.exponent_bits = bits_or_e;
     p.mantissa_bits = m;
@@ -75,11 +75,11 @@ template <typename T>
 void all_cases() {
   for (const auto& s : shapes()) {
     for (size_t mis : {0, 1}) {
-      compare_fake_quant<T>(s, fake_quant::Format::kInt, 8, 0, mis, true);
-      compare_fake_quant<T>(s, fake_quant::Format::kInt, 4, 0, mis, true);
-      compare_fake_quant<T>(s, fake_quant::Format::kMinifloat, 4, 3, mis, true);
-      compare_fake_quant<T>(s, fake_quant::Format::kMinifloat, 5, 2, mis, true);
-      compare_fake_quant<T>(s, fake_quant::Format::kMinifloat, 4, 3, mis, false);
+      compare_fake_quant<T>(s, Format::kInt, 8, 0, mis, true);
+      compare_fake_quant<T>(s, Format::kInt, 4, 0, mis, true);
+      compare_fake_quant<T>(s, Format::kMinifloat, 4, 3, mis, true);
+      compare_fake_quant<T>(s, Format::kMinifloat, 5, 2, mis, true);
+      compare_fake_quant<T>(s, Format::kMinifloat, 4, 3, mis, false);
     }
   }
 }

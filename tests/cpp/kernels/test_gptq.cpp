@@ -15,7 +15,6 @@ namespace mopt::kernels {
 namespace {
 
 using gptq::BlockArgs;
-using gptq::Format;
 using gptq::Groups;
 
 // Upper-triangular stand-in for the Cholesky factor of H^-1: positive diagonal, small

@@ -13,7 +13,6 @@
 namespace mopt::kernels {
 namespace {
 
-using gptq::Format;
 using test::DeviceBuffer;
 
 struct Setup {

@@ -211,7 +211,7 @@ def _solve(name: str, module: nn.Module, hessian, opts: dict, stats: dict) -> No
         recalibrate_weight(module)
         stats["unreached"] += 1
         return
-    tensor_amax = wq.amax if _C.quant_kind(wq._cfg_json) == "nvfp4" else None
+    tensor_amax = wq.amax if _C.format_info(wq._cfg_json)["family"] == "nvfp4" else None
     with torch.no_grad():
         result = _C.gptq_quantize_weight(
             module.weight.detach(), hessian.hessian(), wq._cfg_json, opts["block_size"],

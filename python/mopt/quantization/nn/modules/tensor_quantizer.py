@@ -92,7 +92,7 @@ class TensorQuantizer(nn.Module):
         self._attr = attr
         self._cfg_json = attr.to_json()
         self._disabled = not attr.enable
-        self._kind = _C.quant_kind(self._cfg_json)
+        self._kind = _C.format_info(self._cfg_json)["family"]
         block = attr.block_sizes or {}
         self._dynamic = attr.type == "dynamic" or block.get("type") == "dynamic"
         # NVFP4 blocks are dynamic but keep a calibrated per-tensor amax for the tensor scale.
