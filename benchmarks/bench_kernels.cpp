@@ -25,7 +25,7 @@
 #include "common/layout.h"
 #include "common/parallel.h"
 #include "fake_quant/fake_quant.h"
-#include "reduce/amax.h"
+#include "amax/amax.h"
 
 namespace {
 

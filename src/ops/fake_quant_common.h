@@ -5,7 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "fake_quant/fake_quant.h"
-#include "reduce/amax.h"
+#include "amax/amax.h"
 
 namespace mopt::ops {
 

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "common/layout.h"
-#include "reduce/amax.h"
+#include "amax/amax.h"
 #include "reference.h"
 
 namespace mopt::kernels {

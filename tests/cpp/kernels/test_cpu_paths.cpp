@@ -13,7 +13,7 @@
 #include "common/dtype.h"
 #include "common/layout.h"
 #include "fake_quant/fake_quant.h"
-#include "reduce/amax.h"
+#include "amax/amax.h"
 #include "reference.h"
 
 namespace mopt::kernels {

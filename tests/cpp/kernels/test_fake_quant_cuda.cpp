@@ -8,7 +8,7 @@
 #include "common/layout.h"
 #include "cuda_test_util.h"
 #include "fake_quant/fake_quant.h"
-#include "reduce/amax.h"
+#include "amax/amax.h"
 #include "reference.h"
 
 namespace mopt::kernels {

@@ -3,8 +3,8 @@
 
 #include "common/cpu_isa.h"
 #include "common/parallel.h"
-#include "reduce/amax.h"
-#include "reduce/amax_math.h"
+#include "amax/amax.h"
+#include "amax/amax_math.h"
 
 namespace mopt::kernels::reduce {
 namespace {

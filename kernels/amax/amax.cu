@@ -1,7 +1,7 @@
 #include "common/launch.cuh"
 #include "common/vec.cuh"
-#include "reduce/amax.h"
-#include "reduce/amax_math.h"
+#include "amax/amax.h"
+#include "amax/amax_math.h"
 
 namespace mopt::kernels::reduce {
 namespace {
