@@ -50,8 +50,11 @@ ColumnQuantizer column_quantizer(const QuantizerAttributeConfig& cfg, int64_t co
   MOPT_CHECK_IMPLEMENTED(!cfg.is_unsigned, label,
                          ": unsigned weight quantizers are not supported by GPTQ");
   const ResolvedFormat format = resolve_format(cfg);
-  MOPT_CHECK_IMPLEMENTED(format.info->gptq, label, ": GPTQ's column quantizer does not follow ",
-                         format.name, " weights (it follows integer, minifloat and NVFP4)");
+  MOPT_CHECK_IMPLEMENTED(
+      format.info->gptq, label, ": GPTQ's column quantizer follows ",
+      format_families_where([](const FormatFamilyInfo& r) { return r.gptq; }), " weights; ",
+      format_families_where([](const FormatFamilyInfo& r) { return r.gptq; }, true),
+      " block formats (here ", format.name, ") are not supported");
   const bool nvfp4 = format.family() == FormatFamily::kNVFP4;
   ColumnQuantizer c;
   c.spec.format = kernel_format(format.family());

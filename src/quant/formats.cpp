@@ -1,6 +1,7 @@
 #include "mopt/quant/formats.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <optional>
 
@@ -117,6 +118,21 @@ ResolvedFormat resolve_format(const QuantizerAttributeConfig& cfg) {
   }
   f.calibrated = !f.dynamic || f.info->dynamic_keeps_tensor_amax;
   return f;
+}
+
+std::string format_families_where(bool (*supports)(const FormatFamilyInfo&), bool negate) {
+  std::vector<std::string> names;
+  for (const auto& row : format_table()) {
+    if (supports(row) == negate) continue;
+    std::string n = row.name;
+    for (auto& c : n) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    names.push_back(n);
+  }
+  std::string s;
+  for (size_t i = 0; i < names.size(); ++i) {
+    s += (i == 0 ? "" : i + 1 == names.size() ? " and " : ", ") + names[i];
+  }
+  return s;
 }
 
 WeightStorage weight_storage_bits(const QuantizerAttributeConfig& cfg,

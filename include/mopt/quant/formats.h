@@ -84,6 +84,10 @@ const FormatFamilyInfo& format_family_info(FormatFamily family);
 /// implements it (e.g. block scales in a format mopt has no kernel for).
 ResolvedFormat resolve_format(const QuantizerAttributeConfig& cfg);
 
+/// Upper-case family names of the rows where `supports(row)` holds (or, with `negate`, does
+/// not), joined as "INT, MINIFLOAT and NVFP4", for messages that list what a feature accepts.
+std::string format_families_where(bool (*supports)(const FormatFamilyInfo&), bool negate = false);
+
 /// Bits a weight of `shape` takes as deployed with quantizer config `cfg`.
 struct WeightStorage {
   double element_bits = 0;  // numel * element bits
