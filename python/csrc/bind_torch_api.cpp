@@ -60,6 +60,23 @@ void bind_torch_api(py::module_& m) {
       "predefined_config_json",
       [](const std::string& name) { return predefined_config(name).to_json(); }, py::arg("name"),
       "JSON of the C++ predefined config `name` (e.g. INT8_DEFAULT_CFG).");
+  m.def(
+      "recipes",
+      [] {
+        py::list rows;
+        for (const Recipe& r : recipes()) {
+          py::dict d;
+          d["name"] = r.name;
+          d["config"] = r.config_name;
+          d["description"] = r.description;
+          d["algorithm"] = r.algorithm ? py::object(py::str(*r.algorithm)) : py::none();
+          d["needs_kv_quantizers"] = r.needs_kv_quantizers;
+          rows.append(d);
+        }
+        return rows;
+      },
+      "The named recipes of `mopt ptq` (dicts: name, config, description, algorithm as JSON or "
+      "None to keep the config's, needs_kv_quantizers).");
   m.def("predefined_config_names", &predefined_config_names,
         "Names of the predefined configs the C++ API defines.");
   m.def(

@@ -355,6 +355,50 @@ const std::vector<std::string>& predefined_config_names() {
   return names;
 }
 
+const std::vector<Recipe>& recipes() {
+  static const std::vector<Recipe> table = {
+      {"int8", "INT8_DEFAULT_CFG", "INT8 W per channel + A per tensor, max", {}},
+      {"int8_wo", "INT8_WEIGHT_ONLY_CFG", "INT8 weight-only per channel", {}},
+      {"int8_sq", "INT8_SMOOTHQUANT_CFG", "INT8 W+A with SmoothQuant", {}},
+      {"int8_entropy", "INT8_DEFAULT_CFG", "INT8 W+A, entropy (KL) activation amax",
+       R"("entropy")"},
+      {"int8_percentile", "INT8_DEFAULT_CFG", "INT8 W+A, 99.99th percentile amax",
+       R"({"method": "percentile", "percentile": 99.99})"},
+      {"int8_hist_mse", "INT8_DEFAULT_CFG", "INT8 W+A, histogram-MSE amax",
+       R"("histogram_mse")"},
+      {"int8_mse", "INT8_DEFAULT_CFG", "INT8 W+A, MSE-searched amax", R"("mse")"},
+      {"fp8", "FP8_DEFAULT_CFG", "FP8 E4M3 W+A per tensor", {}},
+      {"fp8_pcpt", "FP8_PER_CHANNEL_PER_TOKEN_CFG", "FP8 W per channel + A per token (dynamic)",
+       {}},
+      {"fp8_2d", "FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG", "FP8 weight-only 128x128 blocks", {}},
+      {"int4", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "INT4 weight-only blocks of 128, RTN", {}},
+      {"int4_awq", "INT4_AWQ_CFG", "INT4 weight-only blocks of 128, AWQ lite", {}},
+      {"int4_gptq", "INT4_BLOCKWISE_GPTQ_CFG", "INT4 weight-only blocks of 128, GPTQ", {}},
+      {"w4a8_awq", "W4A8_AWQ_BETA_CFG", "INT4 blocks + FP8 W, FP8 A, AWQ lite", {}},
+      {"nvfp4", "NVFP4_DEFAULT_CFG", "NVFP4 W+A (E2M1, E4M3 scales per 16)", {}},
+      {"nvfp4_gptq", "NVFP4_WEIGHT_ONLY_GPTQ_CFG", "NVFP4 weight-only, GPTQ", {}},
+      {"nvfp4_awq", "NVFP4_AWQ_LITE_CFG", "NVFP4 W+A, AWQ lite", {}},
+      {"nvfp4_awq_clip", "NVFP4_AWQ_CLIP_CFG", "NVFP4 W+A, AWQ clip", {}},
+      {"nvfp4_awq_full", "NVFP4_AWQ_FULL_CFG", "NVFP4 W+A, AWQ lite + clip", {}},
+      {"w4a8_nvfp4_fp8", "W4A8_NVFP4_FP8_CFG", "NVFP4 W (blocks of 32) + FP8 A", {}},
+      {"mxfp8", "MXFP8_DEFAULT_CFG", "MXFP8 W+A (E4M3, E8M0 scales per 32)", {}},
+      {"mxfp6", "MXFP6_DEFAULT_CFG", "MXFP6 W+A (E3M2)", {}},
+      {"mxfp4", "MXFP4_DEFAULT_CFG", "MXFP4 W+A (E2M1)", {}},
+      {"mxint8", "MXINT8_DEFAULT_CFG", "MXINT8 W+A", {}},
+      {"w4a8_mxfp4_fp8", "W4A8_MXFP4_FP8_CFG", "MXFP4 W + FP8 A", {}},
+      {"nf4", "NF4_WEIGHT_ONLY_CFG", "NF4 weight-only, blocks of 64, int8 double-quantized scales",
+       {}},
+      {"fp8_kv", "FP8_KV_CFG", "FP8 KV cache (k/v bmm quantizers) only", {}, true},
+  };
+  return table;
+}
+
+QuantizeConfig recipe_config(const Recipe& recipe) {
+  QuantizeConfig config = predefined_config(recipe.config_name);
+  if (recipe.algorithm) config.algorithm = *recipe.algorithm;
+  return config;
+}
+
 namespace configs {
 
 QuantizeConfig int8_default() {

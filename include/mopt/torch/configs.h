@@ -3,6 +3,7 @@
 // predefined configs of mopt.quantization.config (INT8_DEFAULT_CFG, FP8_DEFAULT_CFG, ...).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,20 @@ bool is_quant_class_pattern(const std::string& pattern);
 QuantizeConfig predefined_config(const std::string& name);
 /// Names accepted by predefined_config.
 const std::vector<std::string>& predefined_config_names();
+
+/// A named recipe (the rows of `mopt ptq`): a predefined config, optionally calibrated with
+/// another algorithm.
+struct Recipe {
+  std::string name;                      // short name: "int8", "int8_entropy", "nvfp4_awq", ...
+  std::string config_name;               // the predefined config: "INT8_DEFAULT_CFG"
+  std::string description;               // one line for tables
+  std::optional<std::string> algorithm;  // JSON replacing the config's algorithm, if any
+  bool needs_kv_quantizers = false;      // only meaningful for models with KV-cache quantizers
+};
+/// Every recipe, in table order.
+const std::vector<Recipe>& recipes();
+/// The recipe's quantize config (the predefined config with the recipe's algorithm).
+QuantizeConfig recipe_config(const Recipe& recipe);
 
 namespace configs {
 
