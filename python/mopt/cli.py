@@ -3,14 +3,17 @@
     mopt ptq --model default --configs int8,fp8 --out out/ptq
 
 quantizes a fresh copy of the model per config and prints one table (see mopt.ptq and
-docs/llm_ptq.md).
+docs/llm_ptq.md). Printing is this module's job: the table and progress lines that mopt.ptq logs
+at INFO go to stdout, its warnings and errors to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -151,6 +154,42 @@ def _ptq(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+class _ConsoleHandler(logging.Handler):
+    """INFO records as plain lines on stdout; warnings and errors on stderr, prefixed with the
+    command. The stream is looked up per record, so redirections (and pytest's capture) apply."""
+
+    def __init__(self, command: str):
+        super().__init__(logging.INFO)
+        self.prefix = f"mopt {command}: "
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno >= logging.WARNING:
+                stream, text = sys.stderr, self.prefix + text
+            else:
+                stream = sys.stdout
+            stream.write(text + "\n")
+            stream.flush()
+        except Exception:  # logging's policy: a failing handler reports, never raises
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _console_logging(command: str) -> Iterator[None]:
+    """Shows the `mopt.<command>` logger's INFO records for the duration of the command."""
+    logger = logging.getLogger(f"mopt.{command}")
+    handler = _ConsoleHandler(command)
+    previous_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -158,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return _ptq(args)
+        with _console_logging(args.command):
+            return _ptq(args)
     except (FileNotFoundError, ValueError, NotImplementedError, TypeError) as e:
         print(f"mopt {args.command}: error: {e}", file=sys.stderr)
         return 2

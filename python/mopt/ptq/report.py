@@ -1,0 +1,195 @@
+"""The results of a ``mopt ptq`` run: one ``PtqResult`` per row, ``results.json``, the markdown
+table and the plot of quality against effective bits.
+
+results.json: ``metric`` ("perplexity" or "cosine"), ``setup`` (the model, texts and sizes the
+run used), ``weight_bytes_definition``, ``date``, ``machine`` and ``rows`` (one dict per
+``PtqResult``: ``config``, ``status``, ``metric`` and the other fields below).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import pathlib
+import platform
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+__all__ = ["PtqResult", "format_table", "plot_results", "results_dict", "write_results", "row_line"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PtqResult:
+    """One row of the table."""
+
+    config: str
+    status: str  # "float", "ok", "not available", "failed"
+    description: str = ""
+    reason: str = ""
+    metric: float | None = None  # perplexity (LLM) or mean cosine similarity (MiniLM)
+    change_pct: float | None = None
+    min_cosine: float | None = None
+    weight_bytes: float | None = None
+    effective_bits: float | None = None
+    calib_seconds: float | None = None
+    eval_seconds: float | None = None
+    warnings: str = ""
+
+
+def results_dict(rows: list[PtqResult], metric: str, setup: dict) -> dict:
+    """The content of results.json."""
+    return {
+        "metric": metric,
+        "setup": setup,
+        "weight_bytes_definition": (
+            "quantized weights at their element bits + scales (fp16 per channel/block, fp32 per "
+            "tensor, block scales at scale_bits, fp32 second-level scales, fp16 pre_quant_scale);"
+            " every other parameter and the float baseline at 16 bits; tied parameters once"
+        ),
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPU, torch {torch.__version__}, "
+        f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
+        "rows": [dataclasses.asdict(r) for r in rows],
+    }
+
+
+def write_results(
+    results: dict,
+    rows: list[PtqResult],
+    out_dir: str | os.PathLike | None,
+    metric: str,
+    plot: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Logs the table; with `out_dir`, writes results.json (atomically) and the plot there and
+    records their paths in `results`."""
+    log("")
+    log(format_table(rows, metric))
+    if out_dir is None:
+        return
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
+    os.replace(tmp, out / "results.json")
+    results["results_json"] = str(out / "results.json")
+    if plot:
+        png = plot_results(rows, out / "ptq_plot.png", metric)
+        results["plot"] = str(png) if png else None
+    log(f"results: {out / 'results.json'}")
+    if results.get("plot"):
+        log(f"plot: {results['plot']}")
+
+
+def _fmt(v: float | None, spec: str, empty: str = "-") -> str:
+    return empty if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def row_line(r: PtqResult, metric: str) -> str:
+    """One progress line for a finished row."""
+    if r.status in ("ok", "float"):
+        m = _fmt(r.metric, ".4f")
+        extra = f" ({_fmt(r.change_pct, '+.2f')}%)" if metric == "perplexity" else ""
+        return (
+            f"  {r.config:16} {metric} {m}{extra}  {_fmt(r.effective_bits, '.2f')} bits  "
+            f"calib {_fmt(r.calib_seconds, '.1f')} s"
+        )
+    return f"  {r.config:16} {r.status}: {r.reason}"
+
+
+def format_table(rows: list[PtqResult], metric: str = "perplexity") -> str:
+    """The results table (markdown), then the configs that did not run and why."""
+    if metric == "perplexity":
+        head = (
+            "| config | perplexity | change vs float | weight bytes (effective bits) | "
+            "calibration s |"
+        )
+    else:
+        head = (
+            "| config | mean cosine | min cosine | weight bytes (effective bits) | calibration s |"
+        )
+    lines = [head, "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.status not in ("ok", "float"):
+            continue
+        wb = f"{_fmt(r.weight_bytes, ',.0f')} ({_fmt(r.effective_bits, '.2f')})"
+        calib = _fmt(r.calib_seconds, ".2f")
+        if metric == "perplexity":
+            change = _fmt(r.change_pct, "+.2f")
+            lines.append(f"| {r.config} | {_fmt(r.metric, '.4f')} | {change}% | {wb} | {calib} |")
+        else:
+            lines.append(
+                f"| {r.config} | {_fmt(r.metric, '.5f')} | {_fmt(r.min_cosine, '.5f')} | "
+                f"{wb} | {calib} |"
+            )
+    others = [r for r in rows if r.status not in ("ok", "float")]
+    if others:
+        lines.append("")
+        for r in others:
+            lines.append(f"- {r.config}: {r.status}: {r.reason}")
+    return "\n".join(lines)
+
+
+def plot_results(rows: list[PtqResult], path: str | os.PathLike, metric: str = "perplexity"):
+    """PNG of the metric change against effective bits, one labelled point per config. Returns
+    the path, or None (with a warning logged) when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed; no plot written")
+        return None
+    pts = [
+        r
+        for r in rows
+        if r.status in ("ok", "float")
+        and r.metric is not None
+        and r.effective_bits is not None
+        and math.isfinite(r.metric)
+    ]
+    fig, ax = plt.subplots(figsize=(11, 6), dpi=120)
+    # Many configs land on the same few bit widths: a unique colour + marker per config and a
+    # legend beside the axes stay readable where text labels would overlap.
+    colors = plt.get_cmap("tab10").colors
+    markers = "osD^vP*Xh<>p"
+    for i, r in enumerate(pts):
+        y = r.change_pct if metric == "perplexity" else 1.0 - r.metric
+        style = (
+            dict(color="black", marker="s")
+            if r.status == "float"
+            else dict(
+                color=colors[i % len(colors)], marker=markers[(i // len(colors)) % len(markers)]
+            )
+        )
+        ax.scatter(r.effective_bits, y, s=40, zorder=3, label=r.config, alpha=0.85, **style)
+    ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        ncol=2 if len(pts) > 16 else 1,
+        frameon=False,
+    )
+    ax.set_xlabel("effective bits per parameter (weight bytes as deployed x 8 / parameters)")
+    if metric == "perplexity":
+        ax.set_ylabel("perplexity change vs float (%)")
+    else:
+        ax.set_ylabel("1 - mean cosine similarity to float embeddings")
+    ax.set_yscale("symlog", linthresh=0.1 if metric == "perplexity" else 1e-4)
+    ax.axhline(0, color="gray", linewidth=0.8)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title("mopt ptq: quality against size")
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
