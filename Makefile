@@ -2,20 +2,31 @@
 #   make demo   installs what it needs, builds, runs the main job on the embedded default
 #   make test   installs, builds, runs every C++ and Python test
 # Both are idempotent. torch is pinned to $(TORCH_VERSION) and installed before anything else so
-# pip never resolves a torch of its own.
+# pip never resolves a torch of its own. `make demo` builds only libmopt and mopt._C; the test
+# binaries and the kernel benchmark are built by `make test` (or `make build`).
+#   make gpu-check   on a machine with an NVIDIA GPU: CUDA build, CUDA tests, GPU benchmarks
+#                    (tools/gpu_check.sh; needs no network)
 
 PY ?= python3
 TORCH_VERSION := 2.13.0
 BUILD ?= build
 JOBS ?= $(shell nproc)
-APT_PACKAGES := libgtest-dev libfmt-dev nlohmann-json3-dev
+APT_PACKAGES := libgtest-dev libfmt-dev nlohmann-json3-dev ccache
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTHONPATH_DEV := $(CURDIR)/python
 export PYTHONPATH := $(PYTHONPATH_DEV)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# Every compile goes through ccache when it is installed (deps-apt installs it), in its default
+# cache folder so the cache outlives a clone (`ccache -s` shows the hits). Sources built with a
+# precompiled header hit only with pch_defines and time_macros; include_file_mtime/ctime keep the
+# direct mode for them although the .gch is written moments before they compile. base_dir lets
+# two clones of the repository share entries.
+export CCACHE_SLOPPINESS ?= pch_defines,time_macros,include_file_mtime,include_file_ctime
+export CCACHE_BASEDIR ?= $(CURDIR)
 
-.PHONY: all deps deps-apt deps-python deps-bench build test test-cpp test-python demo bench install-check clean
+.PHONY: all deps deps-apt deps-python deps-bench build build-demo test test-cpp test-python demo bench \
+	install-check gpu-check gpu-check-debs clean
 
 all: build
 
@@ -33,12 +44,21 @@ deps-python:
 	  || $(PY) -m pip install -q torch==$(TORCH_VERSION)
 	@$(PY) -m pip install -q -c constraints.txt -r requirements.txt
 
-$(BUILD)/build.ninja: CMakeLists.txt
-	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOPT_PYTHON_INPLACE=ON \
-	  -DPython3_EXECUTABLE=$$(command -v $(PY))
+# ccache is looked up when the recipe runs, after deps-apt may have installed it; an empty
+# launcher clears one that a build folder configured earlier remembers.
+$(BUILD)/build.ninja: CMakeLists.txt Makefile | deps
+	cmake -S . -B $(BUILD) -G Ninja --no-warn-unused-cli -DCMAKE_BUILD_TYPE=Release \
+	  -DMOPT_PYTHON_INPLACE=ON -DPython3_EXECUTABLE=$$(command -v $(PY)) \
+	  -DCMAKE_CXX_COMPILER_LAUNCHER=$$(command -v ccache) \
+	  -DCMAKE_CUDA_COMPILER_LAUNCHER=$$(command -v ccache)
+	@touch $@
 
 build: deps $(BUILD)/build.ninja
 	cmake --build $(BUILD) -j $(JOBS)
+
+# What the demo runs: libmopt and mopt._C (copied into python/mopt), no tests, no benchmark.
+build-demo: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j $(JOBS) --target mopt mopt_python
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
@@ -50,7 +70,7 @@ test-cpp: build
 test-python: build
 	$(PY) -m pytest -q tests/python
 
-demo: build
+demo: build-demo
 	$(PY) -m mopt ptq --model default --configs all --out out/demo
 
 # nvidia-modelopt (pure Python) is what compare_modelopt.py measures against; constraints.txt
@@ -62,6 +82,21 @@ deps-bench: deps
 bench: build deps-bench
 	$(PY) benchmarks/bench_fake_quant.py
 	$(PY) benchmarks/compare_modelopt.py --configs all
+
+# Prepared for a machine with an NVIDIA GPU and no network (docs: tools/gpu_check.sh): builds
+# the CUDA glue against the torch it finds in $(BUILD_GPU), runs the CUDA tests (also under
+# compute-sanitizer), the CUDA pytest cases, the GPU benchmark sections and the demo on CUDA,
+# and writes every log and table to $(GPU_CHECK_OUT). It installs nothing from the network.
+BUILD_GPU ?= build-gpu
+GPU_CHECK_OUT ?= out/gpu-check
+gpu-check:
+	PY=$(PY) BUILD_GPU=$(BUILD_GPU) GPU_CHECK_OUT=$(GPU_CHECK_OUT) tools/gpu_check.sh
+
+# Here, with network: the Debian -dev packages as .deb files, for a GPU machine without them
+# (carry .gpu-check-debs there; tools/gpu_check.sh unpacks them into its build folder).
+gpu-check-debs:
+	mkdir -p .gpu-check-debs && cd .gpu-check-debs && apt-get download \
+	  libgtest-dev libfmt-dev libfmt9 nlohmann-json3-dev
 
 clean:
 	rm -rf $(BUILD) python/mopt/_C*.so python/mopt/libmopt.so*
