@@ -1,14 +1,82 @@
-// Calibration algorithms (SmoothQuant, AWQ lite, AWQ clip): the per-layer solvers that the
-// Python orchestration in mopt.quantization.algorithms feeds from forward hooks.
+// include/mopt/algorithms: the per-layer solvers (SmoothQuant, AWQ lite, AWQ clip, GPTQ) that the
+// layer-wise driver of mopt.quantization.algorithms feeds from forward hooks.
 #include "bindings.h"
+#include <pybind11/stl.h>
+
 #include "mopt/algorithms/awq.h"
+#include "mopt/algorithms/calibration.h"
+#include "mopt/algorithms/gptq.h"
 #include "mopt/algorithms/smoothquant.h"
 
 namespace py = pybind11;
 
 namespace mopt::python {
+namespace {
+
+// A quantizer config from Python: a QuantizerCore (a quantizer's `core`) or its JSON.
+QuantizerAttributeConfig config_from_py(const py::object& obj) {
+  if (py::isinstance<QuantizerCore>(obj)) return obj.cast<const QuantizerCore&>().attributes();
+  if (py::isinstance<py::str>(obj)) return parse_quantizer_config_cached(obj.cast<std::string>());
+  throw py::type_error("expected a quantizer core or its config JSON, got " +
+                       py::type::of(obj).attr("__name__").cast<std::string>());
+}
+
+const QuantizerCore* core_or_null(const py::object& obj) {
+  return obj.is_none() ? nullptr : &obj.cast<const QuantizerCore&>();
+}
+
+py::dict update_dict(const algorithms::LayerUpdate& u) {
+  py::dict d;
+  d["weight"] = u.weight ? py::cast(*u.weight) : py::none();
+  d["pre_quant_scale"] = u.pre_quant_scale ? py::cast(*u.pre_quant_scale) : py::none();
+  d["input_amax"] = u.input_amax ? py::cast(*u.input_amax) : py::none();
+  d["weight_amax"] = u.weight_amax ? py::cast(*u.weight_amax) : py::none();
+  d["recalibrate_weight"] = u.recalibrate_weight;
+  return d;
+}
+
+void bind_layer_solver(py::module_& m) {
+  using algorithms::LayerSolver;
+  py::enum_<algorithms::SolverInput>(m, "SolverInput")
+      .value("FLOAT", algorithms::SolverInput::kFloat)
+      .value("RUNNING_AMAX", algorithms::SolverInput::kRunningAmax)
+      .value("QUANTIZED", algorithms::SolverInput::kQuantized);
+  py::class_<LayerSolver, py::smart_holder>(m, "LayerSolver",
+                                            "One linear layer's calibration solver: collect() "
+                                            "its inputs per pass, finish_pass(), solve().")
+      .def_property_readonly("name", &LayerSolver::name)
+      .def_property_readonly("num_passes", &LayerSolver::num_passes)
+      .def_property_readonly("input_mode", &LayerSolver::input_mode)
+      .def("collect_pass",
+           no_gil_with_warnings(
+               [](LayerSolver& s, int pass, const at::Tensor& x) { s.collect(pass, x); }),
+           py::arg("pass_index"), py::arg("x"))
+      .def("finish_pass",
+           no_gil_with_warnings([](LayerSolver& s, int pass) { s.finish_pass(pass); }),
+           py::arg("pass_index"))
+      .def("pass_batches", &LayerSolver::num_batches, py::arg("pass_index"),
+           "Batches (GPTQ: tokens) pass `pass_index` saw, over every rank after finish_pass.")
+      .def(
+          "solve",
+          with_warnings([](LayerSolver& s, std::optional<at::Tensor> pqs,
+                                         std::optional<at::Tensor> weight_amax) {
+            algorithms::LayerState state{pqs, weight_amax};
+            algorithms::LayerUpdate u;
+            {
+              py::gil_scoped_release no_gil;
+              u = s.solve(state);
+            }
+            return update_dict(u);
+          }),
+          py::arg("input_pre_quant_scale") = py::none(), py::arg("weight_amax") = py::none(),
+          "The update (dict: weight, pre_quant_scale, input_amax, weight_amax, "
+          "recalibrate_weight) from the layer's current quantizer state.");
+}
+
+}  // namespace
 
 void bind_algorithms(py::module_& m) {
+  bind_layer_solver(m);
   using algorithms::AwqClipLayer;
   using algorithms::AwqClipOptions;
   using algorithms::AwqClipResult;
@@ -29,8 +97,46 @@ void bind_algorithms(py::module_& m) {
         "Alphas searched by awq_lite.");
   m.def("awq_clip_ratios", &algorithms::awq_clip_ratios, py::arg("min_clip_ratio") = 0.5,
         py::arg("shrink_step") = 0.05, "Clip ratios searched by awq_clip.");
-  m.def("awq_block_size", &algorithms::awq_block_size, py::arg("weight_cfg_json"),
-        py::arg("in_features"), "Input-axis block length of a weight quantizer config.");
+  m.def(
+      "awq_block_size",
+      [](const py::object& cfg, int64_t in_features) {
+        return algorithms::awq_block_size(config_from_py(cfg), in_features);
+      },
+      py::arg("weight_cfg"), py::arg("in_features"),
+      "Input-axis block length of a weight quantizer config.");
+  m.def("smoothquant_skip_reason",
+        [](const std::string& name, const py::object& input_q, const py::object& weight_q) {
+          return algorithms::smoothquant_skip_reason(name, core_or_null(input_q),
+                                                     core_or_null(weight_q));
+        },
+        py::arg("name"), py::arg("input_quantizer"), py::arg("weight_quantizer"),
+        "The warning for a layer SmoothQuant leaves alone (None: it can smooth it; a None "
+        "quantizer stands for a SequentialQuantizer).");
+  m.def("awq_lite_skip_reason", &algorithms::awq_lite_skip_reason, py::arg("name"),
+        py::arg("input_quantizer"), "The warning for a layer AWQ lite does not search, or None.");
+  m.def("awq_clip_skip_reason", &algorithms::awq_clip_skip_reason, py::arg("name"),
+        py::arg("weight_quantizer"), "The warning for a layer AWQ clip does not clip, or None.");
+  m.def("gptq_check_layer",
+        [](const std::string& name, const py::object& weight_q, bool has_pqs) {
+          algorithms::gptq_check_layer(name, core_or_null(weight_q), has_pqs);
+        },
+        py::arg("name"), py::arg("weight_quantizer"), py::arg("weight_has_pre_quant_scale"),
+        "NotImplementedError for a layer GPTQ cannot run on.");
+  m.def(
+      "parse_algorithm",
+      [](const std::string& json, const std::vector<std::string>& external) {
+        py::list steps;
+        auto loads = py::module_::import("json").attr("loads");
+        for (const auto& step : algorithms::parse_calibration_steps(json, external)) {
+          steps.append(py::make_tuple(step.method, loads(step.options_json())));
+        }
+        return steps;
+      },
+      py::arg("algorithm_json"), py::arg("external_methods") = std::vector<std::string>{},
+      "[(method, options)] of a quantize config's algorithm, every option checked and filled "
+      "in (methods in external_methods keep their options unchecked).");
+  m.def("calibration_methods", &algorithms::calibration_methods,
+        "The calibration methods implemented in C++.");
   m.def("awq_weight_scale", &algorithms::awq_weight_scale, py::arg("weight"), py::arg("block_size"),
         "AWQ weight salience: mean over rows of |W| / block max |W|.");
   m.def("awq_scale", &algorithms::awq_scale, py::arg("act_scale"), py::arg("weight_scale"),
@@ -41,16 +147,17 @@ void bind_algorithms(py::module_& m) {
       .def_readonly("weight", &SmoothedLinear::weight)
       .def_readonly("input_amax", &SmoothedLinear::input_amax);
 
-  py::class_<SmoothQuantLayer>(m, "SmoothQuantLayer")
+  py::class_<SmoothQuantLayer, algorithms::LayerSolver, py::smart_holder>(m, "SmoothQuantLayer")
       .def(py::init<at::Tensor, double, std::string>(), py::arg("weight"), py::arg("alpha") = 1.0,
            py::arg("name") = "")
-      .def("collect", &SmoothQuantLayer::collect, py::arg("x"), release_gil())
+      .def("collect", py::overload_cast<const at::Tensor&>(&SmoothQuantLayer::collect),
+           py::arg("x"), release_gil())
       .def("scale", &SmoothQuantLayer::scale, release_gil())
       .def("weight_max", &SmoothQuantLayer::weight_max, release_gil())
       .def("compute", &SmoothQuantLayer::compute, py::arg("prior_pre_quant_scale") = py::none(),
            release_gil())
       .def_property_readonly("act_amax", &SmoothQuantLayer::act_amax)
-      .def_property_readonly("num_batches", &SmoothQuantLayer::num_batches)
+      .def_property_readonly("num_batches", [](const SmoothQuantLayer& s) { return s.num_batches(0); })
       .def_property_readonly("alpha", &SmoothQuantLayer::alpha)
       .def_property_readonly("name", &SmoothQuantLayer::name);
 
@@ -59,10 +166,16 @@ void bind_algorithms(py::module_& m) {
       .def_readonly("scale", &AwqLiteResult::scale)
       .def_readonly("folded", &AwqLiteResult::folded);
 
-  py::class_<AwqLiteLayer>(m, "AwqLiteLayer")
-      .def(py::init<at::Tensor, std::string, double, std::string>(), py::arg("weight"),
-           py::arg("weight_cfg_json"), py::arg("alpha_step") = 0.1, py::arg("name") = "")
-      .def("collect", &AwqLiteLayer::collect, py::arg("x"), release_gil())
+  py::class_<AwqLiteLayer, algorithms::LayerSolver, py::smart_holder>(m, "AwqLiteLayer")
+      .def(py::init([](at::Tensor weight, const py::object& cfg, double alpha_step,
+                       std::string name) {
+             return std::make_shared<AwqLiteLayer>(std::move(weight), config_from_py(cfg),
+                                                   alpha_step, std::move(name));
+           }),
+           py::arg("weight"), py::arg("weight_cfg"), py::arg("alpha_step") = 0.1,
+           py::arg("name") = "")
+      .def("collect", py::overload_cast<const at::Tensor&>(&AwqLiteLayer::collect), py::arg("x"),
+           release_gil())
       .def("finish_collect", &AwqLiteLayer::finish_collect, release_gil())
       .def("search", &AwqLiteLayer::search, py::arg("x"), release_gil())
       .def("compute", &AwqLiteLayer::compute, py::arg("prior_pre_quant_scale") = py::none(),
@@ -83,8 +196,8 @@ void bind_algorithms(py::module_& m) {
       .def_readonly("ratio", &AwqClipResult::ratio)
       .def_readonly("losses", &AwqClipResult::losses);
 
-  py::class_<AwqClipLayer>(m, "AwqClipLayer")
-      .def(py::init([](at::Tensor weight, at::Tensor weight_amax, std::string cfg_json,
+  py::class_<AwqClipLayer, algorithms::LayerSolver, py::smart_holder>(m, "AwqClipLayer")
+      .def(py::init([](at::Tensor weight, at::Tensor weight_amax, const py::object& cfg,
                        int64_t max_co_batch_size, int64_t max_tokens_per_batch,
                        double min_clip_ratio, double shrink_step, std::string name) {
              AwqClipOptions options;
@@ -92,20 +205,98 @@ void bind_algorithms(py::module_& m) {
              options.max_tokens_per_batch = max_tokens_per_batch;
              options.min_clip_ratio = min_clip_ratio;
              options.shrink_step = shrink_step;
-             return AwqClipLayer(std::move(weight), std::move(weight_amax), std::move(cfg_json),
-                                 options, std::move(name));
+             return std::make_shared<AwqClipLayer>(std::move(weight), std::move(weight_amax),
+                                                   config_from_py(cfg), options, std::move(name));
            }),
-           py::arg("weight"), py::arg("weight_amax"), py::arg("weight_cfg_json"),
+           py::arg("weight"), py::arg("weight_amax"), py::arg("weight_cfg"),
            py::arg("max_co_batch_size") = 1024, py::arg("max_tokens_per_batch") = 64,
            py::arg("min_clip_ratio") = 0.5, py::arg("shrink_step") = 0.05, py::arg("name") = "")
-      .def("collect", &AwqClipLayer::collect, py::arg("x"), release_gil())
-      .def("compute", &AwqClipLayer::compute, release_gil())
+      .def("collect", py::overload_cast<const at::Tensor&>(&AwqClipLayer::collect), py::arg("x"),
+           release_gil())
+      .def("compute", py::overload_cast<>(&AwqClipLayer::compute, py::const_), release_gil())
       .def_property_readonly("ratios", &AwqClipLayer::ratios)
       .def_property_readonly("per_tensor", &AwqClipLayer::per_tensor)
       .def_property_readonly("block_size", &AwqClipLayer::block_size)
-      .def_property_readonly("num_batches", &AwqClipLayer::num_batches)
+      .def_property_readonly("num_batches", [](const AwqClipLayer& s) { return s.num_batches(0); })
       .def_property_readonly("num_tokens", &AwqClipLayer::num_tokens)
       .def_property_readonly("name", &AwqClipLayer::name);
+
+  {
+  using algorithms::GptqHessian;
+  using algorithms::GptqResult;
+
+  py::class_<GptqHessian>(m, "GptqHessian",
+                          "Streams H = 2/n sum x x^T of one linear layer's inputs (fp32).")
+      .def(py::init<int64_t, std::string>(), py::arg("in_features"), py::arg("name") = "")
+      .def("add_batch", &GptqHessian::add_batch, py::arg("x"),
+           "Adds the tokens of x [..., in_features].")
+      .def("hessian", &GptqHessian::hessian, "H = 2/n X^T X as [in, in] fp32.")
+      .def("reset", &GptqHessian::reset)
+      .def_property_readonly("num_samples", &GptqHessian::num_samples)
+      .def_property_readonly("in_features", &GptqHessian::in_features)
+      .def_property_readonly("name", &GptqHessian::name);
+
+  py::class_<GptqResult>(m, "GptqResult", "Quantized weight, quantizer amax and diagnostics.")
+      .def_readonly("weight", &GptqResult::weight)
+      .def_readonly("amax", &GptqResult::amax)
+      .def_readonly("loss", &GptqResult::loss)
+      .def_readonly("percdamp", &GptqResult::percdamp)
+      .def_readonly("dead_columns", &GptqResult::dead_columns);
+
+  m.def(
+      "gptq_quantize_weight",
+      [](const at::Tensor& weight, const at::Tensor& hessian, const py::object& cfg,
+         int64_t block_size, double percdamp, bool act_order,
+         const c10::optional<at::Tensor>& tensor_amax, const std::string& name) {
+        algorithms::GptqOptions opt;
+        opt.block_size = block_size;
+        opt.percdamp = percdamp;
+        opt.act_order = act_order;
+        const QuantizerAttributeConfig c = config_from_py(cfg);
+        py::gil_scoped_release no_gil;
+        return algorithms::gptq_quantize_weight(weight, hessian, c, opt, tensor_amax, name);
+      },
+      py::arg("weight"), py::arg("hessian"), py::arg("cfg"), py::arg("block_size") = 128,
+      py::arg("percdamp") = 0.01, py::arg("act_order") = false, py::arg("tensor_amax") = py::none(),
+      py::arg("name") = "",
+      "GPTQ of weight [out, in] with Hessian [in, in] for a weight quantizer config (a quantizer "
+      "core or its JSON).");
+
+  m.def(
+      "gptq_check_weight_config",
+      [](const py::object& cfg, int64_t out_features, int64_t in_features,
+         const std::string& name) {
+        algorithms::gptq_check_weight_config(config_from_py(cfg), out_features, in_features, name);
+      },
+      py::arg("cfg"), py::arg("out_features"), py::arg("in_features"), py::arg("name") = "",
+      "Raises the error gptq_quantize_weight would raise for this weight quantizer config.");
+
+  py::class_<algorithms::GptqLayer, algorithms::LayerSolver, py::smart_holder>(m, "GptqLayer")
+      .def(py::init([](at::Tensor weight, const py::object& cfg, int64_t block_size,
+                       double percdamp, bool act_order, std::string name) {
+             algorithms::GptqOptions opt;
+             opt.block_size = block_size;
+             opt.percdamp = percdamp;
+             opt.act_order = act_order;
+             return std::make_shared<algorithms::GptqLayer>(std::move(weight), config_from_py(cfg),
+                                                            opt, std::move(name));
+           }),
+           py::arg("weight"), py::arg("weight_cfg"), py::arg("block_size") = 128,
+           py::arg("percdamp") = 0.01, py::arg("act_order") = false, py::arg("name") = "")
+      .def_property_readonly("num_samples",
+                             [](const algorithms::GptqLayer& g) { return g.hessian().num_samples(); })
+      .def_property_readonly("result", &algorithms::GptqLayer::result);
+
+  m.def(
+      "gptq_hessian_inverse",
+      [](const at::Tensor& hessian, double percdamp, bool act_order, const std::string& name) {
+        const auto r = algorithms::gptq_hessian_inverse(hessian, percdamp, act_order, name);
+        return py::make_tuple(r.upper, r.perm, r.percdamp, r.dead_columns);
+      },
+      py::arg("hessian"), py::arg("percdamp") = 0.01, py::arg("act_order") = false,
+      py::arg("name") = "",
+      "(U, perm, percdamp_used, dead_columns): U^T U = (H[perm][:, perm] + damp I)^-1.");
+  }
 }
 
 }  // namespace mopt::python

@@ -1,8 +1,15 @@
+// include/mopt/quant: quantizer configs, the format table, and the quantizer core that
+// mtq.nn.TensorQuantizer wraps.
+#include <pybind11/functional.h>
+#include <pybind11/stl.h>
+
 #include "bindings.h"
+#include "mopt/core/error.h"
 #include "mopt/quant/config.h"
 #include "mopt/quant/fake_quant.h"
 #include "mopt/quant/formats.h"
 #include "mopt/quant/quantize_tensor.h"
+#include "mopt/quant/quantizer_core.h"
 
 namespace py = pybind11;
 
@@ -47,9 +54,170 @@ py::dict family_dict(const FormatFamilyInfo& r) {
   return d;
 }
 
+// A calibrator factory calling a Python callable; the callable is released under the GIL.
+QuantizerCore::CalibratorFactory python_factory(const py::object& fn) {
+  if (fn.is_none()) return nullptr;
+  std::shared_ptr<py::object> held(new py::object(fn), [](py::object* o) {
+    py::gil_scoped_acquire gil;
+    delete o;
+  });
+  return [held]() {
+    py::gil_scoped_acquire gil;
+    return calibrator_from_py((*held)());
+  };
+}
+
+py::dict format_dict(const ResolvedFormat& f) {
+  py::dict d = family_dict(*f.info);
+  d["family"] = f.info->name;
+  d["name"] = f.name;
+  d["element_bits"] = f.element_bits;
+  d["exponent_bits"] = f.exponent_bits;
+  d["mantissa_bits"] = f.mantissa_bits;
+  d["block_size"] = f.block_size;
+  d["dynamic"] = f.dynamic;
+  d["calibrated"] = f.calibrated;
+  return d;
+}
+
+c10::optional<at::Tensor> opt(const py::object& t) {
+  if (t.is_none()) return c10::nullopt;
+  return t.cast<at::Tensor>();
+}
+
+void bind_quantizer_core(py::module_& m) {
+  using release_gil = py::call_guard<py::gil_scoped_release>;
+  py::class_<QuantizerCore>(m, "QuantizerCore",
+                            "The logic of a TensorQuantizer (flags, calibrator, calibration view, "
+                            "amax policy, checks, printing); the module keeps the buffers.")
+      .def(py::init([](const std::string& cfg_json, const py::object& calibrator_factory) {
+             return QuantizerCore(parse_quantizer_config_cached(cfg_json),
+                                  python_factory(calibrator_factory));
+           }),
+           py::arg("cfg_json"), py::arg("calibrator_factory") = py::none())
+      .def(
+          "set_attributes",
+          [](QuantizerCore& c, const std::string& cfg_json, const py::object& factory) {
+            c.set_attributes(parse_quantizer_config_cached(cfg_json), python_factory(factory));
+          },
+          py::arg("cfg_json"), py::arg("calibrator_factory") = py::none())
+      .def_property_readonly("attributes_json", &QuantizerCore::attributes_json)
+      .def_property_readonly("format", [](const QuantizerCore& c) { return format_dict(c.format()); })
+      .def_property_readonly("family", [](const QuantizerCore& c) { return c.format().info->name; })
+      .def_property_readonly("is_static", &QuantizerCore::is_static)
+      .def_property_readonly("maxbound", &QuantizerCore::maxbound)
+      .def("kept_axes", &QuantizerCore::kept_axes, py::arg("ndim"))
+      .def_property(
+          "disabled", [](const QuantizerCore& c) { return c.flags().disabled; },
+          [](QuantizerCore& c, bool v) {
+            auto f = c.flags();
+            f.disabled = v;
+            c.set_flags(f);
+          })
+      .def_property(
+          "if_quant", [](const QuantizerCore& c) { return c.flags().quant; },
+          [](QuantizerCore& c, bool v) {
+            auto f = c.flags();
+            f.quant = v;
+            c.set_flags(f);
+          })
+      .def_property(
+          "if_calib", [](const QuantizerCore& c) { return c.flags().calib; },
+          [](QuantizerCore& c, bool v) {
+            auto f = c.flags();
+            f.calib = v;
+            c.set_flags(f);
+          })
+      .def("enable", &QuantizerCore::enable)
+      .def("disable", &QuantizerCore::disable)
+      .def("enable_quant", &QuantizerCore::enable_quant)
+      .def("disable_quant", &QuantizerCore::disable_quant)
+      .def("enable_calib", &QuantizerCore::enable_calib)
+      .def("disable_calib", &QuantizerCore::disable_calib)
+      .def_property(
+          "calibrator", [](const QuantizerCore& c) { return calibrator_to_py(c.calibrator()); },
+          [](QuantizerCore& c, const py::object& obj) { c.set_calibrator(calibrator_from_py(obj)); })
+      .def_property_readonly("needs_calibration", &QuantizerCore::needs_calibration)
+      .def(
+          "calib_view",
+          [](QuantizerCore& c, const at::Tensor& x, const py::object& pqs) {
+            return c.calib_view(x, opt(pqs));
+          },
+          py::arg("x"), py::arg("pre_quant_scale") = py::none())
+      .def("collect",
+           no_gil_with_warnings(
+               [](QuantizerCore& c, const at::Tensor& x, std::optional<at::Tensor> pqs) {
+                 c.collect(x, pqs);
+               }),
+           py::arg("x"), py::arg("pre_quant_scale") = py::none())
+      .def("compute_amax",
+           no_gil_with_warnings(
+               [](QuantizerCore& c, std::optional<std::string> method, int64_t stride,
+                  int64_t start_bin, double percentile) {
+                 AmaxRequest r;
+                 if (method) r.method = parse_histogram_method(*method);
+                 r.options = HistogramAmaxOptions{stride, start_bin, percentile};
+                 return c.compute_amax(r);
+               }),
+           py::arg("method") = py::none(), py::kw_only(), py::arg("stride") = 1,
+           py::arg("start_bin") = 128, py::arg("percentile") = 99.99)
+      .def("reset_calibrator", &QuantizerCore::reset_calibrator)
+      .def(
+          "make_mse_calibrator",
+          [](const QuantizerCore& c, const at::Tensor& amax, int64_t num_steps,
+             double start_multiplier, double stop_multiplier) {
+            return calibrator_to_py(
+                c.make_mse_calibrator(amax, num_steps, start_multiplier, stop_multiplier));
+          },
+          py::arg("amax"), py::arg("num_steps") = 10, py::arg("start_multiplier") = 0.25,
+          py::arg("stop_multiplier") = 4.0)
+      .def(
+          "amax_to_store",
+          [](const QuantizerCore& c, const at::Tensor& value, const py::object& current) {
+            return c.amax_to_store(value, opt(current));
+          },
+          py::arg("value"), py::arg("current") = py::none())
+      .def("forward",
+           no_gil_with_warnings(
+               [](QuantizerCore& c, const at::Tensor& x, std::optional<at::Tensor> amax,
+                  std::optional<at::Tensor> pqs) { return c.forward(x, amax, pqs); }),
+           py::arg("x"), py::arg("amax") = py::none(), py::arg("pre_quant_scale") = py::none())
+      .def("forward_config", &QuantizerCore::forward_config, py::arg("has_amax"))
+      .def_property("name", &QuantizerCore::name, &QuantizerCore::set_name)
+      .def_static("short_amax", [](const py::object& amax) {
+        return QuantizerCore::short_amax(opt(amax));
+      })
+      .def(
+          "extra_repr",
+          [](const QuantizerCore& c, const py::object& amax, const py::object& pqs) {
+            return c.extra_repr(opt(amax), opt(pqs));
+          },
+          py::arg("amax") = py::none(), py::arg("pre_quant_scale") = py::none())
+      .def("__copy__", [](const QuantizerCore& c) { return QuantizerCore(c); })
+      .def("__deepcopy__", [](const QuantizerCore& c, py::dict) { return QuantizerCore(c); },
+           py::arg("memo"))
+      .def(py::pickle(
+          [](const QuantizerCore& c) {
+            // the attributes, flags and name; what a calibrator collected is not pickled
+            return py::make_tuple(c.attributes_json(), c.flags().disabled, c.flags().quant,
+                                  c.flags().calib, c.name());
+          },
+          [](const py::tuple& t) {
+            const QuantizerAttributeConfig attr =
+                parse_quantizer_config_cached(t[0].cast<std::string>());
+            MOPT_CHECK_VALUE(attr.calibrator != "custom", "a quantizer with a Python calibrator "
+                             "class cannot be unpickled; save the model's state_dict instead");
+            QuantizerCore c(attr);
+            c.set_flags(QuantizerFlags{t[1].cast<bool>(), t[2].cast<bool>(), t[3].cast<bool>()});
+            c.set_name(t[4].cast<std::string>());
+            return c;
+          }));
+}
+
 }  // namespace
 
 void bind_quant(py::module_& m) {
+  bind_quantizer_core(m);
   m.def(
       "normalize_quantizer_config",
       [](const std::string& json) { return QuantizerAttributeConfig::from_json(json).to_json(); },
@@ -80,17 +248,7 @@ void bind_quant(py::module_& m) {
   m.def(
       "format_info",
       [](const std::string& json) {
-        const ResolvedFormat f = resolve_format(parse_quantizer_config_cached(json));
-        py::dict d = family_dict(*f.info);
-        d["family"] = f.info->name;
-        d["name"] = f.name;
-        d["element_bits"] = f.element_bits;
-        d["exponent_bits"] = f.exponent_bits;
-        d["mantissa_bits"] = f.mantissa_bits;
-        d["block_size"] = f.block_size;
-        d["dynamic"] = f.dynamic;
-        d["calibrated"] = f.calibrated;
-        return d;
+        return format_dict(resolve_format(parse_quantizer_config_cached(json)));
       },
       py::arg("json"),
       "The format a quantizer config (JSON) resolves to: its format-table row plus the concrete "

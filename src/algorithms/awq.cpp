@@ -3,6 +3,7 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/maximum.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
@@ -14,6 +15,7 @@
 
 #include "algorithms/layer_stats.h"
 #include "core/tensor_utils.h"
+#include "mopt/core/distributed.h"
 #include "mopt/core/error.h"
 #include "mopt/quant/config.h"
 #include "mopt/quant/quantize_tensor.h"
@@ -96,8 +98,7 @@ std::vector<double> awq_clip_ratios(double min_clip_ratio, double shrink_step) {
   return ratios;
 }
 
-int64_t awq_block_size(const std::string& weight_cfg_json, int64_t in_features) {
-  const QuantizerAttributeConfig& cfg = parse_quantizer_config_cached(weight_cfg_json);
+int64_t awq_block_size(const QuantizerAttributeConfig& cfg, int64_t in_features) {
   if (!cfg.block_sizes) return in_features;
   for (const auto& [axis, size] : cfg.block_sizes->axes) {
     if (axis == -1 || axis == 1) return size ? std::min(*size, in_features) : in_features;
@@ -136,13 +137,30 @@ at::Tensor awq_scale(const at::Tensor& act_scale, const at::Tensor& weight_scale
 // ---------------------------------------------------------------------------------------------
 // AWQ lite
 
-AwqLiteLayer::AwqLiteLayer(at::Tensor weight, std::string weight_cfg_json, double alpha_step,
-                           std::string name)
-    : weight_(std::move(weight)), cfg_json_(std::move(weight_cfg_json)), name_(std::move(name)) {
+std::optional<std::string> awq_lite_skip_reason(const std::string& name,
+                                                const QuantizerCore& input_quantizer) {
+  if (!input_quantizer.is_enabled() || !input_quantizer.is_static() ||
+      input_quantizer.kept_axes(2).empty()) {
+    return std::nullopt;
+  }
+  return "awq_lite: layer '" + name + "' is not searched: its input quantizer keeps a "
+         "per-channel static amax, which a folded scale would invalidate; it gets max "
+         "calibration";
+}
+
+std::optional<std::string> awq_clip_skip_reason(const std::string& name,
+                                                const QuantizerCore& weight_quantizer) {
+  if (weight_quantizer.is_static()) return std::nullopt;
+  return "awq_clip: layer '" + name + "' is not clipped: its weight format computes every "
+         "scale from the weight, leaving no amax to clip";
+}
+
+AwqLiteLayer::AwqLiteLayer(at::Tensor weight, const QuantizerAttributeConfig& weight_cfg,
+                           double alpha_step, std::string name)
+    : weight_(std::move(weight)), cfg_json_(weight_cfg.to_json()), name_(std::move(name)) {
   check_linear_weight(weight_, "awq_lite", name_);
   alphas_ = awq_alpha_grid(alpha_step);
-  parse_quantizer_config_cached(cfg_json_);  // ValueError for a bad config, before any pass
-  block_size_ = awq_block_size(cfg_json_, weight_.size(1));
+  block_size_ = awq_block_size(weight_cfg, weight_.size(1));
   weight_scale_ = awq_weight_scale(weight_, block_size_);
   losses_ = at::zeros({static_cast<int64_t>(alphas_.size())}, weight_.options().dtype(at::kDouble));
 }
@@ -202,6 +220,44 @@ void AwqLiteLayer::search(const at::Tensor& x) {
   ++num_search_steps_;
 }
 
+void AwqLiteLayer::finish_pass(int pass) {
+  const auto& group = calibration_group();
+  const bool reduce = group && group->size > 1;
+  auto count = [&](int64_t n) {
+    return reduce ? group->all_reduce(at::scalar_tensor(n, at::kLong), ReduceOp::kSum)
+                        .item<int64_t>()
+                  : n;
+  };
+  const auto fp32 = weight_.options().dtype(at::kFloat);
+  const int64_t in = weight_.size(1);
+  if (pass == 0) {
+    if (reduce) {
+      act_sum_ = group->all_reduce(act_sum_.defined() ? act_sum_ : at::zeros({in}, fp32),
+                                   ReduceOp::kSum);
+      act_amax_ = group->all_reduce(act_amax_.defined() ? act_amax_ : at::zeros({in}, fp32),
+                                    ReduceOp::kMax);
+      num_collect_steps_ = count(num_collect_steps_);
+      num_tokens_ = count(num_tokens_);
+    }
+    if (num_collect_steps_ > 0) finish_collect();
+    return;
+  }
+  if (reduce) {
+    losses_ = group->all_reduce(losses_, ReduceOp::kSum);
+    num_search_steps_ = count(num_search_steps_);
+  }
+}
+
+LayerUpdate AwqLiteLayer::solve(const LayerState& state) {
+  const AwqLiteResult r = compute(state.input_pre_quant_scale);
+  LayerUpdate u;
+  u.weight = r.folded.weight;
+  u.pre_quant_scale = r.folded.pre_quant_scale.to(weight_.scalar_type());
+  u.input_amax = r.folded.input_amax;
+  u.recalibrate_weight = true;
+  return u;
+}
+
 AwqLiteResult AwqLiteLayer::compute(const c10::optional<at::Tensor>& prior_pre_quant_scale) const {
   MOPT_CHECK_STATE(num_search_steps_ > 0, "awq_lite: ", layer_label(name_),
                    " received no input during the search pass of forward_loop");
@@ -219,11 +275,12 @@ AwqLiteResult AwqLiteLayer::compute(const c10::optional<at::Tensor>& prior_pre_q
 // ---------------------------------------------------------------------------------------------
 // AWQ clip
 
-AwqClipLayer::AwqClipLayer(at::Tensor weight, at::Tensor weight_amax, std::string weight_cfg_json,
-                           AwqClipOptions options, std::string name)
+AwqClipLayer::AwqClipLayer(at::Tensor weight, at::Tensor weight_amax,
+                           const QuantizerAttributeConfig& weight_cfg, AwqClipOptions options,
+                           std::string name)
     : weight_(std::move(weight)),
       weight_amax_(std::move(weight_amax)),
-      cfg_json_(std::move(weight_cfg_json)),
+      cfg_json_(weight_cfg.to_json()),
       options_(options),
       name_(std::move(name)) {
   check_linear_weight(weight_, "awq_clip", name_);
@@ -233,7 +290,6 @@ AwqClipLayer::AwqClipLayer(at::Tensor weight, at::Tensor weight_amax, std::strin
                    "awq_clip max_tokens_per_batch must be positive, got ",
                    options_.max_tokens_per_batch);
   ratios_ = awq_clip_ratios(options_.min_clip_ratio, options_.shrink_step);
-  parse_quantizer_config_cached(cfg_json_);
   MOPT_CHECK_VALUE(weight_amax_.defined() && weight_amax_.numel() > 0,
                    "awq_clip: ", layer_label(name_), ": the weight quantizer has no amax to clip");
   weight_amax_ = weight_amax_.detach().to(weight_.device(), at::kFloat);
@@ -247,7 +303,7 @@ AwqClipLayer::AwqClipLayer(at::Tensor weight, at::Tensor weight_amax, std::strin
     losses_ = at::zeros({n_ratios}, weight_.options().dtype(at::kDouble));
     return;
   }
-  block_size_ = awq_block_size(cfg_json_, in);
+  block_size_ = awq_block_size(weight_cfg, in);
   num_blocks_ = (in + block_size_ - 1) / block_size_;
   MOPT_CHECK_IMPLEMENTED(
       weight_amax_.numel() == out * num_blocks_, "awq_clip: ", layer_label(name_),
@@ -285,6 +341,28 @@ void AwqClipLayer::collect(const at::Tensor& x) {
                             .reshape({ns, num_blocks_, block_size_})
                             .transpose(0, 1);  // [blocks, tokens, block]
   gram_.baddbmm_(xb.transpose(1, 2), xb, /*beta=*/1.0, /*alpha=*/1.0 / static_cast<double>(ns));
+}
+
+void AwqClipLayer::finish_pass(int) {
+  const auto& group = calibration_group();
+  if (!group || group->size <= 1) return;
+  auto count = [&](int64_t n) {
+    return group->all_reduce(at::scalar_tensor(n, at::kLong), ReduceOp::kSum).item<int64_t>();
+  };
+  // both are sums over batches of per-batch means, as one process sums them over every batch
+  if (per_tensor_) {
+    losses_ = group->all_reduce(losses_, ReduceOp::kSum);
+  } else {
+    gram_ = group->all_reduce(gram_, ReduceOp::kSum);
+  }
+  num_batches_ = count(num_batches_);
+  num_tokens_ = count(num_tokens_);
+}
+
+LayerUpdate AwqClipLayer::solve(const LayerState&) {
+  LayerUpdate u;
+  u.weight_amax = compute().amax;
+  return u;
 }
 
 AwqClipResult AwqClipLayer::compute() const {

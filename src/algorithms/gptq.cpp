@@ -5,6 +5,7 @@
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linalg_cholesky_ex.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include "gptq/gptq.h"
 #include "mopt/core/error.h"
 #include "mopt/quant/config.h"
+#include "mopt/quant/formats.h"
 #include "mopt/quant/quantize_tensor.h"
 #include "quant/kernel_format.h"
 
@@ -140,10 +142,10 @@ void run_block(const kg::BlockArgs& a, const c10::Device& device) {
 
 // Shape of the amax a calibration of this quantizer gives for `weight` (keepdims over the
 // calibration view), so the result can be stored in the quantizer's amax buffer.
-std::vector<int64_t> quantizer_amax_shape(const at::Tensor& weight, const std::string& cfg_json,
+std::vector<int64_t> quantizer_amax_shape(const at::Tensor& weight,
                                           const QuantizerAttributeConfig& cfg) {
   const at::Tensor meta = at::empty(weight.sizes(), weight.options().device(at::kMeta));
-  const at::Tensor view = quantizer_calib_view(meta, c10::nullopt, cfg_json);
+  const at::Tensor view = quantizer_calib_view(meta, c10::nullopt, cfg.to_json());
   const auto keep = quantizer_amax_axes(cfg, weight.dim());
   std::vector<int64_t> shape(view.dim(), 1);
   for (int64_t d : keep) shape[d] = view.size(d);
@@ -187,6 +189,59 @@ at::Tensor GptqHessian::hessian() const {
 void GptqHessian::reset() {
   sum_ = at::Tensor();
   num_samples_ = 0;
+}
+
+void GptqHessian::all_reduce(const ProcessGroup& group) {
+  if (group.size <= 1) return;
+  const at::Tensor mine =
+      sum_.defined() ? sum_ : at::zeros({in_features_, in_features_}, at::kFloat);
+  num_samples_ = group.all_reduce(at::scalar_tensor(num_samples_, at::kLong), ReduceOp::kSum)
+                     .item<int64_t>();
+  at::Tensor total = group.all_reduce(mine, ReduceOp::kSum);
+  sum_ = num_samples_ > 0 ? total : at::Tensor();
+}
+
+void gptq_check_layer(const std::string& name, const QuantizerCore* weight_quantizer,
+                      bool weight_has_pre_quant_scale) {
+  MOPT_CHECK_IMPLEMENTED(weight_quantizer != nullptr, "gptq: layer '", name, "' has a multi-stage "
+                         "weight quantizer (SequentialQuantizer, e.g. W4A8); GPTQ supports a "
+                         "single integer, minifloat or NVFP4 weight quantizer");
+  MOPT_CHECK_IMPLEMENTED(!weight_has_pre_quant_scale, "gptq: layer '", name, "' has a "
+                         "pre_quant_scale on its weight quantizer, which GPTQ does not support");
+}
+
+GptqLayer::GptqLayer(at::Tensor weight, const QuantizerAttributeConfig& weight_cfg,
+                     GptqOptions options, std::string name)
+    : weight_(std::move(weight)), cfg_(weight_cfg), options_(options),
+      hessian_(weight_.dim() == 2 ? weight_.size(1) : 0, std::move(name)) {
+  MOPT_CHECK_VALUE(options_.block_size > 0, "gptq block_size must be a positive int, got ",
+                   options_.block_size);
+  MOPT_CHECK_VALUE(options_.percdamp >= 0.0 && options_.percdamp <= 1.0,
+                   "gptq percdamp must be a number in [0, 1], got ", options_.percdamp);
+  gptq_check_weight_config(cfg_, weight_.size(0), weight_.size(1), hessian_.name());
+}
+
+void GptqLayer::finish_pass(int) {
+  const auto& group = calibration_group();
+  if (group && group->size > 1) hessian_.all_reduce(*group);
+}
+
+LayerUpdate GptqLayer::solve(const LayerState& state) {
+  const bool nvfp4 = resolve_format(cfg_).family() == FormatFamily::kNVFP4;
+  {
+    at::NoGradGuard no_grad;
+    result_ = gptq_quantize_weight(weight_.detach(), hessian_.hessian(), cfg_, options_,
+                                   nvfp4 ? state.weight_amax : c10::nullopt, hessian_.name());
+  }
+  if (result_.percdamp > options_.percdamp) {
+    MOPT_WARN("gptq: the Hessian of layer '", hessian_.name(), "' was not positive definite "
+               "with percdamp=", options_.percdamp, "; it was dampened with percdamp=",
+               result_.percdamp);
+  }
+  LayerUpdate u;
+  u.weight = result_.weight;
+  u.weight_amax = result_.amax;
+  return u;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -249,20 +304,18 @@ GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percda
 // ---------------------------------------------------------------------------------------------
 // Column loop
 
-void gptq_check_weight_config(const std::string& weight_cfg_json, int64_t out_features,
+void gptq_check_weight_config(const QuantizerAttributeConfig& cfg, int64_t out_features,
                               int64_t in_features, const std::string& name) {
   const std::string label = layer_label(name);
   MOPT_CHECK_VALUE(out_features > 0 && in_features > 0, label, ": empty weight [", out_features,
                    ", ", in_features, "]");
-  const QuantizerAttributeConfig& cfg = parse_quantizer_config_cached(weight_cfg_json);
   column_quantizer(cfg, in_features, label);
   quantizer_amax_shape(
-      at::empty({out_features, in_features}, at::TensorOptions().device(at::kMeta)),
-      weight_cfg_json, cfg);
+      at::empty({out_features, in_features}, at::TensorOptions().device(at::kMeta)), cfg);
 }
 
 GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hessian,
-                                const std::string& weight_cfg_json, const GptqOptions& options,
+                                const QuantizerAttributeConfig& cfg, const GptqOptions& options,
                                 const c10::optional<at::Tensor>& tensor_amax,
                                 const std::string& name) {
   const std::string label = layer_label(name);
@@ -281,9 +334,8 @@ GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hess
   MOPT_CHECK_VALUE(options.block_size > 0, label, ": block_size must be positive, got ",
                    options.block_size);
   MOPT_CHECK_STATE(all_finite(weight), label, ": the weight holds NaN or Inf");
-  const QuantizerAttributeConfig& cfg = parse_quantizer_config_cached(weight_cfg_json);
   const ColumnQuantizer cq = column_quantizer(cfg, cols, label);
-  const std::vector<int64_t> amax_shape = quantizer_amax_shape(weight, weight_cfg_json, cfg);
+  const std::vector<int64_t> amax_shape = quantizer_amax_shape(weight, cfg);
 
   const GptqHessianInverse hinv =
       gptq_hessian_inverse(hessian, options.percdamp, options.act_order, name);

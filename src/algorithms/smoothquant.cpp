@@ -3,11 +3,13 @@
 #include <ATen/ops/maximum.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
 
 #include <utility>
 
 #include "algorithms/layer_stats.h"
 #include "core/tensor_utils.h"
+#include "mopt/core/distributed.h"
 #include "mopt/core/error.h"
 
 namespace mopt::algorithms {
@@ -62,6 +64,47 @@ SmoothedLinear fold_pre_quant_scale(const at::Tensor& weight, const at::Tensor& 
     out.pre_quant_scale = p;
   }
   return out;
+}
+
+std::optional<std::string> smoothquant_skip_reason(const std::string& name,
+                                                   const QuantizerCore* input_quantizer,
+                                                   const QuantizerCore* weight_quantizer) {
+  auto is_int8 = [](const QuantizerCore* q) {
+    return q && !q->attributes().num_bits.is_float && q->attributes().num_bits.bits == 8;
+  };
+  std::string reason;
+  if (!is_int8(input_quantizer) || !is_int8(weight_quantizer)) {
+    reason = "SmoothQuant smooths 8-bit integer weights and activations only";
+  } else if (!input_quantizer->is_static() || input_quantizer->attributes().axis ||
+             input_quantizer->attributes().block_sizes) {
+    reason = "SmoothQuant needs a static per-tensor input quantizer";
+  } else {
+    return std::nullopt;
+  }
+  return "smoothquant: layer '" + name + "' is not smoothed (" + reason +
+         "); it gets max calibration";
+}
+
+void SmoothQuantLayer::finish_pass(int) {
+  const auto& group = calibration_group();
+  if (!group || group->size <= 1) return;
+  const int64_t in = weight_.size(1);
+  const at::Tensor mine =
+      act_amax_.defined() ? act_amax_ : at::zeros({in}, weight_.options().dtype(at::kFloat));
+  act_amax_ = group->all_reduce(mine, ReduceOp::kMax);
+  num_batches_ = group->all_reduce(at::scalar_tensor(num_batches_, at::kLong), ReduceOp::kSum)
+                     .item<int64_t>();
+  if (num_batches_ == 0) act_amax_ = at::Tensor();
+}
+
+LayerUpdate SmoothQuantLayer::solve(const LayerState& state) {
+  const SmoothedLinear s = compute(state.input_pre_quant_scale);
+  LayerUpdate u;
+  u.weight = s.weight;
+  u.pre_quant_scale = s.pre_quant_scale.to(weight_.scalar_type());
+  u.input_amax = s.input_amax;
+  u.recalibrate_weight = true;
+  return u;
 }
 
 SmoothQuantLayer::SmoothQuantLayer(at::Tensor weight, double alpha, std::string name)

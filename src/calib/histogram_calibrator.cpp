@@ -3,6 +3,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/linspace.h>
 #include <ATen/ops/tensor.h>
 
@@ -10,6 +12,7 @@
 #include <cmath>
 #include <limits>
 
+#include "calib/reduce_shape.h"
 #include "core/tensor_utils.h"
 #include "fake_quant/fake_quant_math.h"
 #include "histogram/histogram.h"
@@ -232,15 +235,6 @@ int64_t entropy_levels(const NumBits& nb, bool is_unsigned) {
 
 }  // namespace
 
-HistogramMethod parse_histogram_method(const std::string& name) {
-  if (name == "entropy") return HistogramMethod::kEntropy;
-  if (name == "percentile") return HistogramMethod::kPercentile;
-  if (name == "mse") return HistogramMethod::kMse;
-  MOPT_CHECK_TYPE(false, "Unknown calibration method '", name,
-                  "'; expected 'entropy', 'percentile' or 'mse'");
-  return HistogramMethod::kEntropy;
-}
-
 float histogram_amax_entropy(const at::Tensor& counts, const at::Tensor& edges, int64_t num_bits,
                              bool is_unsigned, int64_t stride, int64_t start_bin) {
   const NumBits nb = NumBits::integer(static_cast<int>(num_bits));
@@ -266,7 +260,7 @@ float histogram_amax_mse(const at::Tensor& counts, const at::Tensor& edges, cons
 HistogramCalibrator::HistogramCalibrator(NumBits num_bits,
                                          std::optional<std::vector<int64_t>> axis,
                                          bool is_unsigned, int64_t num_bins, bool skip_zeros)
-    : num_bits_(num_bits), axis_(std::move(axis)), is_unsigned_(is_unsigned),
+    : Calibrator(std::move(axis)), num_bits_(num_bits), is_unsigned_(is_unsigned),
       num_bins_(num_bins), skip_zeros_(skip_zeros) {
   check_num_bits(num_bits_);
   MOPT_CHECK_VALUE(num_bins >= 1 && num_bins <= kernels::histogram::kMaxHistogramBins,
@@ -302,8 +296,14 @@ void HistogramCalibrator::collect(const at::Tensor& x_in) {
   std::vector<Channel> next = channels_;
   if (next.empty()) next.resize(nchannels);
   const int64_t length = x.numel() / nchannels;
-  const at::Tensor batch_max =
-      mopt::compute_amax(x, keep).reshape({nchannels}).to(at::kCPU).contiguous();
+  at::Tensor batch_max = mopt::compute_amax(x, keep).reshape({nchannels}).to(at::kCPU);
+  const auto& group = calibration_group();
+  if (channels_.empty() && group && group->size > 1) {
+    // Every rank fixes its bin width from the same first-batch max (the group's), so the counts
+    // line up bin for bin when they are summed.
+    batch_max = group->all_reduce(batch_max, ReduceOp::kMax);
+  }
+  batch_max = batch_max.contiguous();
   const float* m = batch_max.const_data_ptr<float>();
   std::vector<float> upper(nchannels, 0.0f);
   std::vector<int64_t> bins(nchannels, 0);
@@ -385,6 +385,87 @@ at::Tensor HistogramCalibrator::channel_counts(int64_t c, const at::Tensor& hist
   at::Tensor counts = hist_cpu[c].narrow(0, 0, ch.bins).clone();
   counts[0] += ch.pending_zeros;
   return counts;
+}
+
+c10::optional<at::Tensor> HistogramCalibrator::compute_amax(const AmaxRequest& request) const {
+  const AmaxRequest& r = request.method ? request : default_request_.value_or(request);
+  MOPT_CHECK_TYPE(r.method.has_value(), "HistogramCalibrator.compute_amax needs a method: "
+                  "'entropy', 'percentile' or 'mse' (e.g. quantizer.load_calib_amax('entropy'), "
+                  "or calibrate with algorithm='entropy' / 'percentile' / 'histogram_mse')");
+  return compute_amax(*r.method, r.options);
+}
+
+void HistogramCalibrator::set_default_method(HistogramMethod method,
+                                             const HistogramAmaxOptions& options) {
+  default_request_ = AmaxRequest{method, options};
+}
+
+std::shared_ptr<Calibrator> HistogramCalibrator::clone() const {
+  auto c = std::make_shared<HistogramCalibrator>(*this);
+  if (hist_.defined()) c->hist_ = hist_.clone();
+  return c;
+}
+
+void HistogramCalibrator::all_reduce(const ProcessGroup& group) {
+  if (group.size <= 1) return;
+  const auto shape = calib::agree_on_shape(
+      group, channels_.empty() ? std::nullopt : std::optional(amax_shape_));
+  if (!shape) return;
+  int64_t n = 1;
+  for (int64_t d : *shape) n *= d;
+  if (channels_.empty()) {
+    amax_shape_ = *shape;
+    channels_.resize(n);
+  }
+  MOPT_CHECK_STATE(channels() == n, "amax shape changed! (the processes collected ", n,
+                   " and ", channels(), " histograms)");
+  // Per channel, max-reduced: bins, grown, edge_end, upper, width, -width, non-finite code.
+  constexpr int64_t kFields = 7;
+  const double lowest = -std::numeric_limits<double>::infinity();
+  at::Tensor meta = at::full({n, kFields}, lowest, at::kDouble);
+  at::Tensor zeros = at::zeros({n}, at::kLong);
+  auto* m = meta.data_ptr<double>();
+  auto* z = zeros.data_ptr<int64_t>();
+  for (int64_t c = 0; c < n; ++c) {
+    const Channel& ch = channels_[c];
+    double* row = m + c * kFields;
+    row[6] = std::isnan(ch.nonfinite) ? 2.0 : (ch.nonfinite != 0.0f ? 1.0 : 0.0);
+    z[c] = ch.pending_zeros;
+    if (ch.bins == 0) continue;
+    row[0] = static_cast<double>(ch.bins);
+    row[1] = ch.grown ? 1.0 : 0.0;
+    row[2] = ch.edge_end;
+    row[3] = ch.upper;
+    row[4] = ch.width;
+    row[5] = -static_cast<double>(ch.width);
+  }
+  meta = group.all_reduce(meta, ReduceOp::kMax);
+  zeros = group.all_reduce(zeros, ReduceOp::kSum);
+  m = meta.data_ptr<double>();
+  z = zeros.data_ptr<int64_t>();
+  int64_t max_bins = 0;
+  for (int64_t c = 0; c < n; ++c) {
+    Channel& ch = channels_[c];
+    const double* row = m + c * kFields;
+    ch.pending_zeros = z[c];
+    ch.nonfinite = row[6] == 2.0 ? std::numeric_limits<float>::quiet_NaN()
+                                 : (row[6] == 1.0 ? std::numeric_limits<float>::infinity() : 0.f);
+    if (row[0] == lowest) continue;  // no rank fixed this channel's bins
+    MOPT_CHECK_STATE(row[4] == -row[5], "histogram calibration across processes: channel ", c,
+                     " was binned with different widths (", -row[5], " and ", row[4], "); the "
+                     "first batch of every process must reach this quantizer with data");
+    ch.bins = static_cast<int64_t>(row[0]);
+    ch.grown = row[1] > 0.0;
+    ch.edge_end = static_cast<float>(row[2]);
+    ch.upper = static_cast<float>(row[3]);
+    ch.width = static_cast<float>(row[4]);
+    max_bins = std::max(max_bins, ch.bins);
+  }
+  if (max_bins == 0) return;
+  const auto device = hist_.defined() ? hist_.device() : at::Device(at::kCPU);
+  at::Tensor h = hist_.defined() ? hist_ : at::zeros({n, max_bins}, at::kLong);
+  if (h.size(1) < max_bins) h = at::constant_pad_nd(h, {0, max_bins - h.size(1)});
+  hist_ = group.all_reduce(h, ReduceOp::kSum).to(device);
 }
 
 c10::optional<at::Tensor> HistogramCalibrator::compute_amax(

@@ -1,7 +1,10 @@
 #include "mopt/calib/max_calibrator.h"
 
+#include <ATen/ops/full.h>
 #include <ATen/ops/maximum.h>
+#include <ATen/ops/tensor.h>
 
+#include "calib/reduce_shape.h"
 #include "mopt/core/error.h"
 #include "mopt/quant/fake_quant.h"
 
@@ -9,7 +12,7 @@ namespace mopt {
 
 MaxCalibrator::MaxCalibrator(int64_t num_bits, std::optional<std::vector<int64_t>> axis,
                              bool is_unsigned, bool track_amax)
-    : num_bits_(num_bits), axis_(std::move(axis)), is_unsigned_(is_unsigned),
+    : Calibrator(std::move(axis)), num_bits_(num_bits), is_unsigned_(is_unsigned),
       track_amax_(track_amax) {}
 
 void MaxCalibrator::collect(const at::Tensor& x) {
@@ -26,7 +29,7 @@ void MaxCalibrator::collect(const at::Tensor& x) {
   if (track_amax_) amaxs_.push_back(batch.cpu());
 }
 
-c10::optional<at::Tensor> MaxCalibrator::compute_amax() const {
+c10::optional<at::Tensor> MaxCalibrator::compute_amax(const AmaxRequest&) const {
   if (!calib_amax_.defined()) return c10::nullopt;
   return calib_amax_;
 }
@@ -34,6 +37,26 @@ c10::optional<at::Tensor> MaxCalibrator::compute_amax() const {
 void MaxCalibrator::reset() {
   calib_amax_ = at::Tensor();
   amaxs_.clear();
+}
+
+std::shared_ptr<Calibrator> MaxCalibrator::clone() const {
+  auto c = std::make_shared<MaxCalibrator>(*this);
+  if (calib_amax_.defined()) c->calib_amax_ = calib_amax_.clone();
+  return c;
+}
+
+void MaxCalibrator::all_reduce(const ProcessGroup& group) {
+  if (group.size <= 1) return;
+  const std::optional<std::vector<int64_t>> shape = calib::agree_on_shape(
+      group, calib_amax_.defined() ? std::optional(calib_amax_.sizes().vec()) : std::nullopt);
+  if (!shape) return;  // no rank collected anything
+  // |x| >= 0, so a rank without data contributes zeros
+  const at::Tensor mine = calib_amax_.defined()
+                              ? calib_amax_
+                              : at::zeros(*shape, at::TensorOptions().dtype(at::kFloat));
+  MOPT_CHECK_STATE(mine.sizes() == at::IntArrayRef(*shape), "amax shape changed! (this process "
+                   "collected ", mine.sizes(), ", another ", at::IntArrayRef(*shape), ")");
+  calib_amax_ = group.all_reduce(mine, ReduceOp::kMax);
 }
 
 }  // namespace mopt

@@ -10,10 +10,12 @@
 #include <ATen/ops/stack.h>
 #include <ATen/ops/sub.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cmath>
 
+#include "calib/reduce_shape.h"
 #include "core/tensor_utils.h"
 #include "mopt/core/error.h"
 #include "mopt/quant/config.h"
@@ -25,7 +27,7 @@ namespace mopt {
 MseCalibrator::MseCalibrator(at::Tensor amax, std::optional<std::vector<int64_t>> axis,
                              int64_t num_steps, double start_multiplier, double stop_multiplier,
                              QuantFunc quant_func, ErrorFunc error_func)
-    : axis_(std::move(axis)), num_steps_(num_steps), start_(start_multiplier),
+    : Calibrator(std::move(axis)), num_steps_(num_steps), start_(start_multiplier),
       stop_(stop_multiplier), quant_func_(std::move(quant_func)),
       error_func_(std::move(error_func)) {
   MOPT_CHECK_VALUE(amax.defined(), "MseCalibrator needs an initial amax (run max calibration "
@@ -79,7 +81,7 @@ void MseCalibrator::collect(const at::Tensor& x_in) {
   }
 }
 
-c10::optional<at::Tensor> MseCalibrator::compute_amax() const {
+c10::optional<at::Tensor> MseCalibrator::compute_amax(const AmaxRequest&) const {
   if (losses_.empty() || !losses_[0].defined()) return c10::nullopt;
   const at::Tensor best = at::argmin(at::stack(losses_), 0);  // first minimum: smaller multiplier
   const at::Tensor multiplier = candidates_.to(best.device()).index_select(0, best.reshape({-1}));
@@ -91,8 +93,37 @@ void MseCalibrator::reset() {
   losses_.clear();
 }
 
-MseCalibrator::QuantFunc quantizer_view_quant_func(const std::string& cfg_json) {
-  const QuantizerAttributeConfig cfg = QuantizerAttributeConfig::from_json(cfg_json);
+std::shared_ptr<Calibrator> MseCalibrator::clone() const {
+  auto c = std::make_shared<MseCalibrator>(*this);
+  for (auto& l : c->losses_) {
+    if (l.defined()) l = l.clone();
+  }
+  return c;
+}
+
+void MseCalibrator::all_reduce(const ProcessGroup& group) {
+  if (group.size <= 1) return;
+  // kept shape of the losses; a rank without data contributes zeros of it
+  std::optional<std::vector<int64_t>> mine;
+  if (has_data()) mine = losses_[0].sizes().vec();
+  const auto shape = calib::agree_on_shape(group, mine);
+  if (!shape) return;
+  const auto options = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor stacked = has_data() ? at::stack(losses_)
+                                  : at::zeros([&] {
+                                      std::vector<int64_t> s = {num_steps_};
+                                      s.insert(s.end(), shape->begin(), shape->end());
+                                      return s;
+                                    }(), options);
+  stacked = group.all_reduce(stacked, ReduceOp::kSum);
+  if (!candidates_.defined()) {
+    candidates_ = at::linspace(start_, stop_, num_steps_, at::TensorOptions().dtype(at::kFloat));
+  }
+  const std::vector<at::Tensor> parts = stacked.unbind(0);
+  losses_.assign(parts.begin(), parts.end());
+}
+
+MseCalibrator::QuantFunc quantizer_view_quant_func(const QuantizerAttributeConfig& cfg) {
   const ResolvedFormat format = resolve_format(cfg);
   MOPT_CHECK_IMPLEMENTED(format.info->histogram_calibration, "MSE calibration searches the amax "
                          "of formats with a float scale (integer, minifloat); ", format.name,

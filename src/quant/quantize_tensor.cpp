@@ -92,6 +92,10 @@ at::Tensor fake_quant_with_amax(const at::Tensor& v, const at::Tensor& amax,
 at::Tensor quantize_tensor_impl(const at::Tensor& x_in, const c10::optional<at::Tensor>& amax,
                                 const c10::optional<at::Tensor>& pqs, c10::string_view cfg_json) {
   const QuantizerAttributeConfig& cfg = parse_quantizer_config_cached(std::string(cfg_json));
+  MOPT_CHECK_TYPE(x_in.is_floating_point(), "quantize_tensor got a torch.",
+                  c10::getDtypeNames(x_in.scalar_type()).first,
+                  " tensor; only floating-point tensors (float32, float16, bfloat16) can be "
+                  "quantized");
   at::Tensor x = apply_pre_quant_scale(x_in, pqs);
   if (!cfg.enable) return x;
   const ResolvedFormat format = resolve_format(cfg);

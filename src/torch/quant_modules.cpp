@@ -131,6 +131,7 @@ QuantLinearImpl::QuantLinearImpl(const torch::nn::LinearImpl& source)
 
 at::Tensor QuantLinearImpl::forward(const at::Tensor& input) {
   if (!is_converted()) return torch::nn::LinearImpl::forward(input);
+  observe_input(input);
   const at::Tensor x = apply_quantizer(kInput, input);
   const at::Tensor w = apply_quantizer(kWeight, weight);
   return apply_quantizer(kOutput, F::linear(x, w, bias));
@@ -227,6 +228,7 @@ at::Tensor QuantConvImpl<D, ConvImpl>::conv(const at::Tensor& input, const at::T
 template <size_t D, typename ConvImpl>
 at::Tensor QuantConvImpl<D, ConvImpl>::forward(const at::Tensor& input) {
   if (!is_converted()) return conv(input, this->weight);
+  observe_input(input);
   const at::Tensor x = apply_quantizer(kInput, input);
   const at::Tensor w = apply_quantizer(kWeight, this->weight);
   return apply_quantizer(kOutput, conv(x, w));

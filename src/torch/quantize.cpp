@@ -17,40 +17,23 @@
 #include <unordered_set>
 
 #include "mopt/core/error.h"
+#include "mopt/algorithms/calibration.h"
 #include "mopt/core/fnmatch.h"
+#include "torch/module_tree.h"
 
 namespace mopt {
 
 using json = nlohmann::ordered_json;
 
-namespace {
-
-using ModulePtr = std::shared_ptr<torch::nn::Module>;
-
-std::string join_name(const std::string& prefix, const std::string& name) {
-  return prefix.empty() ? name : prefix + "." + name;
-}
-
-// One entry of named_modules: the module, its full name and where it is registered.
-struct Node {
-  std::string name;
-  torch::nn::Module* module = nullptr;
-  ModulePtr ptr;                        // null for an unowned root
-  torch::nn::Module* parent = nullptr;  // null for the root
-  std::string attr;                     // name in the parent
-};
-
-// Preorder walk with each module once (the first path that reaches it), as Python's
-// named_modules. Works on a root that is not owned by a shared_ptr.
 std::vector<Node> named_modules(torch::nn::Module& root) {
   std::vector<Node> out;
   std::unordered_set<const torch::nn::Module*> seen;
   std::function<void(torch::nn::Module&, const std::string&)> visit =
       [&](torch::nn::Module& m, const std::string& prefix) {
         for (const auto& item : m.named_children()) {
-          const ModulePtr& child = item.value();
+          const std::shared_ptr<torch::nn::Module>& child = item.value();
           if (!child || !seen.insert(child.get()).second) continue;
-          const std::string name = join_name(prefix, item.key());
+          const std::string name = prefix.empty() ? item.key() : prefix + "." + item.key();
           out.push_back({name, child.get(), child, &m, item.key()});
           visit(*child, name);
         }
@@ -59,6 +42,14 @@ std::vector<Node> named_modules(torch::nn::Module& root) {
   out.push_back({"", &root, root.weak_from_this().lock(), nullptr, ""});
   visit(root, "");
   return out;
+}
+
+namespace {
+
+using ModulePtr = std::shared_ptr<torch::nn::Module>;
+
+std::string join_name(const std::string& prefix, const std::string& name) {
+  return prefix.empty() ? name : prefix + "." + name;
 }
 
 bool is_quantizer(const torch::nn::Module* m) {
@@ -395,185 +386,6 @@ void check_reachable(const Conversion& conversion) {
                          "the config");
 }
 
-// ---------------------------------------------------------------------------------------------
-// calibration
-
-const std::vector<std::string>& python_only_algorithms() {
-  static const std::vector<std::string> names = {"smoothquant", "awq_lite", "awq_clip",
-                                                 "awq_full",    "mse",      "entropy",
-                                                 "percentile",  "histogram_mse", "gptq"};
-  return names;
-}
-
-std::vector<std::pair<std::string, json>> normalize_algorithm(const json& a) {
-  std::vector<std::pair<std::string, json>> steps;
-  if (a.is_null()) return steps;
-  if (a.is_string()) {
-    steps.emplace_back(a.get<std::string>(), json::object());
-    return steps;
-  }
-  if (a.is_object()) {
-    MOPT_CHECK_VALUE(a.contains("method"), "algorithm dict needs a 'method' key, got ", a.dump());
-    if (a["method"].is_null()) return steps;
-    MOPT_CHECK_TYPE(a["method"].is_string(), "algorithm 'method' must be a str, got ",
-                    a["method"].dump());
-    json opts = json::object();
-    for (auto it = a.begin(); it != a.end(); ++it) {
-      if (it.key() != "method") opts[it.key()] = it.value();
-    }
-    steps.emplace_back(a["method"].get<std::string>(), opts);
-    return steps;
-  }
-  if (a.is_array()) {
-    for (const auto& s : a) {
-      for (auto& step : normalize_algorithm(s)) steps.push_back(std::move(step));
-    }
-    return steps;
-  }
-  MOPT_CHECK_TYPE(false, "algorithm must be a str, dict, list or None, got ", a.dump());
-  return steps;
-}
-
-json parse_algorithm(const std::string& text) {
-  QuantizeConfig probe;
-  probe.quant_cfg.clear();
-  probe.algorithm = text;
-  probe.validate();  // form checks, and the bare-name shorthand
-  return json::parse(probe.to_json())["algorithm"];
-}
-
-// The calibration steps of an algorithm, after checking that C++ can run each of them.
-std::vector<std::pair<std::string, json>> checked_steps(const std::string& algorithm_json) {
-  auto steps = normalize_algorithm(parse_algorithm(algorithm_json));
-  for (const auto& [method, opts] : steps) {
-    const auto& py = python_only_algorithms();
-    MOPT_CHECK_IMPLEMENTED(std::find(py.begin(), py.end(), method) == py.end(), "algorithm '",
-                           method, "' is implemented in Python only (mopt.quantization); the C++ "
-                           "API calibrates with 'max' or none");
-    MOPT_CHECK_VALUE(method == "max", "unknown calibration algorithm '", method,
-                     "'; available in C++: ['max']");
-  }
-  return steps;
-}
-
-bool needs_calibration(const TensorQuantizerImpl& q) {
-  return q.is_enabled() && q.is_static();
-}
-
-void enable_stats_collection(torch::nn::Module& model) {
-  for (auto& [name, q] : named_quantizers(model)) {
-    if (!needs_calibration(*q)) continue;
-    q->disable_quant();
-    q->enable_calib();
-  }
-}
-
-void finish_stats_collection(torch::nn::Module& model) {
-  for (auto& [name, q] : named_quantizers(model)) {
-    if (!q->is_calib_enabled()) continue;
-    q->load_calib_amax();
-    q->disable_calib();
-    q->enable_quant();
-  }
-}
-
-void weight_only_calibrate(torch::nn::Module& model, bool only_uncalibrated) {
-  for (const Node& node : named_modules(model)) {
-    auto* qm = dynamic_cast<QuantModule*>(node.module);
-    if (!qm || !qm->is_converted()) continue;
-    const ModulePtr wq = qm->quantizer(QuantModule::kWeight);
-    const at::Tensor weight = qm->quant_weight();
-    if (!wq || !weight.defined()) continue;
-    std::vector<TensorQuantizer> quantizers;
-    if (auto* s = dynamic_cast<SequentialQuantizerImpl*>(wq.get())) {
-      quantizers = s->quantizers();
-    } else {
-      quantizers.emplace_back(std::dynamic_pointer_cast<TensorQuantizerImpl>(wq));
-    }
-    std::vector<bool> pending(quantizers.size());
-    bool any = false;
-    for (size_t i = 0; i < quantizers.size(); ++i) {
-      pending[i] = needs_calibration(*quantizers[i]) &&
-                   (!only_uncalibrated || !quantizers[i]->amax().has_value());
-      any = any || pending[i];
-    }
-    if (!any) continue;
-    if (only_uncalibrated) {
-      TORCH_WARN("mopt: layer '", node.name, "' (", qm->quant_class_name(),
-                 ") was not reached by the forward loop; its weight quantizer is calibrated "
-                 "from the weight alone");
-    }
-    at::NoGradGuard no_grad;
-    at::Tensor x = weight;
-    for (size_t i = 0; i < quantizers.size(); ++i) {
-      if (pending[i]) {
-        quantizers[i]->reset_amax();
-        quantizers[i]->collect(x);
-        quantizers[i]->load_calib_amax();
-      }
-      x = quantizers[i]->forward(x);
-    }
-  }
-}
-
-void max_calibrate(torch::nn::Module& model, const ForwardLoop& forward_loop, const json& opts) {
-  if (!opts.empty()) {
-    std::string keys;
-    for (auto it = opts.begin(); it != opts.end(); ++it) {
-      keys += (keys.empty() ? "'" : ", '") + it.key() + "'";
-    }
-    MOPT_CHECK_VALUE(false, "unknown option(s) [", keys, "] for algorithm 'max'");
-  }
-  if (!forward_loop) {
-    weight_only_calibrate(model, false);
-    return;
-  }
-  enable_stats_collection(model);
-  try {
-    at::NoGradGuard no_grad;
-    forward_loop(model);
-  } catch (...) {
-    try {
-      finish_stats_collection(model);
-    } catch (...) {
-      // The forward loop's error is the one to report.
-    }
-    throw;
-  }
-  finish_stats_collection(model);
-  weight_only_calibrate(model, true);
-}
-
-void check_amax(torch::nn::Module& model) {
-  std::unordered_map<std::string, torch::nn::Module*> by_name;
-  for (const Node& node : named_modules(model)) by_name.emplace(node.name, node.module);
-  std::vector<std::string> bad;
-  for (auto& [name, q] : named_quantizers(model)) {
-    const auto amax = q->amax();
-    if (!amax.has_value() || amax->is_meta()) continue;
-    const bool finite = at::isfinite(*amax).all().item<bool>();
-    const bool negative = at::lt(*amax, 0).any().item<bool>();
-    if (finite && !negative) continue;
-    std::string module_name =
-        name.find('.') == std::string::npos ? "" : name.substr(0, name.rfind('.'));
-    // A quantizer inside a SequentialQuantizer: name the layer that owns it.
-    while (!module_name.empty() && !dynamic_cast<QuantModule*>(by_name[module_name]) &&
-           module_name.find('.') != std::string::npos) {
-      module_name = module_name.substr(0, module_name.rfind('.'));
-    }
-    torch::nn::Module* owner = module_name.empty() ? &model : by_name[module_name];
-    const auto* qm = dynamic_cast<QuantModule*>(owner);
-    const std::string type = qm ? qm->quant_class_name() : owner->name();
-    bad.push_back("quantizer '" + name + "' of module '" + module_name + "' (" + type +
-                  "): amax=" + q->short_amax());
-  }
-  if (bad.empty()) return;
-  std::string lines;
-  for (const auto& b : bad) lines += "\n  " + b;
-  MOPT_CHECK_STATE(false, "calibration produced invalid amax (NaN, Inf or negative) - the data "
-                   "reaching these layers holds NaN/Inf:", lines);
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -639,25 +451,11 @@ void disable_quantizer(torch::nn::Module& model, const std::string& pattern) {
   }
 }
 
-void calibrate(torch::nn::Module& model, const std::string& algorithm_json,
-               const ForwardLoop& forward_loop) {
-  const auto steps = checked_steps(algorithm_json);
-  const bool was_training = model.is_training();
-  model.eval();
-  try {
-    for (const auto& [method, opts] : steps) max_calibrate(model, forward_loop, opts);
-  } catch (...) {
-    model.train(was_training);
-    throw;
-  }
-  model.train(was_training);
-  check_amax(model);
-}
-
 void quantize(torch::nn::Module& model, const QuantizeConfig& config,
               const ForwardLoop& forward_loop) {
   config.validate();
-  checked_steps(config.algorithm);  // reject what C++ cannot run before touching the model
+  // every method and option checked before the model is touched
+  const auto steps = algorithms::parse_calibration_steps(config.algorithm);
   Conversion conversion;
   try {
     const int n = conversion.convert(model);
@@ -666,7 +464,7 @@ void quantize(torch::nn::Module& model, const QuantizeConfig& config,
     name_quantizers(model);
     check_reachable(conversion);
     std::cout << "Inserted " << n << " quantizers" << std::endl;
-    calibrate(model, config.algorithm, forward_loop);
+    calibrate(model, steps, forward_loop);
   } catch (...) {
     conversion.rollback();
     throw;

@@ -30,3 +30,22 @@ def cuda_available() -> bool:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def cxx_bridge():
+    """The test-only extension over the C++ module API (built by CMake into the build folder;
+    $MOPT_BUILD_DIR or ./build). Fails, rather than skips, when the build lacks it."""
+    import importlib
+
+    import mopt  # noqa: F401  (loads libmopt first, so the bridge shares it)
+
+    build = pathlib.Path(os.environ.get("MOPT_BUILD_DIR", ROOT / "build"))
+    folder = build / "python_test_bridge"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module("mopt_test_bridge")
+    except ImportError as e:
+        raise RuntimeError(f"the test bridge mopt_test_bridge is not built in {folder} "
+                           "(make test builds it; set MOPT_BUILD_DIR for another build folder)"
+                           ) from e

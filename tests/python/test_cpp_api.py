@@ -8,9 +8,11 @@ import fnmatch
 import io
 import json
 import random
+import warnings
 
 import mopt.quantization as mtq
 import pytest
+from conftest import cxx_bridge
 from mopt import _C
 
 import torch
@@ -106,15 +108,37 @@ def test_fnmatch_edge_cases(name, pattern):
 
 
 # ---------------------------------------------------------------------------------------------
-# C++ quantize == Python quantize
+# C++ quantize == Python quantize: the same module and data through both front ends give
+# bit-identical weights, amax, pre_quant_scale, outputs and summaries, for every predefined config
+# and every calibration algorithm.
 
-PARITY_CONFIGS = CORE_CONFIGS + [
-    "NVFP4_DEFAULT_CFG",
-    "W4A8_NVFP4_FP8_CFG",
-    "MXFP8_DEFAULT_CFG",
-    "MXFP4_DEFAULT_CFG",
-    "MXINT8_DEFAULT_CFG",
+# (config, algorithm override or None) pairs: every predefined config with its own algorithm,
+# and each algorithm on the formats it applies to.
+PARITY_CASES = [(name, None) for name in sorted(mtq.config.choices)] + [
+    ("INT8_DEFAULT_CFG", "smoothquant"),
+    ("INT8_DEFAULT_CFG", {"method": "smoothquant", "alpha": 0.5}),
+    ("INT8_DEFAULT_CFG", "mse"),
+    ("INT8_DEFAULT_CFG", {"method": "mse", "num_steps": 7, "start_multiplier": 0.5}),
+    ("INT8_DEFAULT_CFG", "entropy"),
+    ("INT8_DEFAULT_CFG", {"method": "percentile", "percentile": 99.0}),
+    ("INT8_DEFAULT_CFG", {"method": "histogram_mse", "num_bins": 512, "start_bin": 64}),
+    ("INT8_DEFAULT_CFG", ["smoothquant", "mse"]),
+    ("FP8_DEFAULT_CFG", "percentile"),
+    ("FP8_DEFAULT_CFG", "mse"),
+    ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "awq_lite"),
+    ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "awq_clip"),
+    ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", {"method": "awq_full", "alpha_step": 0.25}),
+    ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", {"method": "gptq", "block_size": 16}),
+    ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", {"method": "gptq", "act_order": True}),
+    ("INT8_DEFAULT_CFG", "gptq"),
+    ("FP8_DEFAULT_CFG", "gptq"),
+    ("NVFP4_DEFAULT_CFG", "gptq"),
 ]
+
+
+def _case_id(case) -> str:
+    name, algorithm = case
+    return name if algorithm is None else f"{name}-{json.dumps(algorithm)}"
 
 
 def _mlp() -> nn.Sequential:
@@ -123,29 +147,90 @@ def _mlp() -> nn.Sequential:
                          nn.Linear(32, 16))
 
 
-@pytest.mark.parametrize("name", [n for n in PARITY_CONFIGS if n in mtq.config.choices])
-def test_cxx_quantize_is_bit_identical_to_python(name):
-    cfg = getattr(mtq.config, name)
-    model = _mlp()
-    linears = [m for m in model if isinstance(m, nn.Linear)]
-    weights = [m.weight.detach().clone() for m in linears]
-    biases = [m.bias.detach().clone() for m in linears]
+def _calib_and_input():
     gen = torch.Generator().manual_seed(1)
-    calib = [torch.randn(16, 48, generator=gen) * (1 + i) for i in range(3)]
-    x = torch.randn(8, 48, generator=gen)
+    # channel-dependent scales give the algorithms something to find
+    scale = torch.linspace(0.2, 3.0, 48)
+    calib = [torch.randn(16, 48, generator=gen) * scale * (1 + i) for i in range(3)]
+    x = torch.randn(8, 48, generator=gen) * scale
+    return calib, x
 
+
+def _python_side(cfg, calib, x):
+    model = _mlp()
     with contextlib.redirect_stdout(io.StringIO()):
         mtq.quantize(model, copy.deepcopy(cfg), lambda m: [m(b) for b in calib])
     with torch.no_grad():
-        py_out = model(x)
+        out = model(x)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         mtq.print_quant_summary(model)
-    py_summary = buf.getvalue()
-    cxx_out, cxx_summary = _C._cxx_quantize_mlp(weights, biases, json.dumps(cfg), calib, x)
-    assert torch.equal(cxx_out, py_out)
-    assert cxx_summary == py_summary
-    assert "TensorQuantizers found in model" in cxx_summary
+    quantizers = {name: (q.amax, q.pre_quant_scale)
+                  for name, q in model.named_modules()
+                  if isinstance(q, mtq.nn.TensorQuantizer)}
+    weights = [m.weight.detach() for m in model if isinstance(m, nn.Linear)]
+    return {"out": out, "summary": buf.getvalue(), "weights": weights, "quantizers": quantizers}
+
+
+def _cxx_side(cfg, calib, x):
+    model = _mlp()
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        return cxx_bridge().quantize_mlp([m.weight.detach().clone() for m in linears],
+                                         [m.bias.detach().clone() for m in linears],
+                                         json.dumps(cfg), calib, x)
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("case", PARITY_CASES, ids=_case_id)
+def test_cxx_quantize_is_bit_identical_to_python(case):
+    name, algorithm = case
+    cfg = copy.deepcopy(getattr(mtq.config, name))
+    if algorithm is not None:
+        cfg["algorithm"] = algorithm
+    calib, x = _calib_and_input()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            py = _python_side(cfg, calib, x)
+        except Exception as e:  # a config this module cannot take: C++ must refuse it the same way
+            with pytest.raises(type(e)) as cxx_error:
+                _cxx_side(cfg, calib, x)
+            # same error up to the front end's own advice after the first ";"
+            assert str(cxx_error.value).split(";")[0] == str(e).split(";")[0]
+            return
+        cxx = _cxx_side(cfg, calib, x)
+    assert len(py["weights"]) == len(cxx["weights"]) == 3
+    for i, (a, b) in enumerate(zip(py["weights"], cxx["weights"])):
+        assert torch.equal(a, b), f"weight of layer {i}"
+    assert set(py["quantizers"]) == set(cxx["quantizers"])
+    for qname, (amax, pqs) in py["quantizers"].items():
+        cxx_amax, cxx_pqs = cxx["quantizers"][qname]
+        assert _same(amax, cxx_amax), f"{qname}.amax: {amax} vs {cxx_amax}"
+        assert _same(pqs, cxx_pqs), f"{qname}.pre_quant_scale"
+    assert torch.equal(cxx["out"], py["out"])
+    assert cxx["summary"] == py["summary"]
+    assert "TensorQuantizers found in model" in cxx["summary"]
+
+
+def test_parity_cases_cover_every_config_and_algorithm():
+    covered = {json.dumps(a) if not isinstance(a, str) else a for _, a in PARITY_CASES if a}
+    methods = set()
+    for _, a in PARITY_CASES:
+        for step in ([a] if not isinstance(a, list) else a):
+            if step is not None:
+                methods.add(step if isinstance(step, str) else step["method"])
+    for name in mtq.config.choices:
+        algo = getattr(mtq.config, name)["algorithm"]
+        if algo is not None:
+            methods.add(algo if isinstance(algo, str) else algo["method"])
+    assert covered
+    assert methods == set(_C.calibration_methods())
 
 
 def test_cxx_quantize_nan_calibration_names_the_layer():
@@ -155,15 +240,17 @@ def test_cxx_quantize_nan_calibration_names_the_layer():
     bad[2, 5] = float("nan")
     with pytest.raises(RuntimeError, match=r"quantizer '0.input_quantizer' of module '0' "
                                            r"\(QuantLinear\): amax=nan"):
-        _C._cxx_quantize_mlp([m.weight.detach() for m in linears],
-                             [m.bias.detach() for m in linears],
-                             json.dumps(mtq.config.INT8_DEFAULT_CFG), [bad], torch.randn(2, 48))
+        cxx_bridge().quantize_mlp([m.weight.detach() for m in linears],
+                                  [m.bias.detach() for m in linears],
+                                  json.dumps(mtq.config.INT8_DEFAULT_CFG), [bad],
+                                  torch.randn(2, 48))
 
 
-def test_cxx_quantize_refuses_python_only_algorithms():
+def test_cxx_quantize_needs_a_forward_loop_for_smoothquant():
     model = _mlp()
     linears = [m for m in model if isinstance(m, nn.Linear)]
-    with pytest.raises(NotImplementedError, match="smoothquant"):
-        _C._cxx_quantize_mlp([m.weight.detach() for m in linears],
-                             [m.bias.detach() for m in linears],
-                             json.dumps(mtq.config.INT8_SMOOTHQUANT_CFG), [], torch.randn(2, 48))
+    with pytest.raises(ValueError, match="smoothquant needs forward_loop"):
+        cxx_bridge().quantize_mlp([m.weight.detach() for m in linears],
+                                  [m.bias.detach() for m in linears],
+                                  json.dumps(mtq.config.INT8_SMOOTHQUANT_CFG), [],
+                                  torch.randn(2, 48))

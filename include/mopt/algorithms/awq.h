@@ -18,7 +18,10 @@
 #include <string>
 #include <vector>
 
+#include "mopt/algorithms/layer_solver.h"
 #include "mopt/algorithms/smoothquant.h"
+#include "mopt/quant/config.h"
+#include "mopt/quant/quantizer_core.h"
 
 namespace mopt::algorithms {
 
@@ -32,7 +35,16 @@ std::vector<double> awq_clip_ratios(double min_clip_ratio, double shrink_step);
 /// Block length along the input axis that a weight config quantizes with: the size given for
 /// axis -1 (or 1), or the whole row (in_features) without blocks. ValueError for blocks that do
 /// not run along the input axis.
-int64_t awq_block_size(const std::string& weight_cfg_json, int64_t in_features);
+int64_t awq_block_size(const QuantizerAttributeConfig& weight_cfg, int64_t in_features);
+
+/// Why AWQ lite does not search the layer `name` (the warning to give), or nullopt: a static
+/// input quantizer with a per-channel amax cannot take a folded scale.
+std::optional<std::string> awq_lite_skip_reason(const std::string& name,
+                                                const QuantizerCore& input_quantizer);
+/// Why AWQ clip does not clip the layer `name` (the warning to give), or nullopt: a weight
+/// format that computes every scale from the weight leaves no amax to clip.
+std::optional<std::string> awq_clip_skip_reason(const std::string& name,
+                                                const QuantizerCore& weight_quantizer);
 
 /// Per-input-channel weight salience: mean over output rows of |W| / (max |W| of its block + tiny)
 /// with the input axis zero-padded to whole blocks; [in] fp32.
@@ -54,12 +66,23 @@ struct AwqLiteResult {
 /// the MSE of that batch's quantized output; `compute` picks the best alpha and folds it. A batch
 /// with more tokens than the layer has inputs is scored through its x^T x (same sums, fewer
 /// flops); nothing of a batch is kept after the call.
-class AwqLiteLayer {
+class AwqLiteLayer : public LayerSolver {
  public:
-  /// weight: [out, in]; weight_cfg_json: the weight quantizer's config (any format);
+  /// weight: [out, in]; weight_cfg: the weight quantizer's config (any format);
   /// `name` (the layer's name) appears in every error message.
-  AwqLiteLayer(at::Tensor weight, std::string weight_cfg_json, double alpha_step = 0.1,
-               std::string name = "");
+  AwqLiteLayer(at::Tensor weight, const QuantizerAttributeConfig& weight_cfg,
+               double alpha_step = 0.1, std::string name = "");
+
+  // LayerSolver: pass 0 collects (then finish_collect), pass 1 searches; the update folds the
+  // best scale (weight, pre_quant_scale, per-tensor input amax) and recalibrates the weight.
+  int num_passes() const override { return 2; }
+  SolverInput input_mode() const override { return SolverInput::kFloat; }
+  void collect(int pass, const at::Tensor& x) override { pass == 0 ? collect(x) : search(x); }
+  void finish_pass(int pass) override;
+  int64_t num_batches(int pass) const override {
+    return pass == 0 ? num_collect_steps_ : num_search_steps_;
+  }
+  LayerUpdate solve(const LayerState& state) override;
 
   /// Pass 1: folds one batch of inputs [..., in] into the activation statistics. Like the
   /// reference, act_scale is the mean over batches of each batch's token mean.
@@ -84,13 +107,13 @@ class AwqLiteLayer {
   int64_t num_collect_steps() const { return num_collect_steps_; }
   int64_t num_search_steps() const { return num_search_steps_; }
   int64_t num_tokens() const { return num_tokens_; }
-  const std::string& name() const { return name_; }
+  const std::string& name() const override { return name_; }
 
  private:
   at::Tensor tokens(const at::Tensor& x, const char* pass) const;
 
   at::Tensor weight_;
-  std::string cfg_json_;
+  std::string cfg_json_;  // the weight config as the quantize_tensor operator takes it
   std::string name_;
   std::vector<double> alphas_;
   int64_t block_size_;
@@ -115,6 +138,11 @@ struct AwqClipOptions {
   double shrink_step = 0.05;
 };
 
+/// Options of AWQ lite.
+struct AwqLiteOptions {
+  double alpha_step = 0.1;
+};
+
 /// Outcome of an AWQ clip search.
 struct AwqClipResult {
   at::Tensor amax;    // the clipped amax, shaped like the weight amax
@@ -129,12 +157,20 @@ struct AwqClipResult {
 /// equals the reference's mean squared error of the block's partial outputs. Per-tensor amax
 /// (NVFP4's tensor scale, per-tensor formats): the output MSE over all tokens, per batch, scored
 /// like AWQ lite's search.
-class AwqClipLayer {
+class AwqClipLayer : public LayerSolver {
  public:
   /// weight [out, in]; weight_amax: the weight quantizer's max-calibrated amax (its amax shape:
-  /// one value, or one per output channel and input block); weight_cfg_json: its config.
-  AwqClipLayer(at::Tensor weight, at::Tensor weight_amax, std::string weight_cfg_json,
+  /// one value, or one per output channel and input block); weight_cfg: its config.
+  AwqClipLayer(at::Tensor weight, at::Tensor weight_amax, const QuantizerAttributeConfig& weight_cfg,
                AwqClipOptions options = {}, std::string name = "");
+
+  // LayerSolver: one pass of inputs quantized with the running input amax; the update is the
+  // weight quantizer's clipped amax.
+  SolverInput input_mode() const override { return SolverInput::kRunningAmax; }
+  void collect(int, const at::Tensor& x) override { collect(x); }
+  void finish_pass(int pass) override;
+  int64_t num_batches(int) const override { return num_batches_; }
+  LayerUpdate solve(const LayerState& state) override;
 
   /// Folds one batch of inputs [..., in] (as the weight sees them: after the input quantizer).
   void collect(const at::Tensor& x);
@@ -147,12 +183,12 @@ class AwqClipLayer {
   int64_t block_size() const { return block_size_; }
   int64_t num_batches() const { return num_batches_; }
   int64_t num_tokens() const { return num_tokens_; }
-  const std::string& name() const { return name_; }
+  const std::string& name() const override { return name_; }
 
  private:
   at::Tensor weight_;
   at::Tensor weight_amax_;
-  std::string cfg_json_;
+  std::string cfg_json_;  // the weight config as the quantize_tensor operator takes it
   AwqClipOptions options_;
   std::string name_;
   std::vector<double> ratios_;

@@ -34,6 +34,11 @@
 #include <cstdint>
 #include <string>
 
+#include "mopt/algorithms/layer_solver.h"
+#include "mopt/core/distributed.h"
+#include "mopt/quant/config.h"
+#include "mopt/quant/quantizer_core.h"
+
 namespace mopt::algorithms {
 
 /// Options of the `gptq` algorithm.
@@ -60,6 +65,8 @@ class GptqHessian {
   const std::string& name() const { return name_; }
   /// Forgets every token.
   void reset();
+  /// Sums X^T X and the token counts over the ranks of `group` (every rank calls it).
+  void all_reduce(const ProcessGroup& group);
 
  private:
   int64_t in_features_;
@@ -84,8 +91,13 @@ GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percda
 
 /// Checks, before anything is changed, that GPTQ can follow the weight quantizer config for a
 /// weight [out_features, in_features]; the errors of gptq_quantize_weight otherwise.
-void gptq_check_weight_config(const std::string& weight_cfg_json, int64_t out_features,
+void gptq_check_weight_config(const QuantizerAttributeConfig& weight_cfg, int64_t out_features,
                               int64_t in_features, const std::string& name = "");
+
+/// Checks that GPTQ can run on the layer `name`: NotImplementedError for a multi-stage weight
+/// quantizer (`weight_quantizer` null: a SequentialQuantizer) or one with a pre_quant_scale.
+void gptq_check_layer(const std::string& name, const QuantizerCore* weight_quantizer,
+                      bool weight_has_pre_quant_scale);
 
 /// Result of GPTQ on one weight.
 struct GptqResult {
@@ -97,14 +109,48 @@ struct GptqResult {
 };
 
 /// Runs GPTQ on weight [out, in] with Hessian [in, in] for the weight quantizer described by
-/// weight_cfg_json (a QuantizerAttributeConfig). tensor_amax: the calibrated per-tensor amax of
+/// weight_cfg. tensor_amax: the calibrated per-tensor amax of
 /// NVFP4 with dynamic blocks (default: max |weight|); ignored by other formats. ValueError for bad
 /// shapes or options, NotImplementedError for quantizer configs GPTQ cannot follow (MX, NF4,
 /// unsigned, dynamic non-NVFP4, blocks along the output axis), RuntimeError naming `name` for
 /// non-finite data or an unusable Hessian.
 GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hessian,
-                                const std::string& weight_cfg_json, const GptqOptions& options = {},
+                                const QuantizerAttributeConfig& weight_cfg,
+                                const GptqOptions& options = {},
                                 const c10::optional<at::Tensor>& tensor_amax = c10::nullopt,
                                 const std::string& name = "");
+
+/// GPTQ of one linear layer as a LayerSolver: one pass streaming the Hessian of the input
+/// quantizer's output (weight quantizer off), then the column loop with the weight quantizer's
+/// config; the update is the quantized weight and its amax. A dampening raised above the
+/// requested percdamp is reported with a warning naming the layer.
+class GptqLayer : public LayerSolver {
+ public:
+  /// weight: [out, in] (read when solving); weight_cfg: the weight quantizer's config, checked
+  /// here (NotImplementedError before any pass for a format GPTQ cannot follow).
+  GptqLayer(at::Tensor weight, const QuantizerAttributeConfig& weight_cfg, GptqOptions options,
+            std::string name = "");
+
+  const std::string& name() const override { return hessian_.name(); }
+  SolverInput input_mode() const override { return SolverInput::kQuantized; }
+  void collect(int, const at::Tensor& x) override { hessian_.add_batch(x); }
+  /// Sums the ranks' X^T X and token counts.
+  void finish_pass(int pass) override;
+  /// Tokens seen (over every rank after finish_pass).
+  int64_t num_batches(int) const override { return hessian_.num_samples(); }
+  /// state.weight_amax: NVFP4's calibrated tensor amax (other formats ignore it).
+  LayerUpdate solve(const LayerState& state) override;
+
+  const GptqHessian& hessian() const { return hessian_; }
+  /// The last solve's result (diagnostics).
+  const GptqResult& result() const { return result_; }
+
+ private:
+  at::Tensor weight_;
+  QuantizerAttributeConfig cfg_;
+  GptqOptions options_;
+  GptqHessian hessian_;
+  GptqResult result_;
+};
 
 }  // namespace mopt::algorithms

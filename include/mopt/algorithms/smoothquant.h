@@ -8,7 +8,11 @@
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
+
+#include "mopt/algorithms/layer_solver.h"
+#include "mopt/quant/quantizer_core.h"
 
 namespace mopt::algorithms {
 
@@ -32,15 +36,30 @@ SmoothedLinear fold_pre_quant_scale(const at::Tensor& weight, const at::Tensor& 
                                     const at::Tensor& act_amax,
                                     const c10::optional<at::Tensor>& prior_pre_quant_scale = {});
 
+/// Why SmoothQuant leaves the layer `name` alone (the warning to give), or nullopt when it can
+/// smooth it: 8-bit integer input and weight quantizers with a static per-tensor input amax. A
+/// null quantizer stands for a multi-stage (Sequential) one.
+std::optional<std::string> smoothquant_skip_reason(const std::string& name,
+                                                   const QuantizerCore* input_quantizer,
+                                                   const QuantizerCore* weight_quantizer);
+
 /// SmoothQuant of one linear layer: streams its inputs (per-channel running max |x|, memory [in])
 /// and computes the smoothing. `name` (the layer's name) appears in every error message.
-class SmoothQuantLayer {
+class SmoothQuantLayer : public LayerSolver {
  public:
   /// weight: [out, in]; alpha in [0, 1] (1 moves all the difficulty to the weight).
   SmoothQuantLayer(at::Tensor weight, double alpha = 1.0, std::string name = "");
 
   /// Folds one batch of inputs [..., in] in (the input as the weight sees it).
   void collect(const at::Tensor& x);
+
+  // LayerSolver: one pass of float inputs; the update folds the scale into the weight and the
+  // input quantizer (pre_quant_scale, per-tensor amax) and recalibrates the weight.
+  SolverInput input_mode() const override { return SolverInput::kFloat; }
+  void collect(int, const at::Tensor& x) override { collect(x); }
+  void finish_pass(int pass) override;
+  int64_t num_batches(int) const override { return num_batches_; }
+  LayerUpdate solve(const LayerState& state) override;
   /// Number of non-empty batches collected.
   int64_t num_batches() const { return num_batches_; }
   /// Per-channel max |x| so far ([in] fp32); undefined before the first batch.
@@ -54,7 +73,7 @@ class SmoothQuantLayer {
   SmoothedLinear compute(const c10::optional<at::Tensor>& prior_pre_quant_scale = {}) const;
 
   double alpha() const { return alpha_; }
-  const std::string& name() const { return name_; }
+  const std::string& name() const override { return name_; }
 
  private:
   void check_ready() const;

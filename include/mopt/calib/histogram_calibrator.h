@@ -11,22 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "mopt/calib/calibrator.h"
 #include "mopt/quant/config.h"
 
 namespace mopt {
-
-/// How HistogramCalibrator::compute_amax turns a histogram into amax.
-enum class HistogramMethod { kEntropy, kPercentile, kMse };
-
-/// "entropy" | "percentile" | "mse"; TypeError for any other name (as the reference raises).
-HistogramMethod parse_histogram_method(const std::string& name);
-
-/// Options of HistogramCalibrator::compute_amax (the reference's keyword arguments).
-struct HistogramAmaxOptions {
-  int64_t stride = 1;         // entropy / mse: step between candidate bins
-  int64_t start_bin = 128;    // entropy / mse: first candidate bin
-  double percentile = 99.99;  // percentile: share of the data below amax, in [0, 100]
-};
 
 /// Counts |x| per channel into histograms: int64 [channels, max_bins], where channel c counts
 /// min(bins[c], max_bins) equal bins over [0, upper[c]] with torch.histc's binning (a value equal
@@ -61,7 +49,7 @@ float histogram_amax_mse(const at::Tensor& counts, const at::Tensor& edges, cons
 /// num_bins bins over [0, m]; a later batch with a larger max appends bins of the same width;
 /// counts accumulate. Ours: zeros seen before the first positive batch are kept (in bin 0), and
 /// NaN/Inf data makes that channel's amax NaN/Inf so calibration reports the layer.
-class HistogramCalibrator {
+class HistogramCalibrator : public Calibrator {
  public:
   /// axis: the input axes kept in amax (nullopt = per tensor).
   explicit HistogramCalibrator(NumBits num_bits = NumBits::integer(8),
@@ -70,17 +58,32 @@ class HistogramCalibrator {
                                bool skip_zeros = false);
 
   /// Adds one batch. RuntimeError("amax shape changed! ...") when its kept shape differs from the
-  /// batches before; ValueError when channels x num_bins exceeds 2^27 counters (1 GiB).
-  void collect(const at::Tensor& x);
+  /// batches before; ValueError when channels x num_bins exceeds 2^27 counters (1 GiB). Inside a
+  /// CalibrationGroupScope the first batch's max is agreed over the group (its max), so every
+  /// rank bins with the same width.
+  void collect(const at::Tensor& x) override;
   /// amax in the keepdims shape of the collected batches, on their device; nullopt before the
-  /// first collect.
+  /// first collect. A request without a method uses the default method (set_default_method);
+  /// TypeError when there is none.
+  c10::optional<at::Tensor> compute_amax(const AmaxRequest& request = {}) const override;
+  /// compute_amax with `method` and `options`.
   c10::optional<at::Tensor> compute_amax(HistogramMethod method,
                                          const HistogramAmaxOptions& options = {}) const;
   /// Forgets every batch.
-  void reset();
+  void reset() override;
+  bool has_data() const override { return !channels_.empty(); }
+  std::shared_ptr<Calibrator> clone() const override;
+  std::string class_name() const override { return "HistogramCalibrator"; }
+  /// Sums the ranks' counts (bins of one width, appended bins padded) so every rank holds the
+  /// histograms of the union.
+  void all_reduce(const ProcessGroup& group) override;
+
+  /// The method (and options) compute_amax uses when a request names none: the histogram
+  /// calibration algorithms (entropy, percentile, histogram_mse) set it.
+  void set_default_method(HistogramMethod method, const HistogramAmaxOptions& options = {});
+  const std::optional<AmaxRequest>& default_request() const { return default_request_; }
 
   const NumBits& num_bits() const { return num_bits_; }
-  const std::optional<std::vector<int64_t>>& axis() const { return axis_; }
   bool is_unsigned() const { return is_unsigned_; }
   int64_t num_bins() const { return num_bins_; }
   bool skip_zeros() const { return skip_zeros_; }
@@ -106,10 +109,10 @@ class HistogramCalibrator {
   at::Tensor channel_edges(const Channel& ch) const;
 
   NumBits num_bits_;
-  std::optional<std::vector<int64_t>> axis_;
   bool is_unsigned_;
   int64_t num_bins_;
   bool skip_zeros_;
+  std::optional<AmaxRequest> default_request_;
   std::vector<Channel> channels_;
   std::vector<int64_t> amax_shape_;  // keepdims shape of the first batch's reduction
   at::Tensor hist_;                  // int64 [channels, max bins], on the data's device

@@ -7,10 +7,12 @@
 #include <optional>
 #include <vector>
 
+#include "mopt/calib/calibrator.h"
+
 namespace mopt {
 
 /// Streams calibration batches into a running amax (memory: one amax tensor).
-class MaxCalibrator {
+class MaxCalibrator : public Calibrator {
  public:
   /// axis: the input axes kept in amax (nullopt = per tensor); track_amax keeps every batch's
   /// amax as well.
@@ -19,14 +21,18 @@ class MaxCalibrator {
 
   /// Folds one batch in. RuntimeError("amax shape changed!") when its reduced shape differs from
   /// the batches before.
-  void collect(const at::Tensor& x);
+  void collect(const at::Tensor& x) override;
   /// The amax so far (nullopt before the first collect). NaN or inf in any batch shows here.
-  c10::optional<at::Tensor> compute_amax() const;
+  c10::optional<at::Tensor> compute_amax(const AmaxRequest& request = {}) const override;
   /// Forgets every batch.
-  void reset();
+  void reset() override;
+  bool has_data() const override { return calib_amax_.defined(); }
+  std::shared_ptr<Calibrator> clone() const override;
+  std::string class_name() const override { return "MaxCalibrator"; }
+  /// The element-wise max over the ranks (a rank that saw no batch contributes nothing).
+  void all_reduce(const ProcessGroup& group) override;
 
   int64_t num_bits() const { return num_bits_; }
-  const std::optional<std::vector<int64_t>>& axis() const { return axis_; }
   bool is_unsigned() const { return is_unsigned_; }
   bool track_amax() const { return track_amax_; }
   /// Per-batch amaxs when track_amax is on.
@@ -34,7 +40,6 @@ class MaxCalibrator {
 
  private:
   int64_t num_bits_;
-  std::optional<std::vector<int64_t>> axis_;
   bool is_unsigned_;
   bool track_amax_;
   at::Tensor calib_amax_;

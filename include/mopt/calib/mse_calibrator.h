@@ -12,10 +12,13 @@
 #include <string>
 #include <vector>
 
+#include "mopt/calib/calibrator.h"
+#include "mopt/quant/config.h"
+
 namespace mopt {
 
 /// Streams calibration batches into per-candidate losses and picks the best amax multiplier.
-class MseCalibrator {
+class MseCalibrator : public Calibrator {
  public:
   /// quant_func(x, amax) -> fake-quantized x, with amax in the shape of the initial amax.
   using QuantFunc = std::function<at::Tensor(const at::Tensor&, const at::Tensor&)>;
@@ -32,15 +35,19 @@ class MseCalibrator {
 
   /// Adds the loss of every candidate on one batch. RuntimeError without a quant_func, ValueError
   /// when the batch's kept axes do not match the initial amax.
-  void collect(const at::Tensor& x);
+  void collect(const at::Tensor& x) override;
   /// initial amax * best multiplier per channel (the first candidate wins ties); nullopt before
   /// the first collect.
-  c10::optional<at::Tensor> compute_amax() const;
+  c10::optional<at::Tensor> compute_amax(const AmaxRequest& request = {}) const override;
   /// Forgets the accumulated losses (the initial amax stays).
-  void reset();
+  void reset() override;
+  bool has_data() const override { return !losses_.empty() && losses_[0].defined(); }
+  std::shared_ptr<Calibrator> clone() const override;
+  std::string class_name() const override { return "MseCalibrator"; }
+  /// Sums the ranks' losses (every rank starts from the same initial amax).
+  void all_reduce(const ProcessGroup& group) override;
 
   const at::Tensor& initial_amax() const { return initial_amax_; }
-  const std::optional<std::vector<int64_t>>& axis() const { return axis_; }
   int64_t num_steps() const { return num_steps_; }
   /// The candidate multipliers (fp32), undefined before the first collect.
   const at::Tensor& candidates() const { return candidates_; }
@@ -49,7 +56,6 @@ class MseCalibrator {
 
  private:
   at::Tensor initial_amax_;
-  std::optional<std::vector<int64_t>> axis_;
   int64_t num_steps_;
   double start_;
   double stop_;
@@ -59,9 +65,9 @@ class MseCalibrator {
   std::vector<at::Tensor> losses_;
 };
 
-/// The quant_func of a TensorQuantizer configured by `cfg_json` (QuantizerAttributeConfig JSON),
-/// applied to its calibration view: integer or minifloat fake quantization with the given amax.
-/// NotImplementedError for block formats with quantized scales (NVFP4, MX, NF4).
-MseCalibrator::QuantFunc quantizer_view_quant_func(const std::string& cfg_json);
+/// The quant_func of a TensorQuantizer configured by `cfg`, applied to its calibration view:
+/// integer or minifloat fake quantization with the given amax. NotImplementedError for formats
+/// the format table marks as not searchable (quantized block scales: NVFP4, MX, NF4).
+MseCalibrator::QuantFunc quantizer_view_quant_func(const QuantizerAttributeConfig& cfg);
 
 }  // namespace mopt

@@ -14,6 +14,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <array>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -60,9 +61,18 @@ class QuantModule {
   /// This layer as a torch module.
   virtual torch::nn::Module& as_module() = 0;
 
+  /// Called with the layer's input before the input quantizer (a calibration driver's forward
+  /// pre-hook); null removes it.
+  using InputObserver = std::function<void(const at::Tensor&)>;
+  void set_input_observer(InputObserver observer) { observer_ = std::move(observer); }
+
  protected:
   /// Runs a slot's quantizer (identity before setup()).
   at::Tensor apply_quantizer(Slot slot, const at::Tensor& x) const;
+  /// Passes the input to the observer, if any.
+  void observe_input(const at::Tensor& x) const {
+    if (observer_) observer_(x);
+  }
   /// Installs clones of `source`'s quantizers (for clone()).
   void clone_quantizers_from(const QuantModule& source,
                              const std::optional<torch::Device>& device);
@@ -71,6 +81,7 @@ class QuantModule {
   TensorQuantizer single(Slot slot) const;
 
   bool converted_ = false;
+  InputObserver observer_;
   std::array<std::shared_ptr<torch::nn::Module>, 3> slots_;
   std::array<TensorQuantizerImpl*, 3> tensor_q_{};
   std::array<SequentialQuantizerImpl*, 3> sequential_q_{};

@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "mopt/algorithms/calibration.h"
 #include "mopt/torch/configs.h"
 #include "mopt/torch/quant_modules.h"
 #include "mopt/torch/tensor_quantizer.h"
@@ -44,8 +45,8 @@ using ForwardLoop = std::function<void(torch::nn::Module&)>;
 
 /// Quantizes `model` in place: converts Linear/Conv layers, applies config.quant_cfg (each
 /// matched entry resets every attribute), prints "Inserted N quantizers", then calibrates with
-/// config.algorithm ("max" or none in C++) running forward_loop(model); without forward_loop
-/// only the weights are calibrated. On error the model is restored and the error re-raised.
+/// config.algorithm (any calibration method, see calibrate) running forward_loop(model); without
+/// forward_loop only the weights are calibrated. On error the model is restored and the error re-raised.
 void quantize(torch::nn::Module& model, const QuantizeConfig& config,
               const ForwardLoop& forward_loop = nullptr);
 /// Same, for a module holder such as torch::nn::Sequential.
@@ -55,11 +56,14 @@ void quantize(const torch::nn::ModuleHolder<ModuleType>& model, const QuantizeCo
   quantize(*model.ptr(), config, forward_loop);
 }
 
-/// Calibrates a quantized model in eval mode (the training flag is restored). `algorithm_json`
-/// as QuantizeConfig::algorithm: "max" (or {"method": "max"}) or null; algorithms that exist
-/// only in Python raise NotImplementedError. Afterwards a NaN, infinite or negative amax raises
-/// RuntimeError naming the quantizer and its layer.
-void calibrate(torch::nn::Module& model, const std::string& algorithm_json = R"("max")",
+/// Calibrates a quantized model in eval mode (the training flag is restored) with `steps` in
+/// order (algorithms::parse_calibration_steps turns a config's `algorithm` into them): max,
+/// smoothquant, awq_lite / awq_clip / awq_full, gptq, mse, entropy / percentile / histogram_mse,
+/// with the numbers of Python's mtq.calibrate on the same module and data. Without forward_loop
+/// only the weights are calibrated. Inside a CalibrationGroupScope, statistics are combined over
+/// its process group. Afterwards a NaN, infinite or negative amax raises RuntimeError naming the
+/// quantizer and its layer.
+void calibrate(torch::nn::Module& model, const std::vector<algorithms::CalibrationStep>& steps,
                const ForwardLoop& forward_loop = nullptr);
 
 /// Prints one line per TensorQuantizer, "{name:80} TensorQuantizer(...)", then

@@ -15,16 +15,14 @@
 #include <string>
 #include <vector>
 
-#include "mopt/calib/max_calibrator.h"
 #include "mopt/quant/config.h"
+#include "mopt/quant/quantizer_core.h"
 
 namespace mopt {
 
-/// Fake-quantizes a tensor as its QuantizerAttributeConfig describes and calibrates its amax.
-///
-/// Forward: multiply by pre_quant_scale; if disabled, return; if calibrating, feed the calibration
-/// view (block reshape with zero padding) to the calibrator; if quantizing, fake-quantize. A static
-/// quantizer that was never calibrated uses its input's dynamic amax (with a one-time warning).
+/// Fake-quantizes a tensor as its QuantizerAttributeConfig describes and calibrates its amax: a
+/// torch::nn::Module holding the `_amax` / `_pre_quant_scale` buffers around the shared
+/// QuantizerCore, which makes every decision (mopt/quant/quantizer_core.h).
 class TensorQuantizerImpl : public torch::nn::Cloneable<TensorQuantizerImpl> {
  public:
   /// A quantizer with `attributes` (default: 8-bit per tensor), quantizing, not calibrating.
@@ -37,30 +35,34 @@ class TensorQuantizerImpl : public torch::nn::Cloneable<TensorQuantizerImpl> {
   /// Applies the quantizer (see the class comment for the order).
   at::Tensor forward(const at::Tensor& inputs);
 
+  /// The shared quantizer logic (attributes, flags, calibrator); the module keeps the buffers.
+  QuantizerCore& core() { return core_; }
+  const QuantizerCore& core() const { return core_; }
+
   /// Replaces every attribute (fields a config omits take their defaults).
   void set_from_attribute_config(const QuantizerAttributeConfig& attributes);
   /// Sets only the keys present in the JSON object (set_quantizer_attribute semantics).
   void set_attributes(const std::string& json);
   /// The current attributes and their normalized JSON.
-  const QuantizerAttributeConfig& attribute_config() const { return attr_; }
-  const std::string& attribute_json() const { return attr_json_; }
+  const QuantizerAttributeConfig& attribute_config() const { return core_.attributes(); }
+  const std::string& attribute_json() const { return core_.attributes_json(); }
 
   /// Attribute accessors (Python's properties of the same names).
-  const NumBits& num_bits() const { return attr_.num_bits; }
-  const std::optional<std::vector<int64_t>>& axis() const { return attr_.axis; }
-  const std::optional<BlockSizes>& block_sizes() const { return attr_.block_sizes; }
-  bool is_unsigned() const { return attr_.is_unsigned; }
-  bool narrow_range() const { return attr_.narrow_range; }
-  bool fake_quant() const { return attr_.fake_quant; }
+  const NumBits& num_bits() const { return attribute_config().num_bits; }
+  const std::optional<std::vector<int64_t>>& axis() const { return attribute_config().axis; }
+  const std::optional<BlockSizes>& block_sizes() const { return attribute_config().block_sizes; }
+  bool is_unsigned() const { return attribute_config().is_unsigned; }
+  bool narrow_range() const { return attribute_config().narrow_range; }
+  bool fake_quant() const { return attribute_config().fake_quant; }
   /// False after disable() or with `enable: false`.
-  bool is_enabled() const { return !disabled_; }
+  bool is_enabled() const { return core_.is_enabled(); }
   /// True when amax comes from calibration rather than from each input.
-  bool is_static() const { return needs_amax_; }
+  bool is_static() const { return core_.is_static(); }
   /// The quant / calib mode flags (Python's _if_quant / _if_calib).
-  bool is_quant_enabled() const { return if_quant_; }
-  bool is_calib_enabled() const { return if_calib_; }
+  bool is_quant_enabled() const { return core_.is_quant_enabled(); }
+  bool is_calib_enabled() const { return core_.is_calib_enabled(); }
   /// Largest quantized magnitude: 2^(b-1+unsigned)-1, or the minifloat maximum.
-  double maxbound() const;
+  double maxbound() const { return core_.maxbound(); }
   /// amax / maxbound (nullopt before calibration).
   c10::optional<at::Tensor> step_size() const;
 
@@ -76,57 +78,47 @@ class TensorQuantizerImpl : public torch::nn::Cloneable<TensorQuantizerImpl> {
   void set_pre_quant_scale(const c10::optional<at::Tensor>& value);
 
   /// Switch the quantizer on or off (off: identity after pre_quant_scale).
-  void enable() { disabled_ = false; }
-  void disable() { disabled_ = true; }
+  void enable() { core_.enable(); }
+  void disable() { core_.disable(); }
   /// Switch fake quantization on or off (calibration-only mode when off).
-  void enable_quant() { if_quant_ = true; }
-  void disable_quant() { if_quant_ = false; }
-  /// ValueError without a calibrator; NotImplementedError for calibrators only Python has.
-  void enable_calib();
+  void enable_quant() { core_.enable_quant(); }
+  void disable_quant() { core_.disable_quant(); }
+  /// ValueError without a calibrator.
+  void enable_calib() { core_.enable_calib(); }
   /// Stop feeding the calibrator.
-  void disable_calib() { if_calib_ = false; }
+  void disable_calib() { core_.disable_calib(); }
 
   /// Feeds one batch to the calibrator, whatever the calib flag.
   void collect(const at::Tensor& inputs);
-  /// Sets amax from the calibrator (a warning and no change when it collected nothing).
-  void load_calib_amax();
+  /// Sets amax from the calibrator (a warning and no change when it collected nothing);
+  /// `request` picks a histogram calibrator's method.
+  void load_calib_amax(const AmaxRequest& request = {});
   /// amax for export (fp32), nullopt when unset.
   c10::optional<at::Tensor> export_amax() const { return amax(); }
-  /// The max calibrator (nullptr before the first batch or for other calibrator kinds).
-  const MaxCalibrator* calibrator() const { return calibrator_ ? &*calibrator_ : nullptr; }
+  /// The calibrator (nullptr for a custom calibrator config without a factory).
+  Calibrator* calibrator() const { return core_.calibrator().get(); }
 
   /// amax as the summary shows it: "dynamic", "1.86e-01" or "[1.86e-01, 2.50e-01](32)".
-  std::string short_amax() const;
+  std::string short_amax() const { return QuantizerCore::short_amax(amax()); }
   /// Python's extra_repr: "8 bit fake axis=0 amax=[1.86e-01, 2.50e-01](32) calibrator=... quant".
-  std::string extra_repr() const;
+  std::string extra_repr() const { return core_.extra_repr(amax(), pre_quant_scale()); }
   /// Prints "TensorQuantizer(<extra_repr>)", as Python prints the module.
   void pretty_print(std::ostream& stream) const override;
   /// Full name in the model, used in messages (set by mopt::quantize).
-  const std::string& quantizer_name() const { return name_; }
+  const std::string& quantizer_name() const { return core_.name(); }
   /// Sets the name used in messages.
-  void set_quantizer_name(std::string name) { name_ = std::move(name); }
+  void set_quantizer_name(std::string name) { core_.set_name(std::move(name)); }
 
   /// Loads `_amax` / `_pre_quant_scale` from a checkpoint, creating or reshaping them as needed
   /// (a freshly quantized model has no amax yet).
   void load(torch::serialize::InputArchive& archive) override;
 
  private:
-  at::Tensor calib_view(const at::Tensor& inputs);
-  at::Tensor scaled_input(const at::Tensor& inputs) const;
   void sync_buffers();
 
-  QuantizerAttributeConfig attr_;
-  std::string attr_json_;
-  bool if_quant_ = true;
-  bool if_calib_ = false;
-  bool disabled_ = false;
-  bool needs_amax_ = true;
-  bool warned_uncalibrated_ = false;
-  std::string name_;
+  QuantizerCore core_;
   at::Tensor amax_;             // the `_amax` buffer when defined
   at::Tensor pre_quant_scale_;  // the `_pre_quant_scale` buffer when defined
-  std::optional<MaxCalibrator> calibrator_;
-  std::optional<std::vector<int64_t>> calibrator_axes_;
 };
 
 /// Module holder of TensorQuantizerImpl.

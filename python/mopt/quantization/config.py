@@ -18,29 +18,7 @@ __all__ = [
     "QuantizeConfig",
     "need_calibration",
     "choices",
-    "INT8_DEFAULT_CFG",
-    "INT8_SMOOTHQUANT_CFG",
-    "INT8_WEIGHT_ONLY_CFG",
-    "FP8_DEFAULT_CFG",
-    "FP8_PER_CHANNEL_PER_TOKEN_CFG",
-    "FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG",
-    "INT4_BLOCKWISE_WEIGHT_ONLY_CFG",
-    "INT4_AWQ_CFG",
-    "W4A8_AWQ_BETA_CFG",
-    "INT4_BLOCKWISE_GPTQ_CFG",
-    "NVFP4_WEIGHT_ONLY_GPTQ_CFG",
-    "NVFP4_DEFAULT_CFG",
-    "NVFP4_AWQ_LITE_CFG",
-    "NVFP4_AWQ_CLIP_CFG",
-    "NVFP4_AWQ_FULL_CFG",
-    "W4A8_NVFP4_FP8_CFG",
-    "MXFP8_DEFAULT_CFG",
-    "MXFP6_DEFAULT_CFG",
-    "MXFP4_DEFAULT_CFG",
-    "MXINT8_DEFAULT_CFG",
-    "W4A8_MXFP4_FP8_CFG",
-    "NF4_WEIGHT_ONLY_CFG",
-    "FP8_KV_CFG",
+    *_C.predefined_config_names(),
 ]
 
 _BLOCK_SPECIAL_KEYS = ("type", "scale_bits", "scale_block_sizes")
@@ -207,20 +185,15 @@ def need_calibration(config: dict) -> bool:
     def _static_enabled(attrs: Any) -> bool:
         if isinstance(attrs, (list, tuple)):
             return any(_static_enabled(a) for a in attrs)
-        if isinstance(attrs, QuantizerAttributeConfig):
-            attrs = attrs.model_dump()
-        if not isinstance(attrs, dict) or not attrs.get("enable", True):
+        if isinstance(attrs, dict):
+            if not attrs.get("enable", True):
+                return False
+            attrs = QuantizerAttributeConfig(**attrs)
+        if not isinstance(attrs, QuantizerAttributeConfig) or not attrs.enable:
             return False
-        block = attrs.get("block_sizes") or {}
-        nvfp4 = _as_pair(attrs.get("num_bits")) == (2, 1) and _as_pair(
-            block.get("scale_bits")
-        ) == (4, 3)
-        if attrs.get("type", "static") == "dynamic":
-            return False
-        return block.get("type", "static") == "static" or nvfp4
-
-    def _as_pair(num_bits: Any) -> Any:
-        return tuple(num_bits) if isinstance(num_bits, (list, tuple)) else num_bits
+        # the format table decides whether the quantizer keeps a calibrated amax (NVFP4's
+        # dynamic blocks keep a calibrated tensor amax)
+        return _C.format_info(attrs.to_json())["calibrated"]
 
     def _activation_pattern(pattern: Any) -> bool:
         return not (isinstance(pattern, str) and "weight_quantizer" in pattern)
@@ -238,120 +211,50 @@ def need_calibration(config: dict) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Predefined configs (SPEC §1 table).
-
-_default_disabled_quantizer_cfg: dict[str, Any] = {
-    "nn.BatchNorm1d": {"*": {"enable": False}},
-    "nn.BatchNorm2d": {"*": {"enable": False}},
-    "nn.BatchNorm3d": {"*": {"enable": False}},
-    "nn.LeakyReLU": {"*": {"enable": False}},
-    "*lm_head*": {"enable": False},
-    "*proj_out.*": {"enable": False},  # Whisper's lm_head
-    "*block_sparse_moe.gate*": {"enable": False},  # MoE routers
-    "*router*": {"enable": False},
-    "*mlp.gate.*": {"enable": False},
-    "*mlp.shared_expert_gate.*": {"enable": False},
-    "*output_layer*": {"enable": False},
-    "output.*": {"enable": False},
-    "default": {"enable": False},
-}
+# Predefined configs (SPEC §1 table): defined once, in C++ (src/torch/configs.cpp), and read here in
+# the Python form users write (tuples for (E, M) formats, int block-size axes).
 
 
-def _cfg(weight: Any, inp: Any, algorithm: Any) -> dict:
+def _python_attrs(d: dict) -> dict:
+    out = dict(d)
+    for key in ("num_bits", "axis"):
+        if isinstance(out.get(key), list):
+            out[key] = tuple(out[key])
+    if isinstance(out.get("block_sizes"), dict):
+        out["block_sizes"] = _python_block(out["block_sizes"])
+    return out
+
+
+def _python_block(d: dict) -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        if k == "scale_bits" and isinstance(v, list):
+            v = tuple(v)
+        elif k == "scale_block_sizes" and isinstance(v, dict):
+            v = _python_block(v)
+        out[k if k in _BLOCK_SPECIAL_KEYS else int(k)] = v
+    return out
+
+
+def _python_entry(pattern: str, value: Any) -> Any:
+    if isinstance(value, list):
+        return [_python_attrs(v) for v in value]
+    if _is_class_pattern(pattern):
+        return {sub: _python_entry(sub, v) for sub, v in value.items()}
+    return _python_attrs(value)
+
+
+def _predefined(name: str) -> dict:
+    cfg = json.loads(_C.predefined_config_json(name))
     return {
-        "quant_cfg": {
-            "*weight_quantizer": weight,
-            "*input_quantizer": inp,
-            **_default_disabled_quantizer_cfg,
-        },
-        "algorithm": algorithm,
+        "quant_cfg": {p: _python_entry(p, v) for p, v in cfg["quant_cfg"].items()},
+        "algorithm": cfg["algorithm"],
     }
 
 
-def _nvfp4(block: int = 16) -> dict:
-    return {
-        "num_bits": (2, 1),
-        "block_sizes": {-1: block, "type": "dynamic", "scale_bits": (4, 3)},
-        "axis": None,
-        "enable": True,
-    }
-
-
-def _mx(fmt: Any) -> dict:
-    return {
-        "num_bits": fmt,
-        "block_sizes": {-1: 32, "type": "dynamic", "scale_bits": (8, 0)},
-        "enable": True,
-    }
-
-
-_FP8_PER_TENSOR = {"num_bits": (4, 3), "axis": None}
-_OFF = {"enable": False}
-
-INT8_DEFAULT_CFG = _cfg({"num_bits": 8, "axis": 0}, {"num_bits": 8, "axis": None}, "max")
-INT8_SMOOTHQUANT_CFG = _cfg(
-    {"num_bits": 8, "axis": 0}, {"num_bits": 8, "axis": None}, "smoothquant"
-)
-INT8_WEIGHT_ONLY_CFG = _cfg({"num_bits": 8, "axis": 0}, _OFF, "max")
-FP8_DEFAULT_CFG = _cfg(_FP8_PER_TENSOR, _FP8_PER_TENSOR, "max")
-FP8_PER_CHANNEL_PER_TOKEN_CFG = _cfg(
-    {"num_bits": (4, 3), "axis": 0},
-    {"num_bits": (4, 3), "type": "dynamic", "block_sizes": {-1: None}},
-    "max",
-)
-FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG = _cfg(
-    {"num_bits": (4, 3), "block_sizes": {-1: 128, -2: 128}, "enable": True}, _OFF, "max"
-)
-INT4_BLOCKWISE_WEIGHT_ONLY_CFG = _cfg(
-    {"num_bits": 4, "block_sizes": {-1: 128}, "enable": True}, _OFF, "max"
-)
-INT4_AWQ_CFG = _cfg(
-    {"num_bits": 4, "block_sizes": {-1: 128, "type": "static"}, "enable": True},
-    _OFF,
-    {"method": "awq_lite", "alpha_step": 0.1},
-)
-W4A8_AWQ_BETA_CFG = _cfg(
-    [
-        {"num_bits": 4, "block_sizes": {-1: 128, "type": "static"}, "enable": True},
-        {"num_bits": (4, 3), "axis": None, "enable": True},
-    ],
-    {"num_bits": (4, 3), "axis": None, "enable": True},
-    "awq_lite",
-)
-# Ours: GPTQ weight-only recipes (SPEC §1 "gptq").
-INT4_BLOCKWISE_GPTQ_CFG = _cfg(
-    {"num_bits": 4, "block_sizes": {-1: 128}, "enable": True},
-    _OFF,
-    {"method": "gptq", "block_size": 128, "percdamp": 0.01, "act_order": False},
-)
-NVFP4_WEIGHT_ONLY_GPTQ_CFG = _cfg(
-    _nvfp4(), _OFF, {"method": "gptq", "block_size": 128, "percdamp": 0.01, "act_order": False}
-)
-NVFP4_DEFAULT_CFG = _cfg(_nvfp4(), _nvfp4(), "max")
-NVFP4_AWQ_LITE_CFG = _cfg(_nvfp4(), _nvfp4(), "awq_lite")
-NVFP4_AWQ_CLIP_CFG = _cfg(_nvfp4(), _nvfp4(), {"method": "awq_clip"})
-NVFP4_AWQ_FULL_CFG = _cfg(_nvfp4(), _nvfp4(), {"method": "awq_full", "alpha_step": 0.1})
-W4A8_NVFP4_FP8_CFG = _cfg(_nvfp4(32), {**_FP8_PER_TENSOR, "enable": True}, "max")
-MXFP8_DEFAULT_CFG = _cfg(_mx((4, 3)), _mx((4, 3)), None)
-MXFP6_DEFAULT_CFG = _cfg(_mx((3, 2)), _mx((3, 2)), None)
-MXFP4_DEFAULT_CFG = _cfg(_mx((2, 1)), _mx((2, 1)), None)
-MXINT8_DEFAULT_CFG = _cfg(_mx(8), _mx(8), None)
-W4A8_MXFP4_FP8_CFG = _cfg(_mx((2, 1)), {**_FP8_PER_TENSOR, "enable": True}, None)
-# Ours: NF4 weights (QLoRA's NormalFloat4) in ModelOpt's convention: absmax blocks of 64 whose
-# scales are double-quantized to int8 around their mean, one fp32 scale per 256 of them.
-NF4_WEIGHT_ONLY_CFG = _cfg(
-    {"num_bits": 4, "block_sizes": {-1: 64, "scale_bits": 8, "scale_block_sizes": {-1: 256}},
-     "enable": True},
-    _OFF,
-    "max",
-)
-FP8_KV_CFG = {
-    "quant_cfg": {
-        "*[kv]_bmm_quantizer": {"num_bits": (4, 3), "axis": None, "enable": True},
-        "default": {"enable": False},
-    },
-    "algorithm": "max",
-}
+for _name in _C.predefined_config_names():
+    globals()[_name] = _predefined(_name)
+del _name
 
 # Names of every predefined config (mtq.config.choices).
-choices: set[str] = {name for name in __all__ if name.endswith("_CFG")}
+choices: set[str] = set(_C.predefined_config_names())

@@ -1,19 +1,34 @@
-"""Calibration algorithms and their registry (SPEC §1 ``calibrate``).
+"""``calibrate`` (SPEC §1): the entry point over the algorithm registry.
 
-``max`` lives here; other algorithms register themselves with
-``register_calibration_algorithm(name, fn)``, where ``fn(model, forward_loop, **options)``.
+``algorithm`` is parsed and checked in C++ (``mopt._C.parse_algorithm``: methods, options,
+defaults, the same parser the C++ API uses); each step then runs its Python driver from
+``mopt.quantization.algorithms``. When ``torch.distributed`` is initialized with more than one
+process, calibration runs inside a ``mopt._C.CalibrationGroup`` of the default group: amax,
+histograms, MSE losses, SmoothQuant/AWQ statistics and GPTQ Hessians are reduced across the ranks,
+so every rank ends with identical quantizers (each rank runs ``forward_loop`` on its own shard).
 """
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Callable
+import contextlib
+import json
+from typing import Any
 
 import torch
 from torch import nn
 
-from .nn.modules.tensor_quantizer import TensorQuantizer
-from .utils import named_quantizers, quantized_modules
+from .. import _C
+from .algorithms import algorithm_function, calibration_algorithms, register_calibration_algorithm
+from .algorithms.registry import _ALGORITHMS  # noqa: F401  (tests unregister through it)
+from .algorithms.collect import (
+    ForwardLoop,
+    abort_stats_collection,
+    enable_stats_collection,
+    finish_stats_collection,
+    max_calibrate,
+    weight_only_calibrate,
+)
+from .utils import named_quantizers
 
 __all__ = [
     "calibrate",
@@ -25,121 +40,8 @@ __all__ = [
     "abort_stats_collection",
     "weight_only_calibrate",
     "check_amax",
+    "calibration_group",
 ]
-
-ForwardLoop = Callable[[nn.Module], Any]
-
-_ALGORITHMS: dict[str, Callable[..., None]] = {}
-
-
-def register_calibration_algorithm(name: str, fn: Callable[..., None]) -> None:
-    """Makes ``algorithm=name`` (or ``{"method": name, **options}``) call ``fn``."""
-    _ALGORITHMS[name] = fn
-
-
-def calibration_algorithms() -> list[str]:
-    """Names accepted by ``algorithm``."""
-    _load_algorithm_modules()
-    return sorted(_ALGORITHMS)
-
-
-def _load_algorithm_modules() -> None:
-    # Algorithm modules register on import; importing here keeps calibrate() the single entry.
-    from . import algorithms  # noqa: F401
-
-
-def _needs_calibration(q: TensorQuantizer) -> bool:
-    return q.is_enabled and q.is_static and q._calibrator is not None
-
-
-def enable_stats_collection(model: nn.Module) -> None:
-    """Puts every enabled static quantizer in collect-only mode."""
-    for _, q in named_quantizers(model):
-        if _needs_calibration(q):
-            q.disable_quant()
-            q.enable_calib()
-
-
-def finish_stats_collection(model: nn.Module, method: str | None = None, **kwargs) -> None:
-    """Loads amax from each calibrating quantizer (``compute_amax(method, **kwargs)`` for
-    histogram calibrators) and switches it back to quantizing."""
-    for _, q in named_quantizers(model):
-        if not q._if_calib:
-            continue
-        if q._calibrator is not None:
-            if method is None:
-                q.load_calib_amax()
-            else:
-                q.load_calib_amax(method, **kwargs)
-        q.disable_calib()
-        q.enable_quant()
-
-
-def abort_stats_collection(model: nn.Module) -> None:
-    """Switches calibrating quantizers back to quantizing and drops what they collected (the
-    forward loop failed part-way: a partial statistic must not become an amax)."""
-    for _, q in named_quantizers(model):
-        if not q._if_calib:
-            continue
-        if q._calibrator is not None:
-            q._calibrator.reset()
-        q.disable_calib()
-        q.enable_quant()
-
-
-def weight_only_calibrate(model: nn.Module, only_uncalibrated: bool = False) -> None:
-    """Calibrates weight quantizers from the weights themselves (no data needed). With
-    `only_uncalibrated`, only layers the forward loop never reached, with a warning naming
-    each."""
-    for name, module in quantized_modules(model):
-        wq = getattr(module, "weight_quantizer", None)
-        weight = getattr(module, "weight", None)
-        if wq is None or weight is None:
-            continue
-        quantizers = list(wq) if isinstance(wq, nn.Sequential) else [wq]
-        pending = [q for q in quantizers if _needs_calibration(q)
-                   and (not only_uncalibrated or q.amax is None)]
-        if not pending:
-            continue
-        if only_uncalibrated:
-            warnings.warn(
-                f"mopt: layer '{name}' ({type(module).__name__}) was not reached by the "
-                "forward loop; its weight quantizer is calibrated from the weight alone",
-                stacklevel=3,
-            )
-        with torch.no_grad():
-            x = weight
-            for q in quantizers:
-                if q in pending:
-                    q.reset_amax()
-                    q.collect(x)
-                    q.load_calib_amax()
-                x = q(x)
-
-
-def max_calibrate(model: nn.Module, forward_loop: ForwardLoop | None = None, **kwargs) -> None:
-    """Max calibration: running max of |x| per quantizer; weights only without forward_loop."""
-    if kwargs:
-        raise ValueError(f"unknown option(s) {sorted(kwargs)} for algorithm 'max'")
-    if forward_loop is None:
-        weight_only_calibrate(model)
-        return
-    enable_stats_collection(model)
-    try:
-        with torch.no_grad():
-            forward_loop(model)
-    except BaseException:
-        abort_stats_collection(model)
-        raise
-    with warnings.catch_warnings():
-        # a weight quantizer the loop never reached is reported once, by weight_only_calibrate
-        warnings.filterwarnings("ignore", message=r"mopt: quantizer '[^']*weight_quantizer[^']*' "
-                                r"collected no data")
-        finish_stats_collection(model)
-    weight_only_calibrate(model, only_uncalibrated=True)
-
-
-register_calibration_algorithm("max", max_calibrate)
 
 
 def check_amax(model: nn.Module) -> None:
@@ -168,19 +70,27 @@ def check_amax(model: nn.Module) -> None:
         )
 
 
-def _normalize_algorithm(algorithm: Any) -> list[tuple[str, dict]]:
-    if algorithm is None:
-        return []
-    if isinstance(algorithm, str):
-        return [(algorithm, {})]
-    if isinstance(algorithm, dict):
-        if "method" not in algorithm:
-            raise ValueError(f"algorithm dict needs a 'method' key, got {algorithm!r}")
-        opts = {k: v for k, v in algorithm.items() if k != "method"}
-        return [] if algorithm["method"] is None else [(algorithm["method"], opts)]
-    if isinstance(algorithm, (list, tuple)):
-        return [step for a in algorithm for step in _normalize_algorithm(a)]
-    raise TypeError(f"algorithm must be a str, dict, list or None, got {type(algorithm).__name__}")
+def calibration_group() -> contextlib.AbstractContextManager:
+    """The group calibration reduces over: torch.distributed's default group when it is
+    initialized with more than one process (gloo reduces on the CPU, NCCL on this rank's GPU),
+    otherwise nothing."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return contextlib.nullcontext()
+    device = "cpu"
+    if dist.get_backend() == "nccl":
+        device = f"cuda:{torch.cuda.current_device()}"
+    return _C.CalibrationGroup(dist.group.WORLD.group_name, dist.get_rank(),
+                               dist.get_world_size(), device)
+
+
+def _algorithm_json(algorithm: Any) -> str:
+    try:
+        return json.dumps(algorithm)
+    except TypeError as e:
+        raise TypeError(
+            f"algorithm must be a str, dict, list or None of plain values, got {algorithm!r}"
+        ) from e
 
 
 def calibrate(model: nn.Module, algorithm: Any = "max",
@@ -191,19 +101,14 @@ def calibrate(model: nn.Module, algorithm: Any = "max",
     None. Without `forward_loop` only the weights are calibrated. Afterwards every amax is
     checked: NaN, Inf or negative values raise RuntimeError naming the quantizer.
     """
-    steps = _normalize_algorithm(algorithm)
-    if steps:
-        _load_algorithm_modules()
-    for method, _ in steps:
-        if method not in _ALGORITHMS:
-            raise ValueError(
-                f"unknown calibration algorithm {method!r}; available: {sorted(_ALGORITHMS)}"
-            )
+    external = [m for m in calibration_algorithms() if m not in _C.calibration_methods()]
+    steps = _C.parse_algorithm(_algorithm_json(algorithm), external)
     was_training = model.training
     model.eval()
     try:
-        for method, opts in steps:
-            _ALGORITHMS[method](model, forward_loop, **opts)
+        with calibration_group():
+            for method, options in steps:
+                algorithm_function(method)(model, forward_loop, **options)
     finally:
         model.train(was_training)
     check_amax(model)

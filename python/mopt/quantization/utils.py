@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
+from .. import _C
 from .nn.modules.tensor_quantizer import SequentialQuantizer, TensorQuantizer
 
 __all__ = [
@@ -22,9 +22,10 @@ __all__ = [
 
 
 def matches(name: str, wildcard_or_filter: str | Callable[[str], bool]) -> bool:
-    """fnmatch for strings, a call for filter functions."""
+    """The config wildcard matcher (mopt._C.fnmatch, shared with C++) for strings, a call for
+    filter functions."""
     if isinstance(wildcard_or_filter, str):
-        return fnmatch.fnmatch(name, wildcard_or_filter)
+        return _C.fnmatch(name, wildcard_or_filter)
     if callable(wildcard_or_filter):
         return bool(wildcard_or_filter(name))
     raise TypeError(f"expected a wildcard string or a callable, got {wildcard_or_filter!r}")

@@ -18,6 +18,12 @@
 namespace mopt {
 namespace {
 
+// A quantizer config from its JSON (the typed C++ API takes configs, not JSON).
+QuantizerAttributeConfig cfg_of(const std::string& json) {
+  return QuantizerAttributeConfig::from_json(json);
+}
+
+
 using Mat = std::vector<double>;  // row-major
 
 // ----- naive float64 reference ---------------------------------------------------------------
@@ -178,7 +184,7 @@ TEST(Gptq, MatchesFloat64Reference) {
     SCOPED_TRACE(c.name);
     algorithms::GptqOptions opt;
     opt.block_size = c.block;
-    const auto res = algorithms::gptq_quantize_weight(w, h, c.cfg, opt, c10::nullopt, "layer");
+    const auto res = algorithms::gptq_quantize_weight(w, h, cfg_of(c.cfg), opt, c10::nullopt, "layer");
     const Mat ref = ref_gptq(to_mat(w), to_mat(h), rows, cols, c.spec, c.ref_block, 0.01);
     const Mat ours = to_mat(res.weight);
     int64_t same = 0;
@@ -205,7 +211,7 @@ TEST(Gptq, ActOrderMatchesPermutedReference) {
   opt.block_size = 16;
   opt.act_order = true;
   const std::string cfg = int_cfg(4, "\"axis\": 0");
-  const auto res = algorithms::gptq_quantize_weight(w, h, cfg, opt);
+  const auto res = algorithms::gptq_quantize_weight(w, h, cfg_of(cfg), opt);
   // Reference: columns by decreasing diag H (stable), GPTQ, columns back.
   const at::Tensor perm = std::get<1>(h.diagonal().sort(true, 0, true));
   const Mat ref_p =
@@ -245,7 +251,7 @@ TEST(Gptq, ResultIsFixedPointOfWeightQuantizer) {
       algorithms::GptqOptions opt;
       opt.block_size = 24;
       opt.act_order = act_order;
-      const auto res = algorithms::gptq_quantize_weight(w, h, cfg, opt);
+      const auto res = algorithms::gptq_quantize_weight(w, h, cfg_of(cfg), opt);
       const at::Tensor again = quantize_tensor(res.weight, res.amax, c10::nullopt, cfg);
       EXPECT_TRUE(at::equal(again, res.weight));
       EXPECT_FALSE(at::equal(res.weight, w));
@@ -267,7 +273,7 @@ TEST(Gptq, DynamicNvfp4KeepsItsBlockScales) {
   algorithms::GptqOptions opt;
   opt.percdamp = 0.0;
   const at::Tensor tensor_amax = at::full({}, 6.0f * 448.0f / 64.0f);
-  const auto res = algorithms::gptq_quantize_weight(w, h, cfg, opt, tensor_amax);
+  const auto res = algorithms::gptq_quantize_weight(w, h, cfg_of(cfg), opt, tensor_amax);
   EXPECT_FLOAT_EQ(res.weight[0][15].item<float>(), 6.0f);
   EXPECT_TRUE(at::equal(quantize_tensor(res.weight, res.amax, c10::nullopt, cfg), res.weight));
 }
@@ -278,7 +284,7 @@ TEST(Gptq, IdentityHessianGivesRoundToNearest) {
   const at::Tensor h = at::eye(48) * 3.0;
   for (const std::string& cfg :
        {int_cfg(4, "\"axis\": 0"), int_cfg(3, "\"block_sizes\": {\"-1\": 16}")}) {
-    const auto res = algorithms::gptq_quantize_weight(w, h, cfg);
+    const auto res = algorithms::gptq_quantize_weight(w, h, cfg_of(cfg));
     EXPECT_TRUE(at::equal(res.weight, quantize_tensor(w, c10::nullopt, c10::nullopt, cfg)));
   }
 }
@@ -307,7 +313,7 @@ TEST(Gptq, DeadChannelsKeepRoundToNearest) {
   at::manual_seed(62);
   const at::Tensor w = at::randn({8, 32});
   const std::string cfg = int_cfg(4, "\"axis\": 0");
-  const auto res = algorithms::gptq_quantize_weight(w, h, cfg);
+  const auto res = algorithms::gptq_quantize_weight(w, h, cfg_of(cfg));
   EXPECT_EQ(res.dead_columns, 1);
   const at::Tensor rtn = quantize_tensor(w, c10::nullopt, c10::nullopt, cfg);
   EXPECT_TRUE(at::equal(res.weight.select(1, 5), rtn.select(1, 5)));
@@ -330,36 +336,36 @@ TEST(Gptq, ErrorsNameTheLayer) {
   // Indefinite (eigenvalues -2 and 4): not fixed by any dampening up to percdamp = 1.
   const at::Tensor indefinite = at::tensor({1.0f, 3.0f, 3.0f, 1.0f}).reshape({2, 2});
   expect_error_naming<c10::Error>(
-      [&] { algorithms::gptq_quantize_weight(w, indefinite, cfg, opt, c10::nullopt, "blk.3.fc"); },
+      [&] { algorithms::gptq_quantize_weight(w, indefinite, cfg_of(cfg), opt, c10::nullopt, "blk.3.fc"); },
       "'blk.3.fc': the Hessian is not positive definite");
   at::Tensor nan_h = at::eye(2);
   nan_h[0][1] = NAN;
   expect_error_naming<c10::Error>(
-      [&] { algorithms::gptq_quantize_weight(w, nan_h, cfg, opt, c10::nullopt, "blk.0.q"); },
+      [&] { algorithms::gptq_quantize_weight(w, nan_h, cfg_of(cfg), opt, c10::nullopt, "blk.0.q"); },
       "'blk.0.q': the Hessian holds NaN or Inf");
   at::Tensor nan_w = w.clone();
   nan_w[1][1] = NAN;
   expect_error_naming<c10::Error>(
-      [&] { algorithms::gptq_quantize_weight(nan_w, at::eye(2), cfg, opt, c10::nullopt, "l"); },
+      [&] { algorithms::gptq_quantize_weight(nan_w, at::eye(2), cfg_of(cfg), opt, c10::nullopt, "l"); },
       "'l': the weight holds NaN or Inf");
   expect_error_naming<c10::ValueError>(
-      [&] { algorithms::gptq_quantize_weight(w, at::eye(3), cfg, opt, c10::nullopt, "l"); },
+      [&] { algorithms::gptq_quantize_weight(w, at::eye(3), cfg_of(cfg), opt, c10::nullopt, "l"); },
       "the Hessian must be [2, 2]");
   expect_error_naming<c10::NotImplementedError>(
       [&] {
         algorithms::gptq_quantize_weight(
             w, at::eye(2),
-            "{\"num_bits\": [2, 1], \"block_sizes\": {\"-1\": 32, \"type\": \"dynamic\", "
-            "\"scale_bits\": [8, 0]}}",
+            cfg_of("{\"num_bits\": [2, 1], \"block_sizes\": {\"-1\": 32, \"type\": \"dynamic\", "
+            "\"scale_bits\": [8, 0]}}"),
             opt, c10::nullopt, "mx");
       },
       "MX and NF4");
   expect_error_naming<c10::NotImplementedError>(
-      [&] { algorithms::gptq_check_weight_config(int_cfg(4, "\"axis\": 1"), 4, 2, "col"); },
+      [&] { algorithms::gptq_check_weight_config(cfg_of(int_cfg(4, "\"axis\": 1")), 4, 2, "col"); },
       "axis=0");
   opt.percdamp = 1.5;
   expect_error_naming<c10::ValueError>(
-      [&] { algorithms::gptq_quantize_weight(w, at::eye(2), cfg, opt); }, "percdamp");
+      [&] { algorithms::gptq_quantize_weight(w, at::eye(2), cfg_of(cfg), opt); }, "percdamp");
 }
 
 TEST(Gptq, SingularHessianGetsMoreDampening) {
@@ -368,7 +374,7 @@ TEST(Gptq, SingularHessianGetsMoreDampening) {
   algorithms::GptqOptions opt;
   opt.percdamp = 0.0;
   const auto res =
-      algorithms::gptq_quantize_weight(at::randn({3, 2}), h, int_cfg(8, "\"axis\": 0"), opt);
+      algorithms::gptq_quantize_weight(at::randn({3, 2}), h, cfg_of(int_cfg(8, "\"axis\": 0")), opt);
   EXPECT_DOUBLE_EQ(res.percdamp, 1e-4);
 }
 

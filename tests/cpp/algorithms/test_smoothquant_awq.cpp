@@ -16,6 +16,12 @@
 namespace mopt::algorithms {
 namespace {
 
+// A quantizer config from its JSON (the typed C++ API takes configs, not JSON).
+QuantizerAttributeConfig cfg_of(const std::string& json) {
+  return QuantizerAttributeConfig::from_json(json);
+}
+
+
 using Matrix = std::vector<std::vector<double>>;  // [rows][cols]
 
 Matrix to_matrix(const at::Tensor& t) {
@@ -227,10 +233,10 @@ TEST(Awq, GridsAndBlockSize) {
   EXPECT_DOUBLE_EQ(ratios.back(), 1.0);
   EXPECT_THROW(awq_clip_ratios(0.0, 0.05), c10::ValueError);
   EXPECT_THROW(awq_clip_ratios(0.5, 0.0), c10::ValueError);
-  EXPECT_EQ(awq_block_size(kInt4Block8, 20), 8);
-  EXPECT_EQ(awq_block_size(R"({"num_bits": 4, "block_sizes": {"-1": 128}})", 64), 64);
-  EXPECT_EQ(awq_block_size(R"({"num_bits": 8, "axis": 0})", 20), 20);
-  EXPECT_THROW(awq_block_size(R"({"num_bits": 4, "block_sizes": {"0": 8}})", 20), c10::ValueError);
+  EXPECT_EQ(awq_block_size(cfg_of(kInt4Block8), 20), 8);
+  EXPECT_EQ(awq_block_size(cfg_of(R"({"num_bits": 4, "block_sizes": {"-1": 128}})"), 64), 64);
+  EXPECT_EQ(awq_block_size(cfg_of(R"({"num_bits": 8, "axis": 0})"), 20), 20);
+  EXPECT_THROW(awq_block_size(cfg_of(R"({"num_bits": 4, "block_sizes": {"0": 8}})"), 20), c10::ValueError);
 }
 
 TEST(Awq, WeightScaleAndScaleMatchFormulas) {
@@ -257,7 +263,7 @@ void check_awq_lite_against_naive(int64_t seq) {
   at::manual_seed(4);
   const int64_t out = 10, in = 20;
   const at::Tensor w = at::randn({out, in});
-  AwqLiteLayer layer(w, kInt4Block8, 0.25, "h.0.attn");
+  AwqLiteLayer layer(w, cfg_of(kInt4Block8), 0.25, "h.0.attn");
   std::vector<at::Tensor> batches;
   for (int i = 0; i < 3; ++i) batches.push_back(outlier_activations({2, seq, in}, 20 + i));
   for (const auto& b : batches) layer.collect(b);
@@ -318,7 +324,7 @@ TEST(AwqLite, LossesAndChoiceMatchNaiveSearchManyTokens) { check_awq_lite_agains
 
 TEST(AwqLite, ErrorsNameTheLayer) {
   const at::Tensor w = at::randn({4, 16});
-  AwqLiteLayer layer(w, kInt4Block8, 0.1, "decoder.fc1");
+  AwqLiteLayer layer(w, cfg_of(kInt4Block8), 0.1, "decoder.fc1");
   EXPECT_THROW(layer.search(at::randn({2, 16})), c10::Error);  // before finish_collect
   EXPECT_THROW(layer.finish_collect(), c10::Error);            // no batch
   EXPECT_THROW(layer.collect(at::randn({2, 15})), c10::ValueError);
@@ -331,12 +337,12 @@ TEST(AwqLite, ErrorsNameTheLayer) {
   } catch (const c10::Error& e) {
     EXPECT_NE(std::string(e.what()).find("decoder.fc1"), std::string::npos);
   }
-  AwqLiteLayer unsearched(w, kInt4Block8, 0.1, "decoder.fc2");
+  AwqLiteLayer unsearched(w, cfg_of(kInt4Block8), 0.1, "decoder.fc2");
   unsearched.collect(at::randn({2, 16}));
   unsearched.finish_collect();
   EXPECT_THROW(unsearched.compute(), c10::Error);
-  EXPECT_THROW(AwqLiteLayer(w, kInt4Block8, 1.5), c10::ValueError);
-  EXPECT_THROW(AwqLiteLayer(w, R"({"num_bits": 4, "block_sizes": {"0": 4}})"), c10::ValueError);
+  EXPECT_THROW(AwqLiteLayer(w, cfg_of(kInt4Block8), 1.5), c10::ValueError);
+  EXPECT_THROW(AwqLiteLayer(w, cfg_of(R"({"num_bits": 4, "block_sizes": {"0": 4}})")), c10::ValueError);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -353,7 +359,7 @@ TEST(AwqClip, BlockwiseLossesMatchNaiveSearch) {
   AwqClipOptions options;
   options.max_tokens_per_batch = 5;
   options.max_co_batch_size = 4;  // two output-channel chunks
-  AwqClipLayer layer(w, amax, kInt4Block8, options, "fc");
+  AwqClipLayer layer(w, amax, cfg_of(kInt4Block8), options, "fc");
   std::vector<at::Tensor> batches{outlier_activations({23, in}, 30),
                                   outlier_activations({3, 4, in}, 31)};
   for (const auto& b : batches) layer.collect(b);
@@ -417,7 +423,7 @@ TEST_P(AwqClipPerTensor, SearchesOneRatio) {
   w.index_put_({0, 0}, 9.0);  // an outlier weight makes clipping pay off
   const at::Tensor amax = w.abs().amax();
   const std::string cfg = R"({"num_bits": 4})";
-  AwqClipLayer layer(w, amax, cfg, {}, "proj");
+  AwqClipLayer layer(w, amax, cfg_of(cfg), {}, "proj");
   const at::Tensor x = outlier_activations({GetParam(), 16}, 40);
   layer.collect(x);
   EXPECT_TRUE(layer.per_tensor());
@@ -450,9 +456,9 @@ INSTANTIATE_TEST_SUITE_P(Tokens, AwqClipPerTensor, ::testing::Values(4, 40));
 TEST(AwqClip, UnsupportedAmaxAndErrors) {
   const at::Tensor w = at::randn({8, 16});
   // one amax per row: neither per tensor nor per (row, block)
-  EXPECT_THROW(AwqClipLayer(w, at::ones({8, 1}), kInt4Block8), c10::NotImplementedError);
+  EXPECT_THROW(AwqClipLayer(w, at::ones({8, 1}), cfg_of(kInt4Block8)), c10::NotImplementedError);
   const at::Tensor amax = at::ones({8, 2, 1});
-  AwqClipLayer layer(w, amax, kInt4Block8, {}, "mlp.down");
+  AwqClipLayer layer(w, amax, cfg_of(kInt4Block8), {}, "mlp.down");
   try {
     layer.compute();
     FAIL() << "expected an error for a layer without data";
@@ -465,8 +471,8 @@ TEST(AwqClip, UnsupportedAmaxAndErrors) {
   EXPECT_THROW(layer.compute(), c10::Error);
   AwqClipOptions bad;
   bad.max_tokens_per_batch = 0;
-  EXPECT_THROW(AwqClipLayer(w, amax, kInt4Block8, bad), c10::ValueError);
-  EXPECT_THROW(AwqClipLayer(w, at::full({8, 2, 1}, NAN), kInt4Block8), c10::Error);
+  EXPECT_THROW(AwqClipLayer(w, amax, cfg_of(kInt4Block8), bad), c10::ValueError);
+  EXPECT_THROW(AwqClipLayer(w, at::full({8, 2, 1}, NAN), cfg_of(kInt4Block8)), c10::Error);
 }
 
 }  // namespace

@@ -136,11 +136,20 @@ TEST(TensorQuantizer, CloneAndSaveLoad) {
   EXPECT_TRUE(at::equal(*fresh->amax(), *q->amax()));
 }
 
-TEST(TensorQuantizer, HistogramCalibratorIsPythonOnly) {
+TEST(TensorQuantizer, HistogramCalibratorCalibrates) {
   TensorQuantizer q(QuantizerAttributeConfig::from_json(R"({"calibrator": "histogram"})"));
   EXPECT_EQ(q->extra_repr(),
             "8 bit fake per-tensor amax=dynamic calibrator=HistogramCalibrator quant");
-  EXPECT_THROW(q->enable_calib(), c10::NotImplementedError);
+  torch::manual_seed(3);
+  const at::Tensor x = torch::randn({64, 32});
+  q->enable_calib();
+  q->collect(x);
+  // a histogram needs a method: the percentile of |x| is below its max
+  EXPECT_THROW(q->load_calib_amax(), c10::TypeError);
+  q->load_calib_amax(AmaxRequest{HistogramMethod::kPercentile, {1, 128, 99.0}});
+  ASSERT_TRUE(q->amax().has_value());
+  EXPECT_GT(q->amax()->item<float>(), 0.0f);
+  EXPECT_LT(q->amax()->item<float>(), x.abs().max().item<float>());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -572,18 +581,19 @@ TEST(QuantizeErrors, ForwardLoopErrorRollsBack) {
   EXPECT_TRUE(mlp->is_training());  // training flag restored
 }
 
-TEST(QuantizeErrors, AlgorithmsAndCalibratorsCxxCannotRun) {
+TEST(QuantizeErrors, UnknownAlgorithmsOptionsAndMethodlessHistogramsAreRefused) {
   torch::nn::Sequential mlp = make_mlp(), fresh = make_mlp();
-  EXPECT_THROW(mopt::quantize(mlp, configs::int8_smoothquant()), c10::NotImplementedError);
+  EXPECT_THROW(mopt::quantize(mlp, configs::int8_smoothquant()), c10::ValueError);  // no loop
   QuantizeConfig unknown = configs::int8_default();
   unknown.algorithm = R"({"method": "magic"})";
   EXPECT_THROW(mopt::quantize(mlp, unknown), c10::ValueError);
   QuantizeConfig opts = configs::int8_default();
   opts.algorithm = R"({"method": "max", "alpha": 0.5})";
-  EXPECT_THROW(mopt::quantize(mlp, opts), c10::ValueError);
+  EXPECT_THROW(mopt::quantize(mlp, opts), c10::TypeError);
+  // a histogram calibrator under max calibration has no method to turn counts into amax
   QuantizeConfig hist = QuantizeConfig::from_json(
       R"({"quant_cfg": {"*": {"calibrator": "histogram"}}, "algorithm": "max"})");
-  EXPECT_THROW(mopt::quantize(mlp, hist), c10::NotImplementedError);
+  EXPECT_THROW(mopt::quantize(mlp, hist), c10::TypeError);
   expect_float_mlp(mlp, fresh);
   torch::nn::Linear bare(3, 4);
   EXPECT_THROW(mopt::quantize(bare, configs::int8_default()), c10::ValueError);

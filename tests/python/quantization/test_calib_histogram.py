@@ -369,7 +369,7 @@ def test_entropy_and_percentile_beat_max_perplexity(quantized):
 
 def test_algorithm_errors(calib_batches):
     loop = make_forward_loop(calib_batches[:2], 2)
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(TypeError, match="unknown option"):
         mtq.quantize(load_llama2c(), _int8_cfg({"method": "entropy", "percentile": 1.0}), loop)
     with pytest.raises(ValueError, match="percentile"):
         mtq.quantize(load_llama2c(), _int8_cfg({"method": "percentile", "percentile": 120}), loop)

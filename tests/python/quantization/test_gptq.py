@@ -348,7 +348,7 @@ def test_recording_pass_skips_later_layers_without_changing_the_result(calib_bat
         def __exit__(self, *exc):
             pass
 
-    monkeypatch.setattr(gptq_mod, "_OnlyFirstLayerComputes", _AllLayersCompute)
+    monkeypatch.setattr(gptq_mod, "OnlyFirstLayerComputes", _AllLayersCompute)
     full = mtq.quantize(make(), cfg, loop)
     n = 0
     for (name, a), b in zip(fast.named_modules(), full.modules()):
@@ -461,7 +461,7 @@ def test_hessian_errors_and_adaptive_dampening():
 def test_bad_options_and_unsupported_formats_leave_the_model_alone():
     loop, _ = _mlp_loop()
     for algo, err in [({"block_size": 0}, ValueError), ({"percdamp": 2.0}, ValueError),
-                      ({"act_order": 1}, TypeError), ({"blocksize": 64}, ValueError),
+                      ({"act_order": 1}, TypeError), ({"blocksize": 64}, TypeError),
                       ({"layerwise": True}, ValueError)]:
         model = _TwoLayer()
         with pytest.raises(err):

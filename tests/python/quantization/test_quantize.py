@@ -89,7 +89,8 @@ def test_calibrate_algorithm_forms():
         torch.testing.assert_close(model.conv.input_quantizer.amax, _ref.amax(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match="unknown calibration algorithm 'maximum'"):
         mtq.calibrate(model, "maximum", _loop([x]))
-    with pytest.raises(ValueError, match="unknown option"):
+    # an unknown option is a TypeError naming it, as for a Python function's unknown keyword
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['alpha'\] for algorithm 'max'"):
         mtq.calibrate(model, {"method": "max", "alpha": 0.5}, _loop([x]))
     with pytest.raises(ValueError, match="'method'"):
         mtq.calibrate(model, {"alpha": 0.5}, _loop([x]))

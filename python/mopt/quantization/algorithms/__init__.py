@@ -1,5 +1,8 @@
-"""Calibration algorithms beyond max; each module registers itself on import."""
+"""Calibration algorithms: the registry, max calibration, the shared layer-wise driver and
+decoder replay, and one module per method (each registers itself on import)."""
 
-from . import awq, smoothquant  # noqa: F401,E402
-from . import gptq  # noqa: F401,E402
-from . import calib_histogram  # noqa: F401,E402
+from . import collect, registry  # noqa: F401
+from . import awq, calib_histogram, gptq, smoothquant  # noqa: F401
+from .registry import algorithm_function, calibration_algorithms, register_calibration_algorithm
+
+__all__ = ["algorithm_function", "calibration_algorithms", "register_calibration_algorithm"]

@@ -35,6 +35,7 @@ Debug information: with ``{"method": ..., "debug": True}`` each searched layer k
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 from typing import Callable
 
@@ -42,21 +43,23 @@ import torch
 from torch import nn
 
 from ... import _C
-from ..model_calib import (
-    max_calibrate,
-    register_calibration_algorithm,
-    weight_only_calibrate,
-)
 from ..nn.modules.tensor_quantizer import SequentialQuantizer, TensorQuantizer
-from ..utils import ParameterBackup
-from .smoothquant import (
+from .collect import max_calibrate, weight_only_calibrate
+from .layerwise import (
+    QuantizersOff,
+    SolvedLayer,
+    apply_update,
     quantized_linears,
     recalibrate_weight,
-    run_with_input_hooks,
-    set_input_amax,
+    replace_amax,
+    solve,
+    solver_pass,
 )
+from .registry import register_calibration_algorithm
 
 __all__ = ["AwqLiteDebug", "AwqClipDebug", "awq_lite", "awq_clip", "awq_full"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -93,86 +96,40 @@ def _warn(msg: str) -> None:
     warnings.warn(msg, stacklevel=4)
 
 
-def _per_tensor_amax(q: TensorQuantizer) -> bool:
-    return not _C.quantizer_amax_axes(q._cfg_json, 2)
-
-
-@dataclasses.dataclass
-class _Layer:
-    name: str
-    module: nn.Module
-    solver: object
-    input_quantized: bool
-
-
-def _run_pass(model: nn.Module, forward_loop: Callable, layers: list[_Layer],
-              fn: Callable[[_Layer], Callable[[torch.Tensor], None]],
-              calibrate_others: bool = False) -> None:
-    run_with_input_hooks(model, forward_loop, [(layer.module, fn(layer)) for layer in layers],
-                         calibrate_others)
-
-
-class _QuantizersOff:
-    """Disables the weight and input quantizers of the searched layers during the passes (the
-    layers then compute in float, applying any earlier pre_quant_scale) and restores them."""
-
-    def __init__(self, layers: list[_Layer]) -> None:
-        self.layers = layers
-
-    def __enter__(self) -> _QuantizersOff:
-        for layer in self.layers:
-            layer.module.weight_quantizer.disable()
-            layer.module.input_quantizer.disable()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for layer in self.layers:
-            layer.module.weight_quantizer.enable()
-            if layer.input_quantized:
-                layer.module.input_quantizer.enable()
-
-
 def _awq_lite(model: nn.Module, forward_loop: Callable, alpha_step: float,
               debug: bool) -> list[nn.Module]:
-    _C.awq_alpha_grid(alpha_step)  # ValueError for a bad step even when nothing is searched
-    layers: list[_Layer] = []
+    layers: list[SolvedLayer] = []
     for name, module in quantized_linears(model):
         wq, iq = module.weight_quantizer, module.input_quantizer
         if not isinstance(wq, TensorQuantizer) or not wq.is_enabled:
             continue
         input_quantized = iq.is_enabled
-        if input_quantized and iq.is_static and not _per_tensor_amax(iq):
-            _warn(f"awq_lite: layer '{name}' is not searched: its input quantizer keeps a "
-                  "per-channel static amax, which a folded scale would invalidate; it gets max "
-                  "calibration")
+        reason = _C.awq_lite_skip_reason(name, iq.core) if input_quantized else None
+        if reason is not None:
+            _warn(reason)
             continue
         try:
-            solver = _C.AwqLiteLayer(module.weight, wq._cfg_json, float(alpha_step), name)
+            solver = _C.AwqLiteLayer(module.weight, wq.core, float(alpha_step), name)
         except ValueError as e:
             raise ValueError(f"awq_lite: layer '{name}': {e}") from e
-        layers.append(_Layer(name, module, solver, input_quantized))
+        layers.append(SolvedLayer(name, module, solver, input_quantized))
     if not layers:  # nothing to search: the other quantizers still get their max calibration
         max_calibrate(model, forward_loop)
         return []
 
-    with _QuantizersOff(layers):
-        print("awq_lite: caching activation statistics...")
-        _run_pass(model, forward_loop, layers,
-                  lambda l: lambda x: l.solver.collect(l.module.input_quantizer(x)),
-                  calibrate_others=True)
-        searched = [layer for layer in layers if layer.solver.num_collect_steps > 0]
-        for layer in searched:
-            layer.solver.finish_collect()  # RuntimeError naming the layer for NaN/Inf
-        print("awq_lite: searching parameters...")
-        _run_pass(model, forward_loop, searched,
-                  lambda l: lambda x: l.solver.search(l.module.input_quantizer(x)))
+    with QuantizersOff(layers):
+        logger.info("awq_lite: caching activation statistics...")
+        solver_pass(model, forward_loop, layers, 0, calibrate_others=True)
+        searched = [layer for layer in layers if layer.solver.pass_batches(0) > 0]
+        logger.info("awq_lite: searching parameters...")
+        solver_pass(model, forward_loop, searched, 1)
 
     done = []
     for layer in layers:
         module, solver = layer.module, layer.solver
         iq = module.input_quantizer
-        if solver.num_search_steps == 0:
-            if solver.num_collect_steps == 0:
+        if solver.pass_batches(1) == 0:
+            if solver.pass_batches(0) == 0:
                 _warn(f"awq_lite: layer '{layer.name}' was not reached by forward_loop; it gets "
                       "max calibration of its weight only")
             else:
@@ -180,22 +137,15 @@ def _awq_lite(model: nn.Module, forward_loop: Callable, alpha_step: float,
                       "forward_loop but not by the second (forward_loop must forward the same "
                       "data each call); it gets max calibration")
                 if layer.input_quantized and iq.is_static:
-                    set_input_amax(iq, solver.act_amax.amax())
+                    replace_amax(iq, solver.act_amax.amax())
             recalibrate_weight(module)
             continue
-        result = solver.compute(iq.pre_quant_scale)
-        folded = result.folded
-        ParameterBackup.save(module, "weight")
-        with torch.no_grad():
-            module.weight.copy_(folded.weight)
-        iq.pre_quant_scale = folded.pre_quant_scale.to(module.weight.dtype)
-        if layer.input_quantized and iq.is_static:
-            set_input_amax(iq, folded.input_amax)
-        recalibrate_weight(module)
+        result = solver.compute(iq.pre_quant_scale) if debug else None
+        apply_update(module, solve(layer))
         if debug:
             module.awq_lite = AwqLiteDebug(
                 alphas=list(solver.alphas), losses=solver.losses, best_alpha=result.alpha,
-                scale=result.scale, pre_quant_scale=folded.pre_quant_scale,
+                scale=result.scale, pre_quant_scale=result.folded.pre_quant_scale,
                 act_scale=solver.act_scale, act_amax=solver.act_amax,
                 weight_scale=solver.weight_scale, block_size=solver.block_size,
                 num_tokens=solver.num_tokens, num_search_steps=solver.num_search_steps)
@@ -206,20 +156,15 @@ def _awq_lite(model: nn.Module, forward_loop: Callable, alpha_step: float,
 def _awq_clip(model: nn.Module, forward_loop: Callable, max_co_batch_size: int,
               max_tokens_per_batch: int, min_clip_ratio: float, shrink_step: float,
               debug: bool) -> list[nn.Module]:
-    for key, value in (("max_co_batch_size", max_co_batch_size),
-                       ("max_tokens_per_batch", max_tokens_per_batch)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"awq_clip {key} must be a positive int, got {value!r}")
-    _C.awq_clip_ratios(float(min_clip_ratio), float(shrink_step))  # ValueError when invalid
-    layers: list[_Layer] = []
+    layers: list[SolvedLayer] = []
     max_amax: dict[int, torch.Tensor] = {}
     for name, module in quantized_linears(model):
         wq, iq = module.weight_quantizer, module.input_quantizer
         if not isinstance(wq, TensorQuantizer) or not wq.is_enabled or wq.block_sizes is None:
             continue
-        if not wq.is_static:
-            _warn(f"awq_clip: layer '{name}' is not clipped: its weight format computes every "
-                  "scale from the weight, leaving no amax to clip")
+        reason = _C.awq_clip_skip_reason(name, wq.core)
+        if reason is not None:
+            _warn(reason)
             continue
         with torch.no_grad():
             wq.reset_amax()
@@ -227,7 +172,7 @@ def _awq_clip(model: nn.Module, forward_loop: Callable, max_co_batch_size: int,
             wq.load_calib_amax()
         try:
             solver = _C.AwqClipLayer(
-                module.weight, wq.amax, wq._cfg_json, max_co_batch_size=max_co_batch_size,
+                module.weight, wq.amax, wq.core, max_co_batch_size=max_co_batch_size,
                 max_tokens_per_batch=max_tokens_per_batch, min_clip_ratio=float(min_clip_ratio),
                 shrink_step=float(shrink_step), name=name)
         except NotImplementedError as e:
@@ -239,44 +184,24 @@ def _awq_clip(model: nn.Module, forward_loop: Callable, max_co_batch_size: int,
             iq.reset_amax()  # recalibrated on the clip pass, batch by batch like the reference
         iq.disable_calib()
         iq.enable_quant()
-        layers.append(_Layer(name, module, solver, input_quantized))
+        layers.append(SolvedLayer(name, module, solver, input_quantized))
     if not layers:
         max_calibrate(model, forward_loop)
         return []
 
-    def clip_hook(layer: _Layer) -> Callable[[torch.Tensor], None]:
-        iq = layer.module.input_quantizer
-
-        def collect(x: torch.Tensor) -> None:
-            if layer.input_quantized:
-                # the weight sees inputs quantized with the running amax, as in the reference
-                if iq.is_static:
-                    iq.collect(x)
-                    iq.load_calib_amax()
-                iq.enable()
-                try:
-                    x = iq(x)
-                finally:
-                    iq.disable()
-            else:
-                x = iq(x)  # disabled: applies the pre_quant_scale only
-            layer.solver.collect(x)
-
-        return collect
-
-    with _QuantizersOff(layers):
-        print("awq_clip: estimating parameters...")
-        _run_pass(model, forward_loop, layers, clip_hook, calibrate_others=True)
+    with QuantizersOff(layers):
+        logger.info("awq_clip: estimating parameters...")
+        solver_pass(model, forward_loop, layers, 0, calibrate_others=True)
 
     done = []
     for layer in layers:
         module, solver = layer.module, layer.solver
-        if solver.num_batches == 0:
+        if solver.pass_batches(0) == 0:
             _warn(f"awq_clip: layer '{layer.name}' was not reached by forward_loop; its weight "
                   "keeps max calibration")
             continue
-        result = solver.compute()
-        module.weight_quantizer.amax = result.amax
+        result = solver.compute() if debug else None
+        apply_update(module, solve(layer))
         if debug:
             module.awq_clip = AwqClipDebug(
                 ratios=list(solver.ratios), losses=result.losses, ratio=result.ratio,

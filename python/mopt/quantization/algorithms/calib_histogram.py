@@ -14,30 +14,17 @@ The original calibrators are restored afterwards, so a later ``calibrate`` start
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..calib import HistogramCalibrator, MseCalibrator
-from ..model_calib import ForwardLoop, max_calibrate, register_calibration_algorithm
-from ..nn.modules.tensor_quantizer import TensorQuantizer
+from ... import _C
 from ..utils import named_quantizers, quantized_modules
+from .collect import ForwardLoop, max_calibrate
+from .registry import register_calibration_algorithm
 
 __all__ = ["entropy_calibrate", "histogram_mse_calibrate", "mse_calibrate", "percentile_calibrate"]
-
-# Keyword options of each histogram algorithm: collection options, then compute_amax options.
-_COLLECT_OPTIONS = {"num_bins": 2048, "skip_zeros": False}
-_AMAX_OPTIONS = {
-    "entropy": {"stride": 1, "start_bin": 128},
-    "percentile": {"percentile": 99.99},
-    "mse": {"stride": 1, "start_bin": 128},
-}
-
-
-def _is_static_target(q: TensorQuantizer) -> bool:
-    return q.is_enabled and q.is_static and q._calibrator is not None
 
 
 def _is_weight_quantizer(name: str) -> bool:
@@ -45,79 +32,53 @@ def _is_weight_quantizer(name: str) -> bool:
     return "weight_quantizer" in name.split(".")
 
 
-def _split_options(algorithm: str, method: str, options: dict) -> tuple[dict, dict]:
-    allowed = {**_COLLECT_OPTIONS, **_AMAX_OPTIONS[method]}
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for algorithm {algorithm!r}; accepted: {sorted(allowed)}"
-        )
-    merged = {**allowed, **options}
-    for key in ("num_bins", "stride", "start_bin"):
-        v = merged.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise ValueError(f"{algorithm} option {key} must be a non-negative int, got {v!r}")
-    if "start_bin" in merged and merged["start_bin"] >= merged["num_bins"]:
-        raise ValueError(
-            f"{algorithm}: start_bin {merged['start_bin']} leaves no candidate among "
-            f"num_bins={merged['num_bins']} bins"
-        )
-    p = merged.get("percentile", 0.0)
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 100:
-        raise ValueError(f"{algorithm} option percentile must be in [0, 100], got {p!r}")
-    collect = {k: merged[k] for k in _COLLECT_OPTIONS}
-    amax = {k: merged[k] for k in _AMAX_OPTIONS[method]}
-    return collect, amax
+class _SwappedCalibrators:
+    """Puts calibrators into quantizers for the block and the originals back afterwards."""
 
+    def __init__(self, pairs: list[tuple[Any, Any]]) -> None:
+        self.pairs = pairs
+        self.originals: list[Any] = []
 
-class _DefaultMethodHistogramCalibrator(HistogramCalibrator):
-    """A HistogramCalibrator whose ``compute_amax()`` without a method uses the algorithm's, so
-    the generic max-calibration flow (forward loop, weights of unreached layers) can load it."""
+    def __enter__(self) -> _SwappedCalibrators:
+        self.originals = [q.calibrator for q, _ in self.pairs]
+        for q, cal in self.pairs:
+            q.calibrator = cal
+        return self
 
-    def __init__(self, method: str, amax_options: dict, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._default_method = method
-        self._default_options = amax_options
-
-    def compute_amax(self, method: str | None = None, **options: Any) -> torch.Tensor | None:
-        if method is None:
-            method, options = self._default_method, {**self._default_options, **options}
-        return super().compute_amax(method, **options)
+    def __exit__(self, *exc) -> None:
+        for (q, _), cal in zip(self.pairs, self.originals):
+            q.calibrator = cal
 
 
 def _histogram_calibrate(algorithm: str, method: str, model: nn.Module,
-                         forward_loop: ForwardLoop | None, **options: Any) -> None:
-    collect_opts, amax_opts = _split_options(algorithm, method, options)
+                         forward_loop: ForwardLoop | None, num_bins: int = 2048,
+                         skip_zeros: bool = False, **amax_options: Any) -> None:
     targets = []
     for name, q in named_quantizers(model):
-        if not _is_static_target(q):
+        if not q.needs_calibration:
             continue
-        configured = isinstance(q._calibrator, HistogramCalibrator)
+        configured = isinstance(q.calibrator, _C.HistogramCalibrator)
         if _is_weight_quantizer(name) and not configured:
             continue  # weights keep max calibration
-        if q._kind not in ("int", "minifloat"):
+        fmt = q.format
+        if not fmt["histogram_calibration"]:
             continue  # NVFP4/MX/NF4 keep a max-calibrated tensor scale
-        if method == "entropy" and q._kind != "int":
+        if method == "entropy" and not fmt["entropy_calibration"]:
             raise NotImplementedError(
                 f"algorithm 'entropy' needs integer quantizers; '{name}' uses num_bits "
                 f"{q.num_bits} (use 'percentile' or 'histogram_mse')"
             )
         targets.append(q)
     # Built before any quantizer changes, so bad options leave the model untouched.
-    calibrators = [
-        _DefaultMethodHistogramCalibrator(
-            method, amax_opts, num_bits=q.num_bits, axis=q._calibrator._axis,
-            unsigned=q.unsigned, **collect_opts)
-        for q in targets
-    ]
-    originals = [q._calibrator for q in targets]
-    try:
-        for q, cal in zip(targets, calibrators):
-            q._calibrator = cal
+    calibrators = []
+    for q in targets:
+        cal = _C.HistogramCalibrator(num_bits=q.num_bits, axis=q.calibrator._axis,
+                                     unsigned=q.unsigned, num_bins=num_bins,
+                                     skip_zeros=skip_zeros)
+        cal.set_default_method(method, **amax_options)
+        calibrators.append(cal)
+    with _SwappedCalibrators(list(zip(targets, calibrators))):
         max_calibrate(model, forward_loop)
-    finally:
-        for q, cal in zip(targets, originals):
-            q._calibrator = cal
 
 
 def entropy_calibrate(model: nn.Module, forward_loop: ForwardLoop | None = None,
@@ -158,46 +119,24 @@ def _collect_unreached_weights(model: nn.Module, pending: set[int]) -> None:
 
 @torch.no_grad()
 def mse_calibrate(model: nn.Module, forward_loop: ForwardLoop | None = None,
-                  num_steps: int | None = None, start_multiplier: float = 0.25,
-                  stop_multiplier: float = 4.0, step_size: float | None = None) -> None:
-    """Max calibration, then per channel the amax multiplier with the least output MSE.
-
-    `num_steps` (default 10) candidates on [start_multiplier, stop_multiplier]; `step_size`
-    (nvidia-modelopt >= 0.41's form) gives ceil((stop - start) / step_size) + 1 steps instead.
-    """
-    if num_steps is not None and step_size is not None:
-        raise ValueError("give num_steps or step_size for algorithm 'mse', not both")
-    if step_size is not None:
-        if not step_size > 0:
-            raise ValueError(f"mse step_size must be > 0, got {step_size}")
-        num_steps = math.ceil((stop_multiplier - start_multiplier) / step_size) + 1
-    if num_steps is None:
-        num_steps = 10
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"mse num_steps must be an int >= 1, got {num_steps!r}")
-    if not 0 <= start_multiplier <= stop_multiplier:
-        raise ValueError(
-            f"mse multipliers must satisfy 0 <= start_multiplier <= stop_multiplier, got "
-            f"{start_multiplier} and {stop_multiplier}"
-        )
+                  num_steps: int = 10, start_multiplier: float = 0.25,
+                  stop_multiplier: float = 4.0) -> None:
+    """Max calibration, then per channel the amax multiplier with the least output MSE over
+    `num_steps` candidates on [start_multiplier, stop_multiplier] (``step_size``, ModelOpt
+    >= 0.41's form, is turned into num_steps when the config is parsed)."""
     max_calibrate(model, forward_loop)
+    static = [q for _, q in named_quantizers(model) if q.needs_calibration]
     # A NaN/Inf amax is left for calibrate's check, which names the layer.
     targets = [
-        q for _, q in named_quantizers(model)
-        if _is_static_target(q) and q.amax is not None and q._kind in ("int", "minifloat")
+        q for q in static
+        if q.amax is not None and q.format["histogram_calibration"]
         and bool(torch.isfinite(q.amax).all()) and bool((q.amax >= 0).all())
     ]
     # Built before any quantizer changes, so bad options leave the model untouched.
-    calibrators = [
-        MseCalibrator._for_quantizer(q, num_steps, start_multiplier, stop_multiplier)
-        for q in targets
-    ]
-    originals = [q._calibrator for q in targets]
-    static = [q for _, q in named_quantizers(model) if _is_static_target(q)]
+    calibrators = [q.core.make_mse_calibrator(q.amax, num_steps, start_multiplier,
+                                              stop_multiplier) for q in targets]
     flags = [(q._if_quant, q._if_calib) for q in static]
-    try:
-        for q, cal in zip(targets, calibrators):
-            q._calibrator = cal
+    with _SwappedCalibrators(list(zip(targets, calibrators))):
         # As in max calibration, the forward runs unquantized through the static quantizers.
         for q in static:
             q.disable_quant()
@@ -210,15 +149,11 @@ def mse_calibrate(model: nn.Module, forward_loop: ForwardLoop | None = None,
             for q, (if_quant, if_calib) in zip(static, flags):
                 q._if_quant, q._if_calib = if_quant, if_calib
         _collect_unreached_weights(
-            model, {id(q) for q, cal in zip(targets, calibrators) if cal._losses_sum is None}
-        )
-        for q, cal in zip(targets, calibrators):
-            amax = cal.compute_amax()
+            model, {id(q) for q, cal in zip(targets, calibrators) if not cal._has_data()})
+        for q in targets:
+            amax = q.core.compute_amax()
             if amax is not None:
                 q.amax = amax.to(q.amax.device)
-    finally:
-        for q, cal in zip(targets, originals):
-            q._calibrator = cal
 
 
 register_calibration_algorithm("entropy", entropy_calibrate)

@@ -1,18 +1,24 @@
-"""Calibrator protocol shared by every calibrator."""
+"""The calibrator protocol (mtq.calib._Calibrator).
+
+The built-in calibrators are the C++ classes of ``mopt._C`` (one implementation for Python and
+C++): a quantizer's calibrator is the same object on both sides. ``_Calibrator`` is the base a
+Python calibrator may derive from (any object with ``collect(x)``, ``compute_amax()`` and
+``reset()`` works too); the quantizer writes the kept axes of each input to its ``_axis``.
+"""
 
 from __future__ import annotations
 
+import abc
+
 import torch
+
+from ... import _C
 
 __all__ = ["_Calibrator"]
 
 
-class _Calibrator:
-    """Base of calibrators: ``collect(x)`` per batch, ``compute_amax(...)`` once, ``reset()``.
-
-    ``_axis`` holds the axes kept in amax; a quantizer with static blocks sets it to the axes of
-    its block view before the first ``collect``.
-    """
+class _Calibrator(abc.ABC):  # noqa: B024 (the built-ins register as virtual subclasses)
+    """Base of calibrators: ``collect(x)`` per batch, ``compute_amax(...)`` once, ``reset()``."""
 
     def __init__(self, num_bits: int = 8, axis: int | tuple | list | None = None,
                  unsigned: bool = False) -> None:
@@ -29,30 +35,9 @@ class _Calibrator:
     def reset(self) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not implement reset()")
 
-    # Calibrators backed by a C++ calibrator (max, histogram, MSE) build it with _new_core for
-    # the kept axes and rebuild it when the axes change before any data arrived.
-    _impl = None
-    _impl_axis = None
-
-    def _new_core(self, axes: list[int] | None):
-        raise NotImplementedError(f"{type(self).__name__} has no C++ calibrator")
-
-    def _has_data(self) -> bool:
-        raise NotImplementedError(f"{type(self).__name__} has no C++ calibrator")
-
-    def _core(self):
-        axes = self._kept_axes()
-        if self._impl is None or axes != self._impl_axis:
-            if self._impl is not None and self._has_data():
-                raise RuntimeError("amax shape changed! (the calibrator's axis changed mid-way)")
-            self._impl = self._new_core(axes)
-            self._impl_axis = axes
-        return self._impl
-
-    def _kept_axes(self) -> list[int] | None:
-        if self._axis is None:
-            return None
-        return [self._axis] if isinstance(self._axis, int) else list(self._axis)
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_bits={self._num_bits}, axis={self._axis})"
+
+
+for _builtin in (_C.MaxCalibrator, _C.HistogramCalibrator, _C.MseCalibrator):
+    _Calibrator.register(_builtin)

@@ -1,14 +1,20 @@
 """TensorQuantizer and SequentialQuantizer modules (SPEC §1 "Modules").
 
-The module keeps the state (buffers ``_amax`` and ``_pre_quant_scale``, flags, the calibrator)
-and the control flow; the arithmetic of the forward is one C++ operator,
-``torch.ops.mopt.quantize_tensor``, shared with the C++ API.
+A TensorQuantizer is an ``nn.Module`` that keeps the state PyTorch serializes and moves (the
+``_amax`` and ``_pre_quant_scale`` buffers) around one ``mopt._C.QuantizerCore``, the C++ object
+the C++ ``mopt::TensorQuantizer`` module wraps too. The core holds the attributes, the mode
+flags and the calibrator and makes every decision (flag semantics, calibrator choice, the
+calibration view and kept axes, the amax policy, the input checks, the printed form); this
+module only passes its buffers in and stores what comes back.
+
+The forward is one call: ``torch.ops.mopt.quantize_tensor`` with the config the core names when
+the forward is exactly that operator (quantizing or disabled, not calibrating), so
+``torch.compile`` traces it into a graph, and the core's forward otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import Any, Iterator
 
 import torch
@@ -23,23 +29,16 @@ __all__ = ["TensorQuantizer", "SequentialQuantizer"]
 _FLAG_KEYS = ("_disabled", "_if_quant", "_if_calib")
 
 
-def _make_calibrator(attr: QuantizerAttributeConfig):
+def _calibrator_factory(attr: QuantizerAttributeConfig):
+    """A factory for a Python calibrator class given as ``(cls, args, kwargs)`` (or a callable);
+    None for the built-in calibrators, which the core builds itself."""
     calib = attr.calibrator
-    axis = attr.axis
-    if calib == "max":
-        from ...calib import MaxCalibrator
-
-        return MaxCalibrator(num_bits=attr.num_bits, axis=axis, unsigned=attr.unsigned)
-    if calib == "histogram":
-        from ...calib import HistogramCalibrator
-
-        return HistogramCalibrator(num_bits=attr.num_bits, axis=axis, unsigned=attr.unsigned)
+    if isinstance(calib, str):
+        return None
     if isinstance(calib, (tuple, list)):
         cls, args, kwargs = (list(calib) + [(), {}])[:3]
-        return cls(*args, **kwargs)
-    if callable(calib):
-        return calib()
-    raise ValueError(f"unknown calibrator {calib!r}")
+        return lambda: cls(*args, **kwargs)
+    return calib
 
 
 class TensorQuantizer(nn.Module):
@@ -59,19 +58,24 @@ class TensorQuantizer(nn.Module):
         amax: torch.Tensor | float | None = None,
     ) -> None:
         super().__init__()
-        self._if_quant = if_quant
-        self._if_calib = if_calib
-        self._disabled = False
-        self._calibrator = None
-        self._warned_uncalibrated = False
-        self._mopt_name = ""  # set by mtq.quantize for messages
         if quant_attribute_cfg is None:
             quant_attribute_cfg = QuantizerAttributeConfig()
         elif isinstance(quant_attribute_cfg, dict):
             quant_attribute_cfg = QuantizerAttributeConfig(**quant_attribute_cfg)
-        self._set_attr(quant_attribute_cfg)
+        self._attr = quant_attribute_cfg
+        self._core = _C.QuantizerCore(quant_attribute_cfg.to_json(),
+                                      _calibrator_factory(quant_attribute_cfg))
+        self._core.if_quant = if_quant
+        self._core.if_calib = if_calib
+        self._refresh()
         if amax is not None:
             self.amax = amax
+
+    def _refresh(self) -> None:
+        """Caches, as plain attributes a traced forward can read, what the core decided."""
+        self.__dict__["_cfg_json"] = self._core.attributes_json
+        self.__dict__["_forward_cfg"] = self._core.forward_config(
+            self._buffers.get("_amax") is not None)
 
     # -- configuration --------------------------------------------------------------------------
     def set_from_attribute_config(self, attribute_cfg: QuantizerAttributeConfig | dict) -> None:
@@ -88,27 +92,29 @@ class TensorQuantizer(nn.Module):
             )
 
     def _set_attr(self, attr: QuantizerAttributeConfig) -> None:
-        old = self.__dict__.get("_attr")
-        self._attr = attr
-        self._cfg_json = attr.to_json()
-        self._disabled = not attr.enable
-        self._kind = _C.format_info(self._cfg_json)["family"]
-        block = attr.block_sizes or {}
-        self._dynamic = attr.type == "dynamic" or block.get("type") == "dynamic"
-        # NVFP4 blocks are dynamic but keep a calibrated per-tensor amax for the tensor scale.
-        self._needs_amax = (not self._dynamic) or self._kind == "nvfp4"
-        calib_fields = ("calibrator", "num_bits", "axis", "unsigned", "block_sizes")
-        if (
-            self._calibrator is None
-            or old is None
-            or any(getattr(old, k) != getattr(attr, k) for k in calib_fields)
-        ):
-            self._calibrator = _make_calibrator(attr)
+        self._core.set_attributes(attr.to_json(), _calibrator_factory(attr))
+        self.__dict__["_attr"] = attr
+        self._refresh()
 
     @property
     def attribute_config(self) -> QuantizerAttributeConfig:
         """The current attributes."""
         return self._attr
+
+    @property
+    def core(self) -> Any:
+        """The C++ quantizer core (``mopt._C.QuantizerCore``) the algorithms hand to C++."""
+        return self._core
+
+    @property
+    def format(self) -> dict:
+        """The format the attributes resolve to (a row of ``_C.format_table()`` plus the element
+        format: name, element_bits, block_size, dynamic, calibrated)."""
+        return self._core.format
+
+    def kept_axes(self, ndim: int) -> list[int]:
+        """Axes of the calibration view kept in amax for an input of `ndim` dims."""
+        return list(self._core.kept_axes(ndim))
 
     def _update(self, key: str, value: Any) -> None:
         self.set_from_attribute_config({key: value})
@@ -142,22 +148,57 @@ class TensorQuantizer(nn.Module):
     _narrow_range = property(lambda self: self._attr.narrow_range)
     _fake_quant = property(lambda self: self._attr.fake_quant)
 
+    def _flag(name: str):  # noqa: N805 (a property factory used in the class body)
+        def get(self) -> bool:
+            return getattr(self._core, name)
+
+        def set_(self, value: bool) -> None:
+            setattr(self._core, name, bool(value))
+            self._refresh()
+
+        return property(get, set_)
+
+    # ModelOpt's mode flags, kept by the core
+    _disabled = _flag("disabled")
+    _if_quant = _flag("if_quant")
+    _if_calib = _flag("if_calib")
+    del _flag
+
+    @property
+    def _mopt_name(self) -> str:
+        return self._core.name
+
+    @_mopt_name.setter
+    def _mopt_name(self, name: str) -> None:
+        self._core.name = name
+
     @property
     def is_enabled(self) -> bool:
-        return not self._disabled
+        return not self._core.disabled
 
     @property
     def is_static(self) -> bool:
         """True when amax comes from calibration rather than from each input."""
-        return self._needs_amax
+        return self._core.is_static
+
+    @property
+    def is_quant_enabled(self) -> bool:
+        return self._core.if_quant
+
+    @property
+    def is_calib_enabled(self) -> bool:
+        return self._core.if_calib
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Enabled, static and with a calibrator: this quantizer takes part in calibration."""
+        return self._core.needs_calibration
 
     @property
     def maxbound(self) -> float:
         """Largest quantized magnitude: 2^(b-1+unsigned)-1, or the minifloat maximum."""
-        nb = self._attr.num_bits
-        if isinstance(nb, tuple):
-            return _C.minifloat_max_value(nb[0], nb[1])
-        return (1 << (nb - 1 + int(self._attr.unsigned))) - 1
+        bound = self._core.maxbound
+        return int(bound) if isinstance(self._attr.num_bits, int) else bound
 
     @property
     def step_size(self) -> torch.Tensor | None:
@@ -174,24 +215,20 @@ class TensorQuantizer(nn.Module):
         if value is None:
             self.reset_amax()
             return
-        value = torch.as_tensor(value, dtype=torch.float32).detach()
         current = self._buffers.get("_amax")
+        value = self._core.amax_to_store(torch.as_tensor(value, dtype=torch.float32), current)
         if current is None:
             self.register_buffer("_amax", value.clone())
-            return
-        if current.shape != value.shape:
-            raise RuntimeError(
-                f"Changing shape when setting amax is not allowed: {tuple(current.shape)} -> "
-                f"{tuple(value.shape)} (call reset_amax() first)"
-            )
-        with torch.no_grad():
-            current.copy_(value.to(current.device))
+            self._refresh()
+        else:
+            with torch.no_grad():
+                current.copy_(value.to(current.device))
 
     def reset_amax(self) -> None:
         """Removes the calibrated amax and resets the calibrator."""
         self._buffers.pop("_amax", None)
-        if self._calibrator is not None:
-            self._calibrator.reset()
+        self._core.reset_calibrator()
+        self._refresh()
 
     @property
     def pre_quant_scale(self) -> torch.Tensor | None:
@@ -224,48 +261,40 @@ class TensorQuantizer(nn.Module):
         self._if_quant = False
 
     def enable_calib(self) -> None:
-        if self._calibrator is None:
-            raise ValueError("this quantizer has no calibrator")
-        self._if_calib = True
+        self._core.enable_calib()
+        self._refresh()
 
     def disable_calib(self) -> None:
         self._if_calib = False
 
     # -- calibration ----------------------------------------------------------------------------
-    def _calib_view(self, inputs: torch.Tensor) -> torch.Tensor:
-        self._check_floating(inputs)
-        view = torch.ops.mopt.quantizer_calib_view(inputs, self.pre_quant_scale, self._cfg_json)
-        # Checked here so that quantize() fails (and rolls back) instead of the first forward.
-        if self._attr.unsigned and bool((view < 0).any()):
-            raise ValueError(
-                f"mopt: unsigned quantizer '{self._mopt_name or 'TensorQuantizer'}' met negative "
-                "values while calibrating; use unsigned=False for this tensor"
-            )
-        axes = list(_C.quantizer_amax_axes(self._cfg_json, inputs.dim()))
-        self._calibrator._axis = tuple(axes) if axes else None
-        return view
+    @property
+    def calibrator(self) -> Any:
+        """The calibrator (a built-in C++ calibrator or a Python one); assignable."""
+        return self._core.calibrator
 
-    def _check_floating(self, inputs: torch.Tensor) -> None:
-        if not inputs.is_floating_point():
-            raise TypeError(
-                f"mopt: quantizer '{self._mopt_name or 'TensorQuantizer'}' got a {inputs.dtype} "
-                "tensor; only floating-point tensors (float32, float16, bfloat16) can be quantized"
-            )
+    @calibrator.setter
+    def calibrator(self, calibrator: Any) -> None:
+        self._core.calibrator = calibrator
+        self._refresh()
+
+    _calibrator = calibrator  # ModelOpt's name
 
     def collect(self, inputs: torch.Tensor) -> None:
         """Feeds one batch to the calibrator (whatever the calib flag)."""
-        self._calibrator.collect(self._calib_view(inputs))
+        self._core.collect(inputs, self.pre_quant_scale)
 
     def load_calib_amax(self, *args, **kwargs) -> None:
         """Sets amax from the calibrator (arguments go to its compute_amax, e.g.
         ``load_calib_amax("percentile", percentile=99.9)``)."""
-        amax = self._calibrator.compute_amax(*args, **kwargs)
+        builtin = isinstance(self.calibrator, (_C.MaxCalibrator, _C.HistogramCalibrator,
+                                               _C.MseCalibrator))
+        if builtin or not (args or kwargs):
+            amax = self._core.compute_amax(*args, **kwargs)
+        else:
+            # a Python calibrator's own compute_amax arguments, which only it understands
+            amax = self.calibrator.compute_amax(*args, **kwargs)
         if amax is None:
-            warnings.warn(
-                f"mopt: quantizer '{self._mopt_name or 'TensorQuantizer'}' collected no data; "
-                "its amax is left unset (it quantizes with the dynamic amax of each input)",
-                stacklevel=2,
-            )
             return
         current = self._buffers.get("_amax")
         if current is not None and current.shape != amax.shape:
@@ -278,23 +307,13 @@ class TensorQuantizer(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        pqs = self.pre_quant_scale
-        if self._disabled or not (self._if_quant or self._if_calib):
-            return inputs if pqs is None else inputs * pqs.to(inputs.dtype)
-        if self._if_calib and self._needs_amax:
-            self._calibrator.collect(self._calib_view(inputs))
-        if not self._if_quant:
-            return inputs if pqs is None else inputs * pqs.to(inputs.dtype)
-        self._check_floating(inputs)
         amax = self._buffers.get("_amax")
-        if amax is None and self._needs_amax and not self._warned_uncalibrated:
-            self._warned_uncalibrated = True
-            warnings.warn(
-                f"mopt: static quantizer '{self._mopt_name or 'TensorQuantizer'}' has no "
-                "calibrated amax; using the dynamic amax of its input",
-                stacklevel=2,
-            )
-        return torch.ops.mopt.quantize_tensor(inputs, amax, pqs, self._cfg_json)
+        pqs = self._buffers.get("_pre_quant_scale")
+        if self._forward_cfg is not None:
+            return torch.ops.mopt.quantize_tensor(inputs, amax, pqs, self._forward_cfg)
+        out = self._core.forward(inputs, amax, pqs)
+        self._refresh()  # the core may have warned once and switched to plain quantization
+        return out
 
     # -- state save / restore -------------------------------------------------------------------
     def get_modelopt_state(self) -> dict:
@@ -319,6 +338,7 @@ class TensorQuantizer(nn.Module):
             shape = state.get(f"{buf}_shape")
             if shape is not None:
                 self.register_buffer(buf, torch.zeros(shape, dtype=torch.float32))
+        self._refresh()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -329,44 +349,14 @@ class TensorQuantizer(nn.Module):
                 self.register_buffer(buf, torch.empty_like(state_dict[key]))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        self._refresh()
 
     # -- printing -------------------------------------------------------------------------------
-    @staticmethod
-    def _short_tensor(t: torch.Tensor, fmt: str = ".2e") -> str:
-        if t.numel() == 1:
-            return f"{t.item():{fmt}}"
-        return f"[{t.min().item():{fmt}}, {t.max().item():{fmt}}]({t.numel()})"
-
     def _short_amax(self, fmt: str = ".2e") -> str:
-        amax = self.amax
-        if amax is None:
-            return "dynamic"
-        if amax.is_meta:
-            return "meta"
-        return self._short_tensor(amax, fmt)
+        return self._core.short_amax(self.amax)
 
     def extra_repr(self) -> str:
-        if self._disabled:
-            s = "disabled"
-            if self.pre_quant_scale is not None:
-                s += f" pre_quant_scale={self._short_tensor(self.pre_quant_scale)}"
-            return s
-        a = self._attr
-        s = f"{'unsigned ' if a.unsigned else ''}{a.num_bits} bit"
-        s += " narrow" if a.narrow_range else ""
-        s += " fake" if a.fake_quant else ""
-        if a.block_sizes is not None:
-            s += f" block_sizes={a.block_sizes},"
-        else:
-            s += f" axis={a.axis}" if a.axis is not None else " per-tensor"
-        s += f" amax={self._short_amax()}"
-        if self.pre_quant_scale is not None:
-            s += f" pre_quant_scale={self._short_tensor(self.pre_quant_scale)}"
-        if self._calibrator is not None:
-            s += f" calibrator={type(self._calibrator).__name__}"
-        s += " quant" if self._if_quant else ""
-        s += " calib" if self._if_calib else ""
-        return s
+        return self._core.extra_repr(self.amax, self.pre_quant_scale)
 
 
 class SequentialQuantizer(nn.Sequential):

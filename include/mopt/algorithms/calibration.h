@@ -1,0 +1,84 @@
+// The calibration algorithms as typed configs (SPEC §1 `calibrate`): every method's options with
+// their defaults and checks, parsed once from the `algorithm` value of a quantize config (JSON at
+// the file / language boundary) for both front ends.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "mopt/algorithms/awq.h"
+#include "mopt/algorithms/gptq.h"
+#include "mopt/calib/calibrator.h"
+
+namespace mopt::algorithms {
+
+/// `max`: running max of |x| per quantizer.
+struct MaxCalibration {};
+
+/// `smoothquant`.
+struct SmoothQuantCalibration {
+  double alpha = 1.0;
+  bool debug = false;  // Python: keep what was computed on each layer (module.smoothquant)
+};
+
+/// `awq_lite`, `awq_clip` and `awq_full` (lite then clip).
+struct AwqCalibration {
+  std::optional<AwqLiteOptions> lite;  // set for awq_lite and awq_full
+  std::optional<AwqClipOptions> clip;  // set for awq_clip and awq_full
+  bool debug = false;
+};
+
+/// `gptq`.
+struct GptqCalibration {
+  GptqOptions solver;
+  std::optional<bool> layerwise;  // decoder layer by layer (default: when the model has them)
+};
+
+/// `mse`: max calibration, then the amax multiplier with the least output MSE.
+struct MseCalibration {
+  int64_t num_steps = 10;
+  double start_multiplier = 0.25;
+  double stop_multiplier = 4.0;
+};
+
+/// `entropy`, `percentile`, `histogram_mse`: static activation amax from histograms of |x|.
+struct HistogramCalibration {
+  HistogramMethod method = HistogramMethod::kEntropy;
+  int64_t num_bins = 2048;
+  bool skip_zeros = false;
+  HistogramAmaxOptions amax;
+};
+
+/// A method registered by a front end (a Python function): its options, unchecked, as JSON.
+struct ExternalCalibration {
+  std::string options_json = "{}";
+};
+
+using CalibrationOptions =
+    std::variant<MaxCalibration, SmoothQuantCalibration, AwqCalibration, GptqCalibration,
+                 MseCalibration, HistogramCalibration, ExternalCalibration>;
+
+/// One step of calibration: the method and its options.
+struct CalibrationStep {
+  std::string method;
+  CalibrationOptions options;
+
+  /// The options with every field, as a JSON object (what Python passes as keyword arguments).
+  std::string options_json() const;
+};
+
+/// The built-in methods, sorted.
+const std::vector<std::string>& calibration_methods();
+
+/// Parses `algorithm` (JSON: a method name, {"method": name, **options}, a list of those, or
+/// null) into checked steps. A method in `external_methods` (registered by a front end) keeps
+/// its options unchecked; any other unknown method raises ValueError naming the available ones;
+/// an unknown option raises TypeError naming the method and the accepted options; a bad value
+/// raises ValueError (or TypeError for a wrong type) naming the option.
+std::vector<CalibrationStep> parse_calibration_steps(
+    const std::string& algorithm_json, const std::vector<std::string>& external_methods = {});
+
+}  // namespace mopt::algorithms

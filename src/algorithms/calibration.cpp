@@ -1,0 +1,316 @@
+#include "mopt/algorithms/calibration.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <set>
+
+#include "mopt/core/error.h"
+
+namespace mopt::algorithms {
+
+using json = nlohmann::ordered_json;
+
+namespace {
+
+std::string quoted_list(const std::vector<std::string>& names) {
+  std::string s = "[";
+  for (size_t i = 0; i < names.size(); ++i) s += (i ? ", '" : "'") + names[i] + "'";
+  return s + "]";
+}
+
+// Options of one step, consumed key by key so that leftovers can be reported.
+class Options {
+ public:
+  Options(std::string method, json obj) : method_(std::move(method)), obj_(std::move(obj)) {}
+
+  bool has(const char* key) const { return obj_.contains(key) && !obj_[key].is_null(); }
+
+  double number(const char* key, double fallback) {
+    accepted_.push_back(key);
+    if (!has(key)) return fallback;
+    const json& v = obj_[key];
+    MOPT_CHECK_VALUE(v.is_number() && !v.is_boolean(), method_, " ", key, " must be a number, got ",
+                     v.dump());
+    return v.get<double>();
+  }
+
+  int64_t integer(const char* key, int64_t fallback) {
+    accepted_.push_back(key);
+    if (!has(key)) return fallback;
+    const json& v = obj_[key];
+    MOPT_CHECK_VALUE(v.is_number_integer() && !v.is_boolean(), method_, " ", key,
+                     " must be an int, got ", v.dump());
+    return v.get<int64_t>();
+  }
+
+  bool boolean(const char* key, bool fallback) {
+    accepted_.push_back(key);
+    if (!has(key)) return fallback;
+    const json& v = obj_[key];
+    MOPT_CHECK_TYPE(v.is_boolean(), method_, " ", key, " must be a bool, got ", v.dump());
+    return v.get<bool>();
+  }
+
+  std::optional<bool> optional_boolean(const char* key) {
+    accepted_.push_back(key);
+    if (!has(key)) return std::nullopt;
+    return boolean(key, false);
+  }
+
+  // TypeError for keys no accessor asked for (as a Python function given an unknown keyword).
+  void check_consumed() const {
+    std::vector<std::string> unknown;
+    for (auto it = obj_.begin(); it != obj_.end(); ++it) {
+      if (std::find(accepted_.begin(), accepted_.end(), it.key()) == accepted_.end()) {
+        unknown.push_back(it.key());
+      }
+    }
+    if (unknown.empty()) return;
+    std::vector<std::string> accepted(accepted_.begin(), accepted_.end());
+    std::sort(accepted.begin(), accepted.end());
+    accepted.erase(std::unique(accepted.begin(), accepted.end()), accepted.end());
+    MOPT_CHECK_TYPE(false, "unknown option(s) ", quoted_list(unknown), " for algorithm '",
+                    method_, "'; accepted: ", quoted_list(accepted));
+  }
+
+ private:
+  std::string method_;
+  json obj_;
+  std::vector<std::string> accepted_;
+};
+
+int64_t positive(int64_t v, const std::string& method, const char* key) {
+  MOPT_CHECK_VALUE(v > 0, method, " ", key, " must be a positive int, got ", v);
+  return v;
+}
+
+AwqClipOptions clip_options(Options& o, const std::string& method) {
+  AwqClipOptions c;
+  c.max_co_batch_size = positive(o.integer("max_co_batch_size", 1024), method, "max_co_batch_size");
+  c.max_tokens_per_batch =
+      positive(o.integer("max_tokens_per_batch", 64), method, "max_tokens_per_batch");
+  c.min_clip_ratio = o.number("min_clip_ratio", 0.5);
+  c.shrink_step = o.number("shrink_step", 0.05);
+  awq_clip_ratios(c.min_clip_ratio, c.shrink_step);  // ValueError for a bad grid
+  return c;
+}
+
+HistogramCalibration histogram_options(Options& o, const std::string& algorithm,
+                                       HistogramMethod method) {
+  HistogramCalibration h;
+  h.method = method;
+  h.num_bins = o.integer("num_bins", 2048);
+  h.skip_zeros = o.boolean("skip_zeros", false);
+  MOPT_CHECK_VALUE(h.num_bins >= 1, algorithm, " option num_bins must be a positive int, got ",
+                   h.num_bins);
+  if (method == HistogramMethod::kPercentile) {
+    h.amax.percentile = o.number("percentile", 99.99);
+    MOPT_CHECK_VALUE(h.amax.percentile >= 0.0 && h.amax.percentile <= 100.0, algorithm,
+                     " option percentile must be in [0, 100], got ", h.amax.percentile);
+  } else {
+    h.amax.stride = o.integer("stride", 1);
+    h.amax.start_bin = o.integer("start_bin", 128);
+    MOPT_CHECK_VALUE(h.amax.stride >= 1, algorithm, " option stride must be a positive int, got ",
+                     h.amax.stride);
+    MOPT_CHECK_VALUE(h.amax.start_bin >= 0, algorithm,
+                     " option start_bin must be a non-negative int, got ", h.amax.start_bin);
+    MOPT_CHECK_VALUE(h.amax.start_bin < h.num_bins, algorithm, ": start_bin ", h.amax.start_bin,
+                     " leaves no candidate among num_bins=", h.num_bins, " bins");
+  }
+  return h;
+}
+
+CalibrationOptions parse_options(const std::string& method, const json& obj) {
+  Options o(method, obj);
+  CalibrationOptions out;
+  if (method == "max") {
+    out = MaxCalibration{};
+  } else if (method == "smoothquant") {
+    SmoothQuantCalibration s;
+    s.alpha = o.number("alpha", 1.0);
+    MOPT_CHECK_VALUE(s.alpha >= 0.0 && s.alpha <= 1.0,
+                     "smoothquant alpha must be a number in [0, 1], got ", s.alpha);
+    s.debug = o.boolean("debug", false);
+    out = s;
+  } else if (method == "awq_lite" || method == "awq_clip" || method == "awq_full") {
+    AwqCalibration a;
+    if (method != "awq_clip") {
+      a.lite = AwqLiteOptions{o.number("alpha_step", 0.1)};
+      awq_alpha_grid(a.lite->alpha_step);  // ValueError for a bad step
+    }
+    if (method != "awq_lite") a.clip = clip_options(o, method);
+    a.debug = o.boolean("debug", false);
+    out = a;
+  } else if (method == "gptq") {
+    GptqCalibration g;
+    g.solver.block_size = positive(o.integer("block_size", 128), "gptq", "block_size");
+    g.solver.percdamp = o.number("percdamp", 0.01);
+    if (o.has("perc_damp")) g.solver.percdamp = o.number("perc_damp", 0.01);  // ModelOpt's name
+    MOPT_CHECK_VALUE(g.solver.percdamp >= 0.0 && g.solver.percdamp <= 1.0,
+                     "gptq percdamp must be a number in [0, 1], got ", g.solver.percdamp);
+    g.solver.act_order = o.boolean("act_order", false);
+    g.layerwise = o.optional_boolean("layerwise");
+    out = g;
+  } else if (method == "mse") {
+    MseCalibration m;
+    const bool has_steps = o.has("num_steps"), has_step_size = o.has("step_size");
+    MOPT_CHECK_VALUE(!(has_steps && has_step_size),
+                     "give num_steps or step_size for algorithm 'mse', not both");
+    m.start_multiplier = o.number("start_multiplier", 0.25);
+    m.stop_multiplier = o.number("stop_multiplier", 4.0);
+    MOPT_CHECK_VALUE(m.start_multiplier >= 0.0 && m.start_multiplier <= m.stop_multiplier,
+                     "mse multipliers must satisfy 0 <= start_multiplier <= stop_multiplier, got ",
+                     m.start_multiplier, " and ", m.stop_multiplier);
+    const double step_size = o.number("step_size", 0.0);
+    m.num_steps = o.integer("num_steps", 10);
+    if (has_step_size) {
+      MOPT_CHECK_VALUE(step_size > 0.0, "mse step_size must be > 0, got ", step_size);
+      // nvidia-modelopt >= 0.41's form: ceil((stop - start) / step) + 1 steps
+      m.num_steps = static_cast<int64_t>(
+                        std::ceil((m.stop_multiplier - m.start_multiplier) / step_size)) + 1;
+    }
+    MOPT_CHECK_VALUE(m.num_steps >= 1, "mse num_steps must be an int >= 1, got ", m.num_steps);
+    out = m;
+  } else if (method == "entropy") {
+    out = histogram_options(o, method, HistogramMethod::kEntropy);
+  } else if (method == "percentile") {
+    out = histogram_options(o, method, HistogramMethod::kPercentile);
+  } else if (method == "histogram_mse") {
+    out = histogram_options(o, method, HistogramMethod::kMse);
+  }
+  o.check_consumed();
+  return out;
+}
+
+bool is_bare_name(const std::string& s) {
+  return !s.empty() && !std::isdigit(static_cast<unsigned char>(s[0])) &&
+         std::all_of(s.begin(), s.end(), [](char c) {
+           return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+         }) &&
+         s != "null" && s != "true" && s != "false";
+}
+
+void flatten(const json& a, std::vector<std::pair<std::string, json>>& steps) {
+  if (a.is_null()) return;
+  if (a.is_string()) {
+    steps.emplace_back(a.get<std::string>(), json::object());
+    return;
+  }
+  if (a.is_object()) {
+    MOPT_CHECK_VALUE(a.contains("method"), "algorithm dict needs a 'method' key, got ", a.dump());
+    if (a["method"].is_null()) return;
+    MOPT_CHECK_TYPE(a["method"].is_string(), "algorithm 'method' must be a str or None, got ",
+                    a["method"].dump());
+    json opts = json::object();
+    for (auto it = a.begin(); it != a.end(); ++it) {
+      if (it.key() != "method") opts[it.key()] = it.value();
+    }
+    steps.emplace_back(a["method"].get<std::string>(), opts);
+    return;
+  }
+  if (a.is_array()) {
+    for (const auto& s : a) flatten(s, steps);
+    return;
+  }
+  MOPT_CHECK_TYPE(false, "algorithm must be a str, dict, list or None, got ", a.dump());
+}
+
+json histogram_json(const HistogramCalibration& h) {
+  json j;
+  j["num_bins"] = h.num_bins;
+  j["skip_zeros"] = h.skip_zeros;
+  if (h.method == HistogramMethod::kPercentile) {
+    j["percentile"] = h.amax.percentile;
+  } else {
+    j["stride"] = h.amax.stride;
+    j["start_bin"] = h.amax.start_bin;
+  }
+  return j;
+}
+
+}  // namespace
+
+const std::vector<std::string>& calibration_methods() {
+  static const std::vector<std::string> names = {
+      "awq_clip", "awq_full", "awq_lite", "entropy", "gptq", "histogram_mse", "max",
+      "mse", "percentile", "smoothquant"};
+  return names;
+}
+
+std::vector<CalibrationStep> parse_calibration_steps(
+    const std::string& algorithm_json, const std::vector<std::string>& external_methods) {
+  json a;
+  if (is_bare_name(algorithm_json)) {
+    a = algorithm_json;  // a bare method name without quotes (C++ shorthand)
+  } else {
+    try {
+      a = json::parse(algorithm_json);
+    } catch (const json::parse_error& e) {
+      MOPT_CHECK_VALUE(false, "the quantize config's 'algorithm' is not valid JSON: ", e.what());
+    }
+  }
+  std::vector<std::pair<std::string, json>> raw;
+  flatten(a, raw);
+  std::vector<CalibrationStep> steps;
+  const auto& builtin = calibration_methods();
+  for (auto& [method, opts] : raw) {
+    const bool known = std::find(builtin.begin(), builtin.end(), method) != builtin.end();
+    const bool external = std::find(external_methods.begin(), external_methods.end(), method) !=
+                          external_methods.end();
+    if (!known && !external) {
+      std::vector<std::string> available(builtin.begin(), builtin.end());
+      available.insert(available.end(), external_methods.begin(), external_methods.end());
+      std::sort(available.begin(), available.end());
+      available.erase(std::unique(available.begin(), available.end()), available.end());
+      MOPT_CHECK_VALUE(false, "unknown calibration algorithm '", method, "'; available: ",
+                       quoted_list(available));
+    }
+    if (external && !known) {
+      steps.push_back({method, ExternalCalibration{opts.dump()}});
+    } else {
+      steps.push_back({method, parse_options(method, opts)});
+    }
+  }
+  return steps;
+}
+
+std::string CalibrationStep::options_json() const {
+  json j = json::object();
+  std::visit(
+      [&](const auto& o) {
+        using T = std::decay_t<decltype(o)>;
+        if constexpr (std::is_same_v<T, SmoothQuantCalibration>) {
+          j["alpha"] = o.alpha;
+          j["debug"] = o.debug;
+        } else if constexpr (std::is_same_v<T, AwqCalibration>) {
+          if (o.lite) j["alpha_step"] = o.lite->alpha_step;
+          if (o.clip) {
+            j["max_co_batch_size"] = o.clip->max_co_batch_size;
+            j["max_tokens_per_batch"] = o.clip->max_tokens_per_batch;
+            j["min_clip_ratio"] = o.clip->min_clip_ratio;
+            j["shrink_step"] = o.clip->shrink_step;
+          }
+          j["debug"] = o.debug;
+        } else if constexpr (std::is_same_v<T, GptqCalibration>) {
+          j["block_size"] = o.solver.block_size;
+          j["percdamp"] = o.solver.percdamp;
+          j["act_order"] = o.solver.act_order;
+          j["layerwise"] = o.layerwise ? json(*o.layerwise) : json(nullptr);
+        } else if constexpr (std::is_same_v<T, MseCalibration>) {
+          j["num_steps"] = o.num_steps;
+          j["start_multiplier"] = o.start_multiplier;
+          j["stop_multiplier"] = o.stop_multiplier;
+        } else if constexpr (std::is_same_v<T, HistogramCalibration>) {
+          j = histogram_json(o);
+        } else if constexpr (std::is_same_v<T, ExternalCalibration>) {
+          j = json::parse(o.options_json);
+        }
+      },
+      options);
+  return j.dump();
+}
+
+}  // namespace mopt::algorithms
