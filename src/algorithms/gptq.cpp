@@ -171,19 +171,23 @@ void GptqHessian::add_batch(const at::Tensor& x) {
   const at::Tensor flat = x.detach().reshape({-1, in_features_}).to(at::kFloat);
   if (flat.size(0) == 0) return;  // e.g. an MoE expert that got no token in this batch
   if (!sum_.defined()) {
-    sum_ = at::zeros({in_features_, in_features_}, flat.options());
+    sum_ = at::zeros({in_features_, in_features_}, flat.options().dtype(at::kDouble));
   } else {
     MOPT_CHECK_VALUE(sum_.device() == flat.device(), layer_label(name_), ": inputs moved from ",
                      sum_.device(), " to ", flat.device());
   }
-  sum_.addmm_(flat.t(), flat);
+  // fp64 products and sums: the Hessian then does not depend on how the tokens were split into
+  // batches or across processes (to fp32 precision), so calibration over several ranks equals
+  // one process on the union
+  const at::Tensor flat64 = flat.to(at::kDouble);
+  sum_.addmm_(flat64.t(), flat64);
   num_samples_ += flat.size(0);
 }
 
 at::Tensor GptqHessian::hessian() const {
   MOPT_CHECK_STATE(num_samples_ > 0, layer_label(name_),
                    ": no calibration token reached this layer, so it has no Hessian");
-  return sum_.mul(2.0 / static_cast<double>(num_samples_));
+  return sum_.mul(2.0 / static_cast<double>(num_samples_)).to(at::kFloat);
 }
 
 void GptqHessian::reset() {
@@ -194,7 +198,7 @@ void GptqHessian::reset() {
 void GptqHessian::all_reduce(const ProcessGroup& group) {
   if (group.size <= 1) return;
   const at::Tensor mine =
-      sum_.defined() ? sum_ : at::zeros({in_features_, in_features_}, at::kFloat);
+      sum_.defined() ? sum_ : at::zeros({in_features_, in_features_}, at::kDouble);
   num_samples_ = group.all_reduce(at::scalar_tensor(num_samples_, at::kLong), ReduceOp::kSum)
                      .item<int64_t>();
   at::Tensor total = group.all_reduce(mine, ReduceOp::kSum);

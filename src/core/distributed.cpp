@@ -34,12 +34,15 @@ const c10::OperatorHandle& functional_op(const char* name) {
 
 at::Tensor ProcessGroup::all_reduce(const at::Tensor& t, ReduceOp op) const {
   if (size <= 1) return t.clone();
-  static const auto reduce = functional_op("_c10d_functional::all_reduce")
-                                 .typed<at::Tensor(const at::Tensor&, std::string, std::string)>();
+  // group_name is declared `Any` (a name or a group object): pass the name as an IValue
+  static const auto reduce =
+      functional_op("_c10d_functional::all_reduce")
+          .typed<at::Tensor(const at::Tensor&, std::string, const c10::IValue&)>();
   static const auto wait =
       functional_op("_c10d_functional::wait_tensor").typed<at::Tensor(const at::Tensor&)>();
   const at::Tensor out =
-      reduce.call(t.to(device).contiguous(), op == ReduceOp::kSum ? "sum" : "max", name);
+      reduce.call(t.to(device).contiguous(), op == ReduceOp::kSum ? "sum" : "max",
+                  c10::IValue(name));
   return wait.call(out).to(t.device());
 }
 

@@ -49,7 +49,8 @@ struct GptqOptions {
 };
 
 /// Streams the Hessian H = 2/n sum_t x_t x_t^T of one linear layer's inputs: one
-/// in_features^2 fp32 matrix on the inputs' device, whatever the number of tokens.
+/// in_features^2 fp64 matrix on the inputs' device, whatever the number of tokens (fp64, so the
+/// result does not depend on how the tokens are split into batches or processes).
 class GptqHessian {
  public:
   /// `name` (the layer's name) appears in every error message.
@@ -71,7 +72,7 @@ class GptqHessian {
  private:
   int64_t in_features_;
   std::string name_;
-  at::Tensor sum_;  // X^T X, fp32
+  at::Tensor sum_;  // X^T X, fp64
   int64_t num_samples_ = 0;
 };
 
