@@ -464,7 +464,17 @@ void quantize(torch::nn::Module& model, const QuantizeConfig& config,
     name_quantizers(model);
     check_reachable(conversion);
     std::cout << "Inserted " << n << " quantizers" << std::endl;
-    calibrate(model, steps, forward_loop);
+    // A config that names no algorithm (MX recipes need none) but enables static quantizers
+    // (W4A8_MXFP4_FP8's FP8 inputs) still gets their amax from the data: max calibration.
+    bool static_quantizers = false;
+    for (auto& [name, q] : named_quantizers(model)) {
+      static_quantizers = static_quantizers || q->core().needs_calibration();
+    }
+    if (steps.empty() && forward_loop && static_quantizers) {
+      calibrate(model, algorithms::parse_calibration_steps(R"("max")"), forward_loop);
+    } else {
+      calibrate(model, steps, forward_loop);
+    }
   } catch (...) {
     conversion.rollback();
     throw;

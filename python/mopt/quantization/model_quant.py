@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import json
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from .. import _C
 from .config import QuantizeConfig
 from .conversion import apply_model_plugins, apply_quant_cfg_full, replace_quant_module
 from .model_calib import calibrate
@@ -45,6 +47,18 @@ def _wrap_forward_loop(forward_loop: Callable | None) -> Callable | None:
     return forward_loop
 
 
+def _algorithm_for(model: nn.Module, algorithm: Any, forward_loop: Callable | None) -> Any:
+    """The algorithm quantize() runs: the config's, or max calibration when the config names no
+    algorithm (MX recipes need none) yet enables static quantizers, whose amax must come from the
+    data (W4A8_MXFP4_FP8's FP8 inputs); calibrate(algorithm=None) itself still calibrates
+    nothing."""
+    if forward_loop is None or _C.parse_algorithm(json.dumps(algorithm), []):
+        return algorithm
+    if any(q.needs_calibration for _, q in named_quantizers(model)):
+        return "max"
+    return algorithm
+
+
 def quantize(model: nn.Module, config: dict, forward_loop: Callable | None = None) -> nn.Module:
     """Quantizes `model` in place and returns it.
 
@@ -63,7 +77,8 @@ def quantize(model: nn.Module, config: dict, forward_loop: Callable | None = Non
             n = replace_quant_module(model, converted)
             apply_quant_cfg_full(model, config["quant_cfg"])
             print(f"Inserted {n} quantizers")
-            calibrate(model, config["algorithm"], forward_loop)
+            calibrate(model, _algorithm_for(model, config["algorithm"], forward_loop),
+                      forward_loop)
     except BaseException:
         backup.restore()
         for module in converted:
