@@ -31,6 +31,15 @@ void bind_torch(py::module_& m) {
       },
       "The named recipes of `mopt ptq` (dicts: name, config, description, algorithm as JSON or "
       "None to keep the config's, needs_kv_quantizers).");
+  m.def(
+      "quant_classes",
+      [] {
+        py::list rows;
+        for (const QuantClass& c : quant_classes()) rows.append(py::make_tuple(c.name, c.kind));
+        return rows;
+      },
+      "[(config name, kind)] of the built-in quantized module classes (kind: linear, conv, "
+      "conv_transpose, input_only).");
   m.def("predefined_config_names", &predefined_config_names,
         "Names of the predefined configs the C++ API defines.");
   m.def(

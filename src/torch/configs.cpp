@@ -246,16 +246,29 @@ QuantCfgEntry QuantCfgEntry::class_scoped(std::string class_name,
   return e;
 }
 
-bool is_quant_class_pattern(const std::string& pattern) {
-  static const std::set<std::string> names = [] {
-    std::set<std::string> s = {"nn.Linear", "nn.LeakyReLU"};
-    for (const char* base : {"Conv", "ConvTranspose", "BatchNorm", "InstanceNorm", "MaxPool",
-                             "AvgPool", "AdaptiveAvgPool"}) {
-      for (const char* d : {"1d", "2d", "3d"}) s.insert(std::string("nn.") + base + d);
+const std::vector<QuantClass>& quant_classes() {
+  static const std::vector<QuantClass> classes = [] {
+    std::vector<QuantClass> c = {{"nn.Linear", "linear"}};
+    for (const char* d : {"1d", "2d", "3d"}) c.push_back({std::string("nn.Conv") + d, "conv"});
+    for (const char* d : {"1d", "2d", "3d"}) {
+      c.push_back({std::string("nn.ConvTranspose") + d, "conv_transpose"});
     }
-    return s;
+    for (const char* base : {"BatchNorm", "InstanceNorm", "MaxPool", "AvgPool", "AdaptiveAvgPool"}) {
+      for (const char* d : {"1d", "2d", "3d"}) {
+        c.push_back({std::string("nn.") + base + d, "input_only"});
+      }
+    }
+    c.push_back({"nn.LeakyReLU", "input_only"});
+    return c;
   }();
-  return names.count(pattern) > 0;
+  return classes;
+}
+
+bool is_quant_class_pattern(const std::string& pattern) {
+  for (const auto& c : quant_classes()) {
+    if (c.name == pattern) return true;
+  }
+  return false;
 }
 
 QuantizeConfig QuantizeConfig::from_json(const std::string& text) {

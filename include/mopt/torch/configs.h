@@ -59,8 +59,16 @@ struct QuantizeConfig {
   const QuantCfgEntry* find(const std::string& pattern) const;
 };
 
-/// True for the class names that make a quant_cfg entry class-scoped ("nn.Linear",
-/// "nn.Conv2d", "nn.BatchNorm1d", ...: the names of Python's QuantModuleRegistry).
+/// A module class mopt quantizes, by its config name, and which quantizers it gets.
+struct QuantClass {
+  std::string name;  // "nn.Linear", "nn.Conv2d", "nn.BatchNorm1d", ...
+  std::string kind;  // "linear", "conv", "conv_transpose" (input, weight, output quantizers) or
+                     // "input_only" (norms, pooling, LeakyReLU: an input quantizer)
+};
+/// The built-in quantized classes (Python's QuantModuleRegistry starts from this list).
+const std::vector<QuantClass>& quant_classes();
+
+/// True for the class names that make a quant_cfg entry class-scoped (quant_classes() names).
 bool is_quant_class_pattern(const std::string& pattern);
 
 /// The predefined config `name` (e.g. "INT8_DEFAULT_CFG"), equal to the Python dict of the same

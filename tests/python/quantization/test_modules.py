@@ -194,3 +194,14 @@ def test_gradients_flow_through_quantized_linear():
     xq = _ref.fake_quant_int(x, amax, 8)
     torch.testing.assert_close(model[0].weight.grad, xq.sum(0).expand(3, 6), rtol=1e-6, atol=1e-6)
     assert model[0].weight_quantizer.amax.grad is None
+
+
+def test_builtin_registry_is_the_cxx_class_list():
+    from mopt import _C
+    from mopt.quantization.nn.modules.quant_module import QuantModuleRegistry
+
+    names = {name for name, _ in _C.quant_classes()}
+    for name in names:
+        assert name in QuantModuleRegistry, name
+    builtin = {n for n in QuantModuleRegistry._names.values() if n.startswith("nn.")}
+    assert builtin == names

@@ -2,18 +2,14 @@
 
 from torch import nn
 
+from .... import _C
 from .quant_module import QuantInputBase, QuantModuleRegistry
 
 __all__ = []
 
-_INPUT_ONLY = [
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.LeakyReLU,
-]
+# The classes of the built-in list (mopt._C.quant_classes) that get an input quantizer only.
+_INPUT_ONLY = [getattr(nn, name[len("nn."):]) for name, kind in _C.quant_classes()
+               if kind == "input_only"]
 
 for _cls in _INPUT_ONLY:
     _quant = type(f"Quant{_cls.__name__}", (QuantInputBase, _cls),
