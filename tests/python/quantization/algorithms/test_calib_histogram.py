@@ -24,7 +24,7 @@ from mopt.data import default_eval_text
 from mopt.eval import make_forward_loop, perplexity
 from mopt.models import Llama2cTokenizer, load_llama2c
 
-from . import _stories as stories
+from .. import _stories as stories
 
 # ---------------------------------------------------------------------------------------------
 # Oracles: the straightforward formulations, float64, sharing nothing with mopt.

@@ -11,7 +11,7 @@ from torch import nn
 import mopt.quantization as mtq
 from mopt.quantization.nn import QuantModuleRegistry, TensorQuantizer
 
-from . import _ref
+from .. import _ref
 
 INT8_IN = {"num_bits": 8, "axis": None}
 

@@ -22,7 +22,7 @@ from mopt.data import default_calib_text, default_eval_text
 from mopt.eval import make_forward_loop, perplexity, text_calibration_batches
 from mopt.models import Llama2cTokenizer, load_llama2c
 
-from . import _stories as stories
+from .. import _stories as stories
 
 # ---------------------------------------------------------------------------------------------
 # The oracle: GPTQ (Frantar et al. 2023, Algorithm 1 with lazy batch updates) in float64.

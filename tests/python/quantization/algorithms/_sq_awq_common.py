@@ -13,7 +13,7 @@ from mopt.data import default_eval_text
 from mopt.eval import make_forward_loop, perplexity
 from mopt.models import load_llama2c
 
-from . import _stories as stories
+from .. import _stories as stories
 
 import torch
 from torch import nn

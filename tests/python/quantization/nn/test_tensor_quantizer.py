@@ -9,7 +9,7 @@ import mopt.quantization as mtq
 from mopt.quantization.calib import MaxCalibrator
 from mopt.quantization.nn import SequentialQuantizer, TensorQuantizer
 
-from . import _ref
+from .. import _ref
 
 
 def _calibrate(q: TensorQuantizer, *batches: torch.Tensor) -> None:

@@ -11,14 +11,14 @@ from mopt.quantization.calib import MseCalibrator
 
 import torch
 
-from . import _ref
+from .. import _ref
 
 transformers = pytest.importorskip("transformers")
 
 from mopt.eval import make_forward_loop
 from mopt.models import load_llama2c
 
-from . import _stories as stories
+from .. import _stories as stories
 
 LAYERS = ["model.layers.0.self_attn.q_proj", "model.layers.3.mlp.down_proj"]
 

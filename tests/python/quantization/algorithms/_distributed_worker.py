@@ -12,7 +12,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3] / "python"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[4] / "python"))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import mopt.quantization as mtq  # noqa: E402
