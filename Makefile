@@ -45,9 +45,10 @@ deps-python:
 	@$(PY) -m pip install -q -c constraints.txt -r requirements.txt
 
 # ccache is looked up when the recipe runs, after deps-apt may have installed it; an empty
-# launcher clears one that a build folder configured earlier remembers.
+# launcher clears one that a build folder configured earlier remembers. Without nvcc the CUDA
+# launcher is unused, which -Wno-unused-cli keeps quiet.
 $(BUILD)/build.ninja: CMakeLists.txt Makefile | deps
-	cmake -S . -B $(BUILD) -G Ninja --no-warn-unused-cli -DCMAKE_BUILD_TYPE=Release \
+	cmake -S . -B $(BUILD) -G Ninja -Wno-unused-cli -DCMAKE_BUILD_TYPE=Release \
 	  -DMOPT_PYTHON_INPLACE=ON -DPython3_EXECUTABLE=$$(command -v $(PY)) \
 	  -DCMAKE_CXX_COMPILER_LAUNCHER=$$(command -v ccache) \
 	  -DCMAKE_CUDA_COMPILER_LAUNCHER=$$(command -v ccache)

@@ -171,6 +171,16 @@ if ((TORCH_OK != 0)); then
   DEPS_STATUS=FAIL
   DEPS_NOTE="'import torch' fails with $PY: install torch first (make deps-python, with network)"
 fi
+if ((TORCH_OK == 0)) && [ -n "$GPU_NAME" ] && [ "$TORCH_SEES_GPU" != 1 ]; then
+  DEPS_STATUS=FAIL
+  DEPS_NOTE="a GPU ($GPU_NAME) is here, but torch $TORCH_VERSION (CUDA $TORCH_CUDA) cannot use it"
+fi
+# CMakeLists.txt finds Python3 Development.Module: the interpreter's headers.
+py_include=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['include'])" 2>/dev/null)
+if [ ! -e "$py_include/Python.h" ]; then
+  DEPS_STATUS=FAIL
+  DEPS_NOTE="${DEPS_NOTE:+$DEPS_NOTE; }no Python.h in ${py_include:-?} (the python3-dev package): configure will fail"
+fi
 missing_py=""
 for m in pytest numpy; do
   "$PY" -c "import $m" 2>/dev/null || missing_py="$missing_py $m"
@@ -221,7 +231,7 @@ if ((TORCH_OK == 0)); then
     export TORCH_CUDA_ARCH_LIST="${ARCHS%?}.${ARCHS: -1}"
   fi
   launcher=$(command -v ccache || true)
-  cmake_args=(-S "$ROOT" -B "$BUILD_GPU" -G Ninja --no-warn-unused-cli -DCMAKE_BUILD_TYPE=Release
+  cmake_args=(-S "$ROOT" -B "$BUILD_GPU" -G Ninja -Wno-unused-cli -DCMAKE_BUILD_TYPE=Release
     -DMOPT_PYTHON_INPLACE=ON "-DPython3_EXECUTABLE=$(command -v "$PY")"
     "-DCMAKE_CXX_COMPILER_LAUNCHER=$launcher" "-DCMAKE_CUDA_COMPILER_LAUNCHER=$launcher")
   [ -n "$ARCHS" ] && cmake_args+=("-DCMAKE_CUDA_ARCHITECTURES=$ARCHS")
