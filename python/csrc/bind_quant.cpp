@@ -85,6 +85,18 @@ c10::optional<at::Tensor> opt(const py::object& t) {
   return t.cast<at::Tensor>();
 }
 
+// Property accessors of one of the core's mode flags (set_flags checks the combination).
+auto flag_getter(bool QuantizerFlags::*flag) {
+  return [flag](const QuantizerCore& c) { return c.flags().*flag; };
+}
+auto flag_setter(bool QuantizerFlags::*flag) {
+  return [flag](QuantizerCore& c, bool value) {
+    QuantizerFlags f = c.flags();
+    f.*flag = value;
+    c.set_flags(f);
+  };
+}
+
 void bind_quantizer_core(py::module_& m) {
   using release_gil = py::call_guard<py::gil_scoped_release>;
   py::class_<QuantizerCore>(m, "QuantizerCore",
@@ -107,27 +119,12 @@ void bind_quantizer_core(py::module_& m) {
       .def_property_readonly("is_static", &QuantizerCore::is_static)
       .def_property_readonly("maxbound", &QuantizerCore::maxbound)
       .def("kept_axes", &QuantizerCore::kept_axes, py::arg("ndim"))
-      .def_property(
-          "disabled", [](const QuantizerCore& c) { return c.flags().disabled; },
-          [](QuantizerCore& c, bool v) {
-            auto f = c.flags();
-            f.disabled = v;
-            c.set_flags(f);
-          })
-      .def_property(
-          "if_quant", [](const QuantizerCore& c) { return c.flags().quant; },
-          [](QuantizerCore& c, bool v) {
-            auto f = c.flags();
-            f.quant = v;
-            c.set_flags(f);
-          })
-      .def_property(
-          "if_calib", [](const QuantizerCore& c) { return c.flags().calib; },
-          [](QuantizerCore& c, bool v) {
-            auto f = c.flags();
-            f.calib = v;
-            c.set_flags(f);
-          })
+      .def_property("disabled", flag_getter(&QuantizerFlags::disabled),
+                    flag_setter(&QuantizerFlags::disabled))
+      .def_property("if_quant", flag_getter(&QuantizerFlags::quant),
+                    flag_setter(&QuantizerFlags::quant))
+      .def_property("if_calib", flag_getter(&QuantizerFlags::calib),
+                    flag_setter(&QuantizerFlags::calib))
       .def("enable", &QuantizerCore::enable)
       .def("disable", &QuantizerCore::disable)
       .def("enable_quant", &QuantizerCore::enable_quant)

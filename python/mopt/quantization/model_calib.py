@@ -41,6 +41,7 @@ __all__ = [
     "weight_only_calibrate",
     "check_amax",
     "calibration_group",
+    "calibration_steps",
 ]
 
 
@@ -93,6 +94,13 @@ def _algorithm_json(algorithm: Any) -> str:
         ) from e
 
 
+def calibration_steps(algorithm: Any) -> list[tuple[str, dict]]:
+    """[(method, options)] of `algorithm`, checked and completed by the C++ parser; methods
+    registered from Python keep their options as given."""
+    external = [m for m in calibration_algorithms() if m not in _C.calibration_methods()]
+    return _C.parse_algorithm(_algorithm_json(algorithm), external)
+
+
 def calibrate(model: nn.Module, algorithm: Any = "max",
               forward_loop: ForwardLoop | None = None) -> nn.Module:
     """Calibrates a quantized model in eval mode (the training flag is restored).
@@ -101,8 +109,7 @@ def calibrate(model: nn.Module, algorithm: Any = "max",
     None. Without `forward_loop` only the weights are calibrated. Afterwards every amax is
     checked: NaN, Inf or negative values raise RuntimeError naming the quantizer.
     """
-    external = [m for m in calibration_algorithms() if m not in _C.calibration_methods()]
-    steps = _C.parse_algorithm(_algorithm_json(algorithm), external)
+    steps = calibration_steps(algorithm)
     was_training = model.training
     model.eval()
     try:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import inspect
-import json
 import warnings
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .. import _C
 from .config import QuantizeConfig
 from .conversion import apply_model_plugins, apply_quant_cfg_full, replace_quant_module
-from .model_calib import calibrate
+from .model_calib import calibrate, calibration_steps
 from .nn.modules.tensor_quantizer import SequentialQuantizer, TensorQuantizer
 from .utils import ParameterBackup, matches, named_quantizers, quantized_modules
 
@@ -52,7 +50,7 @@ def _algorithm_for(model: nn.Module, algorithm: Any, forward_loop: Callable | No
     algorithm (MX recipes need none) yet enables static quantizers, whose amax must come from the
     data (W4A8_MXFP4_FP8's FP8 inputs); calibrate(algorithm=None) itself still calibrates
     nothing."""
-    if forward_loop is None or _C.parse_algorithm(json.dumps(algorithm), []):
+    if forward_loop is None or calibration_steps(algorithm):
         return algorithm
     if any(q.needs_calibration for _, q in named_quantizers(model)):
         return "max"

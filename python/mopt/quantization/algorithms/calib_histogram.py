@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ... import _C
-from ..utils import named_quantizers, quantized_modules
-from .collect import ForwardLoop, max_calibrate
+from ..utils import named_quantizers
+from .collect import ForwardLoop, max_calibrate, weight_stages
 from .registry import register_calibration_algorithm
 
 __all__ = ["entropy_calibrate", "histogram_mse_calibrate", "mse_calibrate", "percentile_calibrate"]
@@ -102,12 +102,7 @@ def histogram_mse_calibrate(model: nn.Module, forward_loop: ForwardLoop | None =
 
 def _collect_unreached_weights(model: nn.Module, pending: set[int]) -> None:
     # Weights of layers the forward loop never reached are searched on the weight itself.
-    for _, module in quantized_modules(model):
-        wq = getattr(module, "weight_quantizer", None)
-        weight = getattr(module, "weight", None)
-        if wq is None or weight is None:
-            continue
-        quantizers = list(wq) if isinstance(wq, nn.Sequential) else [wq]
+    for _, _, weight, quantizers in weight_stages(model):
         if not any(id(q) in pending for q in quantizers):
             continue
         x = weight

@@ -22,6 +22,7 @@ __all__ = [
     "finish_stats_collection",
     "abort_stats_collection",
     "weight_only_calibrate",
+    "weight_stages",
     "max_calibrate",
 ]
 
@@ -62,16 +63,22 @@ def abort_stats_collection(model: nn.Module) -> None:
         q.enable_quant()
 
 
-def weight_only_calibrate(model: nn.Module, only_uncalibrated: bool = False) -> None:
-    """Calibrates weight quantizers from the weights themselves (no data needed). With
-    `only_uncalibrated`, only layers the forward loop never reached, with a warning naming
-    each."""
+def weight_stages(model: nn.Module):
+    """(layer name, layer, weight, weight quantizer stages) of every quantized layer with a
+    weight (the stages of a SequentialQuantizer in order, or the one quantizer)."""
     for name, module in quantized_modules(model):
         wq = getattr(module, "weight_quantizer", None)
         weight = getattr(module, "weight", None)
         if wq is None or weight is None:
             continue
-        quantizers = list(wq) if isinstance(wq, nn.Sequential) else [wq]
+        yield name, module, weight, list(wq) if isinstance(wq, nn.Sequential) else [wq]
+
+
+def weight_only_calibrate(model: nn.Module, only_uncalibrated: bool = False) -> None:
+    """Calibrates weight quantizers from the weights themselves (no data needed). With
+    `only_uncalibrated`, only layers the forward loop never reached, with a warning naming
+    each."""
+    for name, module, weight, quantizers in weight_stages(model):
         pending = [q for q in quantizers if q.needs_calibration
                    and (not only_uncalibrated or q.amax is None)]
         if not pending:
