@@ -7,6 +7,7 @@ model and loads the shipped stories260K data.
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,9 +21,13 @@ pytest.importorskip("scikit_build_core")
 
 def test_wheel_installs_and_runs(tmp_path):
     wheels = tmp_path / "wheels"
+    # the wheel's compiles go through ccache too when it is installed, as make's do
+    ccache = shutil.which("ccache")
+    launcher = [f"--config-settings=cmake.define.CMAKE_CXX_COMPILER_LAUNCHER={ccache}"] if ccache \
+        else []
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q",
-         str(ROOT), "-w", str(wheels)],
+         *launcher, str(ROOT), "-w", str(wheels)],
         check=True, cwd=tmp_path, timeout=1800)
     (whl,) = wheels.glob("mopt-*.whl")
     names = zipfile.ZipFile(whl).namelist()
