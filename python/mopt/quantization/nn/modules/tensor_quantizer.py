@@ -312,7 +312,8 @@ class TensorQuantizer(nn.Module):
         if self._forward_cfg is not None:
             return torch.ops.mopt.quantize_tensor(inputs, amax, pqs, self._forward_cfg)
         out = self._core.forward(inputs, amax, pqs)
-        self._refresh()  # the core may have warned once and switched to plain quantization
+        # the core may have warned once and switched to plain quantization
+        self.__dict__["_forward_cfg"] = self._core.forward_config(amax is not None)
         return out
 
     # -- state save / restore -------------------------------------------------------------------
