@@ -54,7 +54,7 @@ def replace_quant_module(model: nn.Module, converted: list | None = None) -> int
                 converted.append(module)
             for qname in module._quantizer_names():
                 q = getattr(module, qname)
-                q._mopt_name = f"{name}.{qname}" if name else qname
+                q.name = f"{name}.{qname}" if name else qname
                 count += 1
     return count
 
@@ -68,14 +68,14 @@ def _set_one(model: nn.Module, name: str, module: nn.Module, attribute: Any) -> 
         if not isinstance(module, SequentialQuantizer) or len(module) != len(attribute):
             new = SequentialQuantizer(*[TensorQuantizer() for _ in attribute])
             for i, q in enumerate(new):
-                q._mopt_name = f"{name}.{i}"
+                q.name = f"{name}.{i}"
             parent, attr = parent_of(model, name)
             setattr(parent, attr, new)
             module = new
     elif isinstance(module, SequentialQuantizer) and isinstance(attribute,
                                                                 QuantizerAttributeConfig):
         new = TensorQuantizer()
-        new._mopt_name = name
+        new.name = name
         parent, attr = parent_of(model, name)
         setattr(parent, attr, new)
         module = new
@@ -177,16 +177,16 @@ def set_quantizer_by_cfg_context(quant_model: nn.Module, quant_cfg: dict) -> Ite
         if isinstance(cfg, (list, tuple)):
             raise ValueError("set_quantizer_by_cfg_context does not take sequential (list) configs")
     saved = [
-        (q, q.attribute_config, q._disabled, q._if_quant, q._if_calib)
+        (q, q.attribute_config, q.mode)
         for _, q in quant_model.named_modules() if isinstance(q, TensorQuantizer)
     ]
     try:
         set_quantizer_by_cfg(quant_model, quant_cfg)
         yield
     finally:
-        for q, attr, disabled, if_quant, if_calib in saved:
+        for q, attr, mode in saved:
             q.set_from_attribute_config(attr)
-            q._disabled, q._if_quant, q._if_calib = disabled, if_quant, if_calib
+            q.set_mode(mode)
 
 
 def register(original_cls: type, quantized_cls: type) -> None:

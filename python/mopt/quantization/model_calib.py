@@ -62,7 +62,7 @@ def check_amax(model: nn.Module) -> None:
                 module = model.get_submodule(module_name)
             bad.append(
                 f"quantizer '{name}' of module '{module_name}' ({type(module).__name__}): "
-                f"amax={q._short_amax()}"
+                f"amax={_C.QuantizerCore.short_amax(q.amax)}"
             )
     if bad:
         raise RuntimeError(

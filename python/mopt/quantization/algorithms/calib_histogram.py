@@ -130,7 +130,7 @@ def mse_calibrate(model: nn.Module, forward_loop: ForwardLoop | None = None,
     # Built before any quantizer changes, so bad options leave the model untouched.
     calibrators = [q.core.make_mse_calibrator(q.amax, num_steps, start_multiplier,
                                               stop_multiplier) for q in targets]
-    flags = [(q._if_quant, q._if_calib) for q in static]
+    modes = [q.mode for q in static]
     with _SwappedCalibrators(list(zip(targets, calibrators))):
         # As in max calibration, the forward runs unquantized through the static quantizers.
         for q in static:
@@ -141,8 +141,8 @@ def mse_calibrate(model: nn.Module, forward_loop: ForwardLoop | None = None,
             if forward_loop is not None:
                 forward_loop(model)
         finally:
-            for q, (if_quant, if_calib) in zip(static, flags):
-                q._if_quant, q._if_calib = if_quant, if_calib
+            for q, mode in zip(static, modes):
+                q.set_mode(mode)
         _collect_unreached_weights(
             model, {id(q) for q, cal in zip(targets, calibrators) if not cal._has_data()})
         for q in targets:

@@ -165,12 +165,15 @@ class TensorQuantizer(nn.Module):
     del _flag
 
     @property
-    def _mopt_name(self) -> str:
+    def name(self) -> str:
+        """Full name in the model, used in messages (set by mtq.quantize)."""
         return self._core.name
 
-    @_mopt_name.setter
-    def _mopt_name(self, name: str) -> None:
+    @name.setter
+    def name(self, name: str) -> None:
         self._core.name = name
+
+    _mopt_name = name
 
     @property
     def is_enabled(self) -> bool:
@@ -188,6 +191,17 @@ class TensorQuantizer(nn.Module):
     @property
     def is_calib_enabled(self) -> bool:
         return self._core.if_calib
+
+    @property
+    def mode(self) -> tuple[bool, bool, bool]:
+        """(disabled, quantizing, calibrating): the mode flags, to save and restore with
+        ``set_mode``."""
+        return self._core.disabled, self._core.if_quant, self._core.if_calib
+
+    def set_mode(self, mode: tuple[bool, bool, bool]) -> None:
+        """Restores flags saved from ``mode``."""
+        self._core.disabled, self._core.if_quant, self._core.if_calib = mode
+        self._refresh()
 
     @property
     def needs_calibration(self) -> bool:
