@@ -4,10 +4,19 @@ table and the plot of quality against effective bits.
 results.json: ``metric`` ("perplexity" or "cosine"), ``setup`` (the model, texts and sizes the
 run used), ``weight_bytes_definition``, ``date``, ``machine`` and ``rows`` (one dict per
 ``PtqResult``: ``config``, ``status``, ``metric`` and the other fields below).
+
+The output folder (``--out``): ``output_folder`` checks it before anything is loaded: it creates
+it (removing what it created again if the run then fails), checks it can be written, and refuses
+a folder that holds the outputs of an earlier run (``OUTPUT_FILES``) unless `overwrite` is given.
+``write_results`` replaces the outputs together at the end: the plot and results.json are written
+to temporary files first, and a plot that is not written this time (``--no-plot``, no
+matplotlib, a failed plot) is removed, so a folder never pairs a new results.json with an old
+plot. Other files in the folder are never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -16,12 +25,26 @@ import math
 import os
 import pathlib
 import platform
+import tempfile
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
-__all__ = ["PtqResult", "format_table", "plot_results", "results_dict", "write_results", "row_line"]
+__all__ = [
+    "PtqResult",
+    "format_table",
+    "plot_results",
+    "results_dict",
+    "write_results",
+    "row_line",
+    "output_folder",
+    "OUTPUT_FILES",
+]
+
+RESULTS_JSON = "results.json"
+PLOT_PNG = "ptq_plot.png"
+OUTPUT_FILES = (RESULTS_JSON, PLOT_PNG)  # what a run writes to its folder, and nothing else
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +84,73 @@ def results_dict(rows: list[PtqResult], metric: str, setup: dict) -> dict:
     }
 
 
+def _os_reason(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+@contextlib.contextmanager
+def output_folder(
+    out_dir: str | os.PathLike | None, overwrite: bool = False
+) -> Iterator[pathlib.Path | None]:
+    """Checks and creates the output folder `out_dir` on entry (None: no folder, yields None),
+    before the caller loads or computes anything; the folders it created are removed again when
+    the body raises (and they are still empty), so a failed run leaves nothing behind.
+
+    Raises ValueError (the ``mopt`` CLI's usage error, rc 2) when `out_dir` is a file or lies
+    under one, cannot be created or written, or already holds the outputs of an earlier run
+    (results.json or ptq_plot.png) and `overwrite` is False.
+    """
+    if out_dir is None:
+        yield None
+        return
+    if str(out_dir) == "":
+        raise ValueError("the output folder (--out) must not be empty")
+    out = pathlib.Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output folder (--out) {str(out)!r} is a file, not a folder")
+    if out.is_dir() and not overwrite:
+        found = [name for name in OUTPUT_FILES if (out / name).exists()]
+        if found:
+            raise ValueError(
+                f"the output folder (--out) {str(out)!r} already holds {' and '.join(found)} of "
+                "an earlier run; pass --overwrite (overwrite=True) to replace them, or choose "
+                "another folder"
+            )
+    created = []  # the folders this call creates, outermost first
+    parent = out.absolute()
+    while not parent.exists() and parent != parent.parent:
+        created.insert(0, parent)
+        parent = parent.parent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _remove_created(created)
+        raise ValueError(
+            f"cannot create the output folder (--out) {str(out)!r}: {_os_reason(e)}"
+        ) from None
+    try:
+        with tempfile.TemporaryFile(dir=out, prefix=".mopt-write-check-"):
+            pass
+    except OSError as e:
+        _remove_created(created)
+        raise ValueError(
+            f"cannot write to the output folder (--out) {str(out)!r}: {_os_reason(e)}"
+        ) from None
+    try:
+        yield out
+    except BaseException:
+        _remove_created(created)
+        raise
+
+
+def _remove_created(created: list[pathlib.Path]) -> None:
+    for folder in reversed(created):
+        try:
+            folder.rmdir()  # only when still empty
+        except OSError:
+            return
+
+
 def write_results(
     results: dict,
     rows: list[PtqResult],
@@ -69,22 +159,38 @@ def write_results(
     plot: bool,
     log: Callable[[str], None],
 ) -> None:
-    """Logs the table; with `out_dir`, writes results.json (atomically) and the plot there and
-    records their paths in `results`."""
+    """Logs the table; with `out_dir`, writes results.json and the plot there and records their
+    paths in `results`. Both are written to temporary files first and then replace the folder's
+    outputs together; a plot not written this time is removed (no stale plot beside a new
+    results.json). A failing plot is a warning, never a lost run."""
     log("")
     log(format_table(rows, metric))
     if out_dir is None:
         return
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
-    os.replace(tmp, out / "results.json")
-    results["results_json"] = str(out / "results.json")
+    tmp_json, tmp_png = out / (RESULTS_JSON + ".tmp"), out / (".tmp." + PLOT_PNG)
+    try:
+        png = None
+        if plot:
+            try:
+                png = plot_results(rows, tmp_png, metric)
+            except Exception as e:  # noqa: BLE001 - the results matter more than their plot
+                logger.warning("the plot failed, none written: %s: %s", type(e).__name__, e)
+                png = None
+        tmp_json.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
+        if png is not None:
+            os.replace(tmp_png, out / PLOT_PNG)
+        else:
+            (out / PLOT_PNG).unlink(missing_ok=True)
+        os.replace(tmp_json, out / RESULTS_JSON)
+    finally:
+        tmp_json.unlink(missing_ok=True)
+        tmp_png.unlink(missing_ok=True)
+    results["results_json"] = str(out / RESULTS_JSON)
     if plot:
-        png = plot_results(rows, out / "ptq_plot.png", metric)
-        results["plot"] = str(png) if png else None
-    log(f"results: {out / 'results.json'}")
+        results["plot"] = str(out / PLOT_PNG) if png is not None else None
+    log(f"results: {out / RESULTS_JSON}")
     if results.get("plot"):
         log(f"plot: {results['plot']}")
 
