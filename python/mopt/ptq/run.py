@@ -22,7 +22,7 @@ from torch import nn
 
 from .configs import PtqConfig, config_availability, resolve_configs
 from .models import read_text, resolve_model
-from .report import PtqResult, results_dict, row_line, write_results
+from .report import PtqResult, output_folder, results_dict, row_line, write_results
 from .size import deployed_weight_bytes
 
 __all__ = ["run_ptq"]
@@ -107,6 +107,7 @@ def run_ptq(
     device: str = "cpu",
     eval_rows: int = 64,
     threads: int | str | None = "auto",
+    overwrite: bool = False,
 ) -> dict:
     """Runs PTQ of `model` for each config and returns the results dict (also written to
     ``out_dir/results.json`` with a plot ``out_dir/ptq_plot.png`` when `out_dir` is given).
@@ -117,7 +118,11 @@ def run_ptq(
     `eval_text`: UTF-8 text files used whole (None: the shipped TinyStories slices, disjoint).
     Perplexity uses non-overlapping `seq_len` windows (default min(model maximum, 512));
     calibration `calib_samples` seeded windows of `calib_seq_len` tokens. Every argument is
-    checked (device, config names, files, texts long enough) before the model is loaded.
+    checked (device, config names, numbers, files, texts long enough, the output folder) before
+    the model is loaded; a bad one raises ValueError / FileNotFoundError naming it, and nothing
+    is written. `out_dir` is created first; one that already holds results.json or ptq_plot.png
+    of an earlier run is refused unless `overwrite` (then both are replaced at the end, and a
+    plot not written this time is removed; other files there are kept).
     `threads`: torch CPU threads during the run (restored afterwards): a number, None (leave
     torch's setting) or "auto" (1 for a model under 10M parameters on the CPU, else None).
     `log` receives each progress line and the table (default: INFO on the ``mopt.ptq.run``
@@ -125,18 +130,82 @@ def run_ptq(
     """
     log = log or (lambda s: None)
     device = _check_device(device)
-    for name, value in (("calib_samples", calib_samples), ("eval_rows", eval_rows)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if threads not in (None, "auto") and (
-        isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0
+    for name, value in (
+        ("calib_samples", calib_samples),
+        ("eval_rows", eval_rows),
+        ("batch_size", batch_size),
+        ("calib_batch_size", calib_batch_size),
     ):
-        raise ValueError(f"threads must be a positive int, 'auto' or None, got {threads!r}")
-    entries = resolve_configs(configs)
-    if model == "minilm":
-        return _run_minilm(
-            entries, out_dir, calib_samples, seed, log, plot, device, eval_rows, threads
+        _check_count(name, value)
+    for name, value in (("seq_len", seq_len), ("calib_seq_len", calib_seq_len)):
+        if value is not None:
+            _check_count(name, value)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    max_threads = 4 * (os.cpu_count() or 1)
+    if threads not in (None, "auto") and (
+        isinstance(threads, bool)
+        or not isinstance(threads, int)
+        or threads <= 0
+        or threads > max_threads
+    ):
+        raise ValueError(
+            f"threads must be a positive int (at most {max_threads}, 4 per CPU), 'auto' or None, "
+            f"got {threads!r}"
         )
+    entries = resolve_configs(configs)
+    with output_folder(out_dir, overwrite) as out:
+        if model == "minilm":
+            return _run_minilm(
+                entries, out, calib_samples, seed, log, plot, device, eval_rows, threads
+            )
+        return _run_llm(
+            entries,
+            model,
+            calib_text,
+            eval_text,
+            out,
+            tokenizer,
+            seq_len,
+            calib_samples,
+            calib_seq_len,
+            calib_batch_size,
+            batch_size,
+            seed,
+            progress,
+            log,
+            plot,
+            device,
+            threads,
+        )
+
+
+def _check_count(name: str, value) -> None:
+    """A positive int, below 2**31 (a window, batch or count beyond that is a typo, and the
+    kernels index with 32-bit ints)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
+        raise ValueError(f"{name} must be a positive int (below 2**31), got {value!r}")
+
+
+def _run_llm(
+    entries,
+    model,
+    calib_text,
+    eval_text,
+    out_dir,
+    tokenizer,
+    seq_len,
+    calib_samples,
+    calib_seq_len,
+    calib_batch_size,
+    batch_size,
+    seed,
+    progress,
+    log,
+    plot,
+    device,
+    threads,
+) -> dict:
     from .. import data as mdata
     from ..eval import make_forward_loop, perplexity, sliding_windows, text_calibration_batches
 
@@ -272,8 +341,15 @@ def _check_device(device: str | torch.device) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"invalid device {device!r}: {e}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} "
+            "CUDA device(s)"
+        )
     return dev
 
 
