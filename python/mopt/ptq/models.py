@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from dataclasses import dataclass
@@ -35,6 +36,42 @@ def read_text(path: str | os.PathLike, what: str) -> str:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{what} file {str(p)!r} is not UTF-8 text: {e}") from None
+    except OSError as e:
+        raise ValueError(f"{what} file {str(p)!r} cannot be read: {e.strerror or e}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """`e` as "Type: first line" (and the next line, when the first ends in a colon)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        text += " " + lines[1]
+    return f"{type(e).__name__}: {text}"
+
+
+def _check_hf_config(path: pathlib.Path) -> None:
+    """config.json must be a readable JSON object naming a model_type; ValueError (one line,
+    naming the file) otherwise. transformers then checks the rest (caught by the caller)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"Hugging Face config {str(path)!r} is not UTF-8 text") from None
+    except OSError as e:
+        raise ValueError(
+            f"Hugging Face config {str(path)!r} cannot be read: {e.strerror or e}"
+        ) from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"Hugging Face config {str(path)!r} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(
+            f"Hugging Face config {str(path)!r} must hold a JSON object, not a {type(cfg).__name__}"
+        )
+    if not isinstance(cfg.get("model_type"), str) or not cfg["model_type"]:
+        raise ValueError(f'Hugging Face config {str(path)!r} names no model_type (e.g. "llama")')
 
 
 def _find_llama2c_tokenizer(bin_path: pathlib.Path, vocab_size: int) -> pathlib.Path | None:
@@ -53,7 +90,14 @@ def resolve_model(spec: str, tokenizer: str | None = None) -> ModelSource:
     from ..models.llama2c import Llama2cTokenizer, llama2c_config, load_llama2c
 
     if spec == "default":
-        tok = Llama2cTokenizer.from_file(tokenizer)
+        try:
+            tok = Llama2cTokenizer.from_file(tokenizer)
+        except OSError as e:
+            if isinstance(e, FileNotFoundError) and e.filename is None:
+                raise  # ours, already one line
+            raise ValueError(
+                f"cannot read {e.filename or tokenizer!r}: {e.strerror or e}"
+            ) from None
         return ModelSource("stories260K (shipped default, llama2.c)", tok.encode, 512, load_llama2c)
     p = pathlib.Path(spec)
     if not p.exists():
@@ -62,34 +106,64 @@ def resolve_model(spec: str, tokenizer: str | None = None) -> ModelSource:
             "Hugging Face model folder)"
         )
     if p.is_file():
-        cfg = llama2c_config(p)
-        tok_path = tokenizer or _find_llama2c_tokenizer(p, cfg.vocab_size)
-        if tok_path is None and cfg.vocab_size != 512:  # 512: the shipped tok512 matches
-            raise FileNotFoundError(
-                f"no tokenizer for {spec!r} (vocab_size {cfg.vocab_size}): pass --tokenizer "
-                "PATH, or put tokenizer.bin beside the checkpoint"
-            )
-        tok = Llama2cTokenizer.from_file(tok_path)
+        try:
+            cfg = llama2c_config(p)
+            tok_path = tokenizer or _find_llama2c_tokenizer(p, cfg.vocab_size)
+            if tok_path is None and cfg.vocab_size != 512:  # 512: the shipped tok512 matches
+                raise FileNotFoundError(
+                    f"no tokenizer for {spec!r} (vocab_size {cfg.vocab_size}): pass --tokenizer "
+                    "PATH, or put tokenizer.bin beside the checkpoint"
+                )
+            tok = Llama2cTokenizer.from_file(tok_path)
+        except OSError as e:
+            if isinstance(e, FileNotFoundError) and e.filename is None:
+                raise  # ours, already one line
+            raise ValueError(f"cannot read {e.filename or spec!r}: {e.strerror or e}") from None
         if tok.vocab_size != cfg.vocab_size:
             raise ValueError(
                 f"the tokenizer has {tok.vocab_size} tokens but the checkpoint's vocab_size is "
                 f"{cfg.vocab_size}"
             )
         return ModelSource(f"{p.name} (llama2.c)", tok.encode, cfg.seq_len, lambda: load_llama2c(p))
-    if not (p / "config.json").is_file():
+    config_json = p / "config.json"
+    if not config_json.is_file():
         raise FileNotFoundError(
             f"{spec!r} is a folder without config.json; a Hugging Face model folder is expected"
         )
+    _check_hf_config(config_json)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    hf_cfg = AutoConfig.from_pretrained(str(p))
-    hf_tok = AutoTokenizer.from_pretrained(str(tokenizer or p))
+    try:
+        hf_cfg = AutoConfig.from_pretrained(str(p))
+    except Exception as e:  # noqa: BLE001 - transformers raises many types; one line names the file
+        raise ValueError(
+            f"Hugging Face config {str(config_json)!r} is not usable: {_first_line(e)}"
+        ) from None
+    tok_src = str(tokenizer or p)
+    if tokenizer is not None and not pathlib.Path(tokenizer).exists():
+        raise FileNotFoundError(f"tokenizer not found: {tokenizer!r}")
+    try:
+        hf_tok = AutoTokenizer.from_pretrained(tok_src)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(
+            f"cannot load a Hugging Face tokenizer from {tok_src!r}: {_first_line(e)}"
+        ) from None
 
     def encode(text: str) -> list[int]:
         return hf_tok(text, add_special_tokens=True)["input_ids"]
 
     def load() -> nn.Module:
-        return AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32).eval()
+        try:
+            return AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32).eval()
+        except Exception as e:  # noqa: BLE001 - missing/corrupt weights, unsupported architecture
+            raise ValueError(
+                f"cannot load a causal LM from the Hugging Face folder {spec!r}: {_first_line(e)}"
+            ) from None
 
-    max_len = int(getattr(hf_cfg, "max_position_embeddings", 2048) or 2048)
+    max_len = getattr(hf_cfg, "max_position_embeddings", None) or 2048
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
+        raise ValueError(
+            f"Hugging Face config {str(config_json)!r}: max_position_embeddings must be a "
+            f"positive int, got {max_len!r}"
+        )
     return ModelSource(f"{p.name} (Hugging Face)", encode, max_len, load)
