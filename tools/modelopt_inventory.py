@@ -252,6 +252,14 @@ class Source:
         methods: dict[str, dict] = {}
         forward_sig = None
         for st in cls.body:
+            # Quantizer containers forward these names to their quantizers by __getattr__.
+            if (isinstance(st, ast.Assign) and len(st.targets) == 1
+                    and isinstance(st.targets[0], ast.Name)
+                    and st.targets[0].id in ("_delegated_methods", "_delegated_properties")):
+                kind = "delegated_" + st.targets[0].id[len("_delegated_"):-1]
+                for n in ast.literal_eval(st.value):
+                    methods.setdefault(n, {"kind": kind})
+                continue
             if not isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             decos = [_unparse(d) for d in st.decorator_list]
