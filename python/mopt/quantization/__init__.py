@@ -22,7 +22,12 @@ from .model_quant import (
     quantize,
 )
 from .nn.modules.quant_module import QuantModuleRegistry
-from .utils import is_quantized
+from .utils import is_quantized, update_quant_cfg_with_kv_cache_quant
+from . import utils  # noqa: E402
+from .config_compat import *  # noqa: E402,F403  (ModelOpt config names: aliases and refusals)
+from .config_compat import __all__ as _config_compat_all
+from .compat import *  # noqa: E402,F403  (ModelOpt names under ModelOpt's signatures, refusals)
+from .compat import __all__ as _compat_all
 
 from . import plugins  # noqa: E402,F401  (optional integrations, loaded when their library is)
 
@@ -50,4 +55,9 @@ __all__ = [
     "is_quantized",
     "register_calibration_algorithm",
     "calibration_algorithms",
+    "utils",
+    "plugins",
+    "update_quant_cfg_with_kv_cache_quant",
+    *_config_compat_all,
+    *_compat_all,
 ]

@@ -258,3 +258,6 @@ del _name
 
 # Names of every predefined config (mtq.config.choices).
 choices: set[str] = set(_C.predefined_config_names())
+
+# ModelOpt config names mopt lacks (refusals) and the config type aliases.
+from .config_compat import *  # noqa: E402,F401,F403

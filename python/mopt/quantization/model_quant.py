@@ -85,14 +85,22 @@ def quantize(model: nn.Module, config: dict, forward_loop: Callable | None = Non
     return model
 
 
-def print_quant_summary(model: nn.Module) -> None:
-    """Prints one line per quantizer, then how many there are."""
-    count = 0
-    for name, module in model.named_modules():
-        if isinstance(module, TensorQuantizer):
-            print(f"{name:80} {module}")
-            count += 1
-    print(f"{count} TensorQuantizers found in model")
+def print_quant_summary(model: nn.Module, output_dir: str | None = None) -> None:
+    """Prints one line per quantizer, then how many there are; with `output_dir`, writes them
+    to ``output_dir/.quant_summary.txt`` instead."""
+    lines = [f"{name:80} {module}" for name, module in model.named_modules()
+             if isinstance(module, TensorQuantizer)]
+    lines.append(f"{len(lines)} TensorQuantizers found in model")
+    if output_dir:
+        import os
+
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, ".quant_summary.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        print(f"Quant summary saved to {path}")
+    else:
+        print("\n".join(lines))
 
 
 def disable_quantizer(model: nn.Module, wildcard_or_filter_func: str | Callable) -> None:
@@ -111,8 +119,11 @@ def _toggle(model: nn.Module, pattern: str | Callable, enable: bool) -> None:
             module.enable() if enable else module.disable()
 
 
-def fold_weight(model: nn.Module) -> None:
-    """Bakes each fake-quantized weight into the weight and disables its weight quantizer."""
+def fold_weight(model: nn.Module, keep_attrs: bool = False) -> None:
+    """Bakes each fake-quantized weight into the weight and disables its weight quantizer.
+
+    The pre_quant_scale is dropped (it is baked in, and mopt applies a pre_quant_scale even on a
+    disabled quantizer); the amax stays either way (`keep_attrs` is accepted for ModelOpt)."""
     with torch.no_grad():
         for _, module in quantized_modules(model):
             wq = getattr(module, "weight_quantizer", None)

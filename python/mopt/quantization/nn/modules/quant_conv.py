@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import QuantizerAttributeConfig
-from .quant_module import QuantLinearConvBase, QuantModuleRegistry
+from .quant_module import QuantLinearConvBase, QuantModuleRegistry, _LegacyQuantLinearConvMixin
 
 __all__ = [
     "QuantConv1d",
@@ -13,10 +13,16 @@ __all__ = [
     "QuantConvTranspose1d",
     "QuantConvTranspose2d",
     "QuantConvTranspose3d",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
 ]
 
 
-class _QuantConvNd(QuantLinearConvBase):
+class _QuantConvNd(_LegacyQuantLinearConvMixin, QuantLinearConvBase):
     def _forward_quantized(self, input, weight):
         return self._conv_forward(input, weight, self.bias)
 
@@ -36,7 +42,7 @@ class QuantConv3d(_QuantConvNd, nn.Conv3d):
     """nn.Conv3d with quantizers."""
 
 
-class _QuantConvTransposeNd(QuantLinearConvBase):
+class _QuantConvTransposeNd(_LegacyQuantLinearConvMixin, QuantLinearConvBase):
     # Transposed-conv weights are [in, out / groups, ...]: output channels are axis 1.
     default_quant_desc_weight = QuantizerAttributeConfig(num_bits=8, axis=1)
     _conv_fn = None
@@ -75,3 +81,12 @@ class QuantConvTranspose3d(_QuantConvTransposeNd, nn.ConvTranspose3d):
 
     _conv_fn = staticmethod(F.conv_transpose3d)
     _spatial_dims = 3
+
+
+# ModelOpt's legacy aliases.
+Conv1d = QuantConv1d
+Conv2d = QuantConv2d
+Conv3d = QuantConv3d
+ConvTranspose1d = QuantConvTranspose1d
+ConvTranspose2d = QuantConvTranspose2d
+ConvTranspose3d = QuantConvTranspose3d

@@ -7,7 +7,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ...config import QuantizerAttributeConfig
+from ...._compat import refused_method
+from ...tensor_quant import QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW, QUANT_DESC_8BIT_PER_TENSOR
 from .tensor_quantizer import SequentialQuantizer, TensorQuantizer
 
 __all__ = [
@@ -17,8 +18,7 @@ __all__ = [
     "QuantLinearConvBase",
 ]
 
-QUANT_DESC_8BIT_PER_TENSOR = QuantizerAttributeConfig(num_bits=8, axis=None)
-QUANT_DESC_8BIT_PER_CHANNEL = QuantizerAttributeConfig(num_bits=8, axis=0)
+QUANT_DESC_8BIT_PER_CHANNEL = QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW
 
 
 class _QuantModuleRegistryCls:
@@ -119,6 +119,59 @@ class QuantModule(nn.Module):
         return [n for n, m in self._modules.items()
                 if isinstance(m, (TensorQuantizer, SequentialQuantizer))]
 
+    @classmethod
+    def convert(cls, module: nn.Module, **setup_kwargs) -> nn.Module:
+        """Converts `module` (whose type is registered) into its quantized class, in place."""
+        if isinstance(module, QuantModule):
+            return module
+        if setup_kwargs:
+            raise TypeError(f"unexpected setup arguments {sorted(setup_kwargs)}: mopt's "
+                            "quantized modules take no setup arguments")
+        return QuantModuleRegistry.convert(module)
+
+    @property
+    def parallel_state(self):
+        """The tensor/data-parallel state ModelOpt attaches (None: mopt calibrates across
+        processes through torch.distributed, see mopt._C.CalibrationGroup)."""
+        return self.__dict__.get("_parallel_state")
+
+    @parallel_state.setter
+    def parallel_state(self, value) -> None:
+        self.__dict__["_parallel_state"] = value
+
+    def iter_weights_for_calibration(self):
+        """Yields ``(weight, weight_quantizer)`` for weight-only calibration."""
+        wq = getattr(self, "weight_quantizer", None)
+        weight = getattr(self, "weight", None)
+        if wq is not None and isinstance(weight, torch.Tensor):
+            yield weight, wq
+
+    def fold_weight(self, keep_attrs: bool = False) -> None:
+        """Bakes the fake-quantized weight into the weight and disables the weight quantizer;
+        the amax and pre_quant_scale are dropped unless `keep_attrs`."""
+        wq = getattr(self, "weight_quantizer", None)
+        weight = getattr(self, "weight", None)
+        if wq is None or not isinstance(weight, torch.Tensor) or not wq.is_enabled:
+            return
+        with torch.no_grad():
+            weight.copy_(wq(weight))
+        for q in (list(wq) if isinstance(wq, SequentialQuantizer) else [wq]):
+            q.disable()
+            if not keep_attrs:
+                q.pre_quant_scale = None
+                q.reset_amax()
+
+    def modelopt_post_restore(self, prefix: str = "") -> None:
+        """Moves the quantizers' state to the device of the module's own parameters."""
+        quantizer_ids = {id(m) for m in self.modules() if isinstance(m, TensorQuantizer)}
+        for name, t in self.state_dict(keep_vars=True).items():
+            owner = self.get_submodule(name.rpartition(".")[0]) if "." in name else self
+            if id(owner) not in quantizer_ids:
+                for m in self.modules():
+                    if id(m) in quantizer_ids:
+                        m.to(t.device)
+                return
+
     def _unsetup(self) -> None:
         """Removes the quantizers and restores the original class (used to roll back)."""
         for name in self._quantizer_names():
@@ -148,6 +201,11 @@ class QuantLinearConvBase(QuantInputBase):
 
     default_quant_desc_weight = QUANT_DESC_8BIT_PER_CHANNEL
 
+    quantize_weight = refused_method(
+        "modelopt.torch.quantization.nn.QuantLinearConvBase.quantize_weight",
+        "mopt quantizes the weight inside forward, so `module.weight` is never the quantized "
+        "weight; use `module.weight_quantizer(module.weight)`")
+
     def _setup(self) -> None:
         super()._setup()
         self.weight_quantizer = TensorQuantizer(self.default_quant_desc_weight)
@@ -160,3 +218,34 @@ class QuantLinearConvBase(QuantInputBase):
             self.input_quantizer(input), self.weight_quantizer(self.weight), *args, **kwargs
         )
         return self.output_quantizer(out)
+
+
+def _original_class(cls: type) -> type:
+    """The registered float class a quantized class derives from (nn.Linear for QuantLinear)."""
+    for base in cls.__mro__:
+        if base in QuantModuleRegistry._by_type and not issubclass(base, QuantModule):
+            return base
+    raise TypeError(f"{cls.__name__} derives from no class registered in QuantModuleRegistry")
+
+
+class _LegacyQuantInputMixin:
+    """ModelOpt's legacy constructors: ``QuantMaxPool2d(kernel_size, quant_desc_input=...)``
+    builds the float module with its own arguments, then adds the quantizers (from the given
+    descriptors, else the class defaults)."""
+
+    def __init__(self, *args, quant_desc_input=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if quant_desc_input is not None:
+            self.default_quant_desc_input = quant_desc_input
+        self._mopt_original_cls = _original_class(type(self))
+        self._setup()
+
+
+class _LegacyQuantLinearConvMixin(_LegacyQuantInputMixin):
+    """``QuantLinear(in, out, quant_desc_input=..., quant_desc_weight=...)``."""
+
+    def __init__(self, *args, quant_desc_input=None, quant_desc_weight=None, **kwargs) -> None:
+        if quant_desc_weight is not None:
+            # Set before _setup (run by the base __init__) creates the weight quantizer.
+            object.__setattr__(self, "default_quant_desc_weight", quant_desc_weight)
+        super().__init__(*args, quant_desc_input=quant_desc_input, **kwargs)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .... import _C
+from ...._compat import refused_method
 from ...config import QuantizerAttributeConfig
 
 __all__ = ["TensorQuantizer", "SequentialQuantizer"]
@@ -331,8 +332,9 @@ class TensorQuantizer(nn.Module):
         return out
 
     # -- state save / restore -------------------------------------------------------------------
-    def get_modelopt_state(self) -> dict:
-        """Properties to rebuild this quantizer (tensors live in state_dict)."""
+    def get_modelopt_state(self, properties_only: bool = False) -> dict:
+        """Properties to rebuild this quantizer (tensors live in state_dict, so
+        `properties_only` changes nothing)."""
         attrs = self._attr.model_dump()
         if not isinstance(attrs["calibrator"], str):
             attrs["calibrator"] = "max"  # Python calibrator classes are not serialized
@@ -343,15 +345,16 @@ class TensorQuantizer(nn.Module):
             state[f"{buf}_shape"] = None if t is None else list(t.shape)
         return state
 
-    def set_from_modelopt_state(self, state: dict) -> None:
+    def set_from_modelopt_state(self, modelopt_state: dict, properties_only: bool = False) -> None:
         """Restores properties from get_modelopt_state(); buffers get placeholders that
-        load_state_dict fills."""
+        load_state_dict fills (not with `properties_only`)."""
+        state = modelopt_state
         self._set_attr(QuantizerAttributeConfig(**state["attributes"]))
         for k in _FLAG_KEYS:
             setattr(self, k, state[k])
         for buf in ("_amax", "_pre_quant_scale"):
             shape = state.get(f"{buf}_shape")
-            if shape is not None:
+            if shape is not None and not properties_only:
                 self.register_buffer(buf, torch.zeros(shape, dtype=torch.float32))
         self._refresh()
 
@@ -367,6 +370,78 @@ class TensorQuantizer(nn.Module):
         self._refresh()
 
     # -- printing -------------------------------------------------------------------------------
+    # -- ModelOpt's format predicates, rotation and bias surface ---------------------------------
+    @property
+    def is_mx_format(self) -> bool:
+        b = self.block_sizes
+        return b is not None and b.get("type") == "dynamic" and b.get("scale_bits") == (8, 0)
+
+    @property
+    def is_fp8(self) -> bool:
+        """Per-tensor FP8 E4M3."""
+        return self.num_bits == (4, 3) and self.block_sizes is None and self.axis is None
+
+    @property
+    def is_static_block_quant(self) -> bool:
+        b = self.block_sizes
+        return b is not None and b.get("type") != "dynamic" and self.fake_quant
+
+    @property
+    def is_nvfp4_dynamic(self) -> bool:
+        b = self.block_sizes
+        return (b is not None and b.get("type") == "dynamic" and self.num_bits == (2, 1)
+                and b.get("scale_bits") == (4, 3))
+
+    @property
+    def is_nvfp4_static(self) -> bool:
+        b = self.block_sizes
+        return (self.is_static_block_quant and self.num_bits == (2, 1)
+                and b.get("scale_bits") == (4, 3))
+
+    def is_mxfp(self, bits: int) -> bool:
+        """MXFP4 / MXFP6 / MXFP8 (bits 4, 6, 8) with blocks of 32."""
+        elem = {4: [(2, 1)], 6: [(3, 2), (2, 3)], 8: [(4, 3), (5, 2)]}.get(bits, [])
+        return (self.is_mx_format and self.num_bits in elem
+                and self.block_sizes.get(-1) == 32)
+
+    # mopt has no Hadamard rotation of quantizer inputs: nothing is ever rotated.
+    rotate_is_enabled = property(lambda self: False)
+    rotate_is_fp32 = property(lambda self: False)
+    rotate_back_is_enabled = property(lambda self: False)
+    rotate_block_size = property(lambda self: None)
+
+    def disable_rotate(self) -> None:
+        """Nothing to do: mopt never rotates."""
+
+    @property
+    def bias(self):
+        """The affine offset of the attribute config (None: symmetric)."""
+        return self._attr.bias
+
+    def reset_bias(self) -> None:
+        """Nothing to do: mopt keeps no calibrated bias."""
+
+    _NO_BIAS = ("affine-bias calibration of quantizers (a calibrated `bias` for KV caches); "
+                "mopt's quantizers are symmetric")
+    bias_axis = property(refused_method("TensorQuantizer.bias_axis", _NO_BIAS))
+    bias_method = property(refused_method("TensorQuantizer.bias_method", _NO_BIAS))
+    bias_type = property(refused_method("TensorQuantizer.bias_type", _NO_BIAS))
+    bias_value = property(refused_method("TensorQuantizer.bias_value", _NO_BIAS))
+    bias_calibrator = property(refused_method("TensorQuantizer.bias_calibrator", _NO_BIAS))
+    load_calib_bias = refused_method("TensorQuantizer.load_calib_bias", _NO_BIAS)
+    dequantize = refused_method(
+        "TensorQuantizer.dequantize", "real quantization (quantized tensors to dequantize); "
+        "mopt fake-quantizes")
+    disable_pre_quant_scale = refused_method(
+        "TensorQuantizer.disable_pre_quant_scale", "the SVDQuant context that turns the "
+        "pre_quant_scale off; set `quantizer.pre_quant_scale = None` instead")
+    sync_amax_across_distributed_group = refused_method(
+        "TensorQuantizer.sync_amax_across_distributed_group", "syncing one quantizer by hand; "
+        "mtq.calibrate reduces every amax across processes itself (mopt._C.CalibrationGroup)")
+    validate_attr = refused_method(
+        "TensorQuantizer.validate_attr", "ModelOpt's attribute validator; mopt checks every "
+        "amax after calibration (mtq.calibrate)")
+
     def _short_amax(self, fmt: str = ".2e") -> str:
         return self._core.short_amax(self.amax)
 
@@ -397,6 +472,39 @@ class SequentialQuantizer(nn.Sequential):
     @property
     def is_enabled(self) -> bool:
         return any(q.is_enabled for q in self)
+
+    # Delegated to the quantizers as ModelOpt does: properties read the first, methods run on
+    # all and return the last result.
+    @property
+    def amax(self):
+        return self[0].amax
+
+    @amax.setter
+    def amax(self, value) -> None:
+        for q in self:
+            q.amax = value
+
+    @property
+    def fake_quant(self) -> bool:
+        return self[0].fake_quant
+
+    @fake_quant.setter
+    def fake_quant(self, value: bool) -> None:
+        for q in self:
+            q.fake_quant = value
+
+    def reset_amax(self) -> None:
+        for q in self:
+            q.reset_amax()
+
+    def disable_rotate(self) -> None:
+        for q in self:
+            q.disable_rotate()
+
+    def load_calib_amax(self, *args, **kwargs):
+        return [q.load_calib_amax(*args, **kwargs) for q in self][-1]
+
+    load_calib_bias = TensorQuantizer.load_calib_bias
 
     def set_from_attribute_config(self, attributes: list | tuple | dict | QuantizerAttributeConfig):
         """A list sets one quantizer per element; a single config sets all of them."""
