@@ -58,11 +58,16 @@ struct ElementQuant {
 inline ElementQuant make_element_quant(const QuantSpec& s) {
   ElementQuant q{};
   q.format = s.format;
-  q.int_q = fake_quant::IntQuant{fake_quant::int_minbound(s.num_bits, false, s.narrow_range),
-                                 fake_quant::int_maxbound(s.num_bits, false)};
-  q.float_q = fake_quant::MinifloatQuant{
-      s.mantissa_bits, fake_quant::minifloat_min_exponent(s.exponent_bits),
-      fake_quant::minifloat_max(s.exponent_bits, s.mantissa_bits)};
+  // Only the constants of the spec's own format: the fields of the others need not be set (an
+  // integer spec carries exponent_bits 0, for which the minifloat constants would shift by -1).
+  if (s.format == Format::kInt) {
+    q.int_q = fake_quant::IntQuant{fake_quant::int_minbound(s.num_bits, false, s.narrow_range),
+                                   fake_quant::int_maxbound(s.num_bits, false)};
+  } else if (s.format == Format::kMinifloat) {
+    q.float_q = fake_quant::MinifloatQuant{
+        s.mantissa_bits, fake_quant::minifloat_min_exponent(s.exponent_bits),
+        fake_quant::minifloat_max(s.exponent_bits, s.mantissa_bits)};
+  }
   q.tensor_scale = s.nvfp4_tensor_scale;
   return q;
 }
