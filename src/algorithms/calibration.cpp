@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <set>
 
+#include "core/json_parse.h"
 #include "mopt/core/error.h"
 
 namespace mopt::algorithms {
@@ -14,6 +17,14 @@ namespace mopt::algorithms {
 using json = nlohmann::ordered_json;
 
 namespace {
+
+// Bounds on the options that size a search or a buffer: each MSE step quantizes every
+// calibration batch again, each AWQ grid point runs the layer again over the cached tokens, and
+// a histogram holds num_bins floats per quantizer. Beyond them a recipe would run (or allocate)
+// without practical end, so the parser says so instead.
+constexpr int64_t kMaxMseSteps = 10000;
+constexpr double kMaxAwqGridPoints = 10000;
+constexpr int64_t kMaxHistogramBins = int64_t{1} << 24;
 
 std::string quoted_list(const std::vector<std::string>& names) {
   std::string s = "[";
@@ -43,6 +54,10 @@ class Options {
     const json& v = obj_[key];
     MOPT_CHECK_VALUE(v.is_number_integer() && !v.is_boolean(), method_, " ", key,
                      " must be an int, got ", v.dump());
+    // 2**63 .. 2**64-1 are stored unsigned and would wrap to negative numbers
+    MOPT_CHECK_VALUE(!v.is_number_unsigned() || v.get<uint64_t>() <= static_cast<uint64_t>(
+                                                    std::numeric_limits<int64_t>::max()),
+                     method_, " ", key, " = ", v.dump(), " does not fit in a 64-bit integer");
     return v.get<int64_t>();
   }
 
@@ -94,6 +109,11 @@ AwqClipOptions clip_options(Options& o, const std::string& method) {
       positive(o.integer("max_tokens_per_batch", 64), method, "max_tokens_per_batch");
   c.min_clip_ratio = o.number("min_clip_ratio", 0.5);
   c.shrink_step = o.number("shrink_step", 0.05);
+  MOPT_CHECK_VALUE(!(c.shrink_step > 0.0) || !(c.min_clip_ratio < 1.0) ||
+                       (1.0 - c.min_clip_ratio) / c.shrink_step <= kMaxAwqGridPoints,
+                   method, " shrink_step ", c.shrink_step, " from min_clip_ratio ",
+                   c.min_clip_ratio, " gives more than ", kMaxAwqGridPoints,
+                   " clip ratios to search");
   awq_clip_ratios(c.min_clip_ratio, c.shrink_step);  // ValueError for a bad grid
   return c;
 }
@@ -104,7 +124,8 @@ HistogramCalibration histogram_options(Options& o, const std::string& algorithm,
   h.method = method;
   h.num_bins = o.integer("num_bins", 2048);
   h.skip_zeros = o.boolean("skip_zeros", false);
-  MOPT_CHECK_VALUE(h.num_bins >= 1, algorithm, " option num_bins must be a positive int, got ",
+  MOPT_CHECK_VALUE(h.num_bins >= 1 && h.num_bins <= kMaxHistogramBins, algorithm,
+                   " option num_bins must be an int in [1, ", kMaxHistogramBins, "], got ",
                    h.num_bins);
   if (method == HistogramMethod::kPercentile) {
     h.amax.percentile = o.number("percentile", 99.99);
@@ -139,6 +160,9 @@ CalibrationOptions parse_options(const std::string& method, const json& obj) {
     AwqCalibration a;
     if (method != "awq_clip") {
       a.lite = AwqLiteOptions{o.number("alpha_step", 0.1)};
+      MOPT_CHECK_VALUE(!(a.lite->alpha_step > 0.0) || 1.0 / a.lite->alpha_step <= kMaxAwqGridPoints,
+                       method, " alpha_step ", a.lite->alpha_step, " gives more than ",
+                       kMaxAwqGridPoints, " alphas to search");
       awq_alpha_grid(a.lite->alpha_step);  // ValueError for a bad step
     }
     if (method != "awq_lite") a.clip = clip_options(o, method);
@@ -168,11 +192,16 @@ CalibrationOptions parse_options(const std::string& method, const json& obj) {
     m.num_steps = o.integer("num_steps", 10);
     if (has_step_size) {
       MOPT_CHECK_VALUE(step_size > 0.0, "mse step_size must be > 0, got ", step_size);
-      // nvidia-modelopt >= 0.41's form: ceil((stop - start) / step) + 1 steps
-      m.num_steps = static_cast<int64_t>(
-                        std::ceil((m.stop_multiplier - m.start_multiplier) / step_size)) + 1;
+      // nvidia-modelopt >= 0.41's form: ceil((stop - start) / step) + 1 steps; bounded before
+      // the cast, which is undefined for a count beyond int64 (a step of 1e-300)
+      const double steps = std::ceil((m.stop_multiplier - m.start_multiplier) / step_size) + 1;
+      MOPT_CHECK_VALUE(steps <= static_cast<double>(kMaxMseSteps), "mse step_size ", step_size,
+                       " from ", m.start_multiplier, " to ", m.stop_multiplier, " gives ", steps,
+                       " steps; at most ", kMaxMseSteps, " are allowed");
+      m.num_steps = static_cast<int64_t>(steps);
     }
-    MOPT_CHECK_VALUE(m.num_steps >= 1, "mse num_steps must be an int >= 1, got ", m.num_steps);
+    MOPT_CHECK_VALUE(m.num_steps >= 1 && m.num_steps <= kMaxMseSteps,
+                     "mse num_steps must be an int in [1, ", kMaxMseSteps, "], got ", m.num_steps);
     out = m;
   } else if (method == "entropy") {
     out = histogram_options(o, method, HistogramMethod::kEntropy);
@@ -246,11 +275,7 @@ std::vector<CalibrationStep> parse_calibration_steps(
   if (is_bare_name(algorithm_json)) {
     a = algorithm_json;  // a bare method name without quotes (C++ shorthand)
   } else {
-    try {
-      a = json::parse(algorithm_json);
-    } catch (const json::parse_error& e) {
-      MOPT_CHECK_VALUE(false, "the quantize config's 'algorithm' is not valid JSON: ", e.what());
-    }
+    a = core::parse_json(algorithm_json, "the quantize config's 'algorithm'");
   }
   std::vector<std::pair<std::string, json>> raw;
   flatten(a, raw);

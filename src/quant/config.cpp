@@ -3,11 +3,14 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <sstream>
 
+#include "core/json_parse.h"
 #include "mopt/core/error.h"
 
 namespace mopt {
@@ -38,19 +41,29 @@ std::string get_choice(const json& v, const char* key, const std::vector<std::st
   return v.get<std::string>();
 }
 
+// A JSON integer as int64. nlohmann keeps 2**63 .. 2**64-1 as unsigned, which get<int64_t>()
+// would wrap to a negative number; such values are rejected instead.
+int64_t get_int64(const json& v, const char* key) {
+  constexpr auto kMax = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+  MOPT_CHECK_VALUE(!v.is_number_unsigned() || v.get<uint64_t>() <= kMax, "'", key, "' = ",
+                   v.dump(), " does not fit in a 64-bit integer");
+  return v.get<int64_t>();
+}
+
 NumBits parse_num_bits(const json& v, const char* key) {
+  // Compared as int64 before narrowing: through get<int>(), 2**32 + 4 would read as 4.
   if (v.is_number_integer()) {
-    const int b = v.get<int>();
+    const int64_t b = get_int64(v, key);
     MOPT_CHECK_VALUE(b >= 2 && b <= 16, "'", key, "' as an integer must be in [2, 16], got ", b);
-    return NumBits::integer(b);
+    return NumBits::integer(static_cast<int>(b));
   }
   MOPT_CHECK_VALUE(v.is_array() && v.size() == 2 && v[0].is_number_integer() &&
                        v[1].is_number_integer(),
                    "'", key, "' must be an integer or an (E, M) pair, got ", v.dump());
-  const int e = v[0].get<int>(), m = v[1].get<int>();
-  static const std::vector<std::pair<int, int>> supported = {{4, 3}, {5, 2}, {2, 1}, {3, 2},
-                                                             {2, 3}, {1, 2}, {8, 0}};
-  static const std::vector<std::pair<int, int>> accepted_not_run = {{0, 3}, {3, 0}};
+  const int64_t e = get_int64(v[0], key), m = get_int64(v[1], key);
+  static const std::vector<std::pair<int64_t, int64_t>> supported = {
+      {4, 3}, {5, 2}, {2, 1}, {3, 2}, {2, 3}, {1, 2}, {8, 0}};
+  static const std::vector<std::pair<int64_t, int64_t>> accepted_not_run = {{0, 3}, {3, 0}};
   const auto em = std::make_pair(e, m);
   MOPT_CHECK_IMPLEMENTED(
       std::find(accepted_not_run.begin(), accepted_not_run.end(), em) == accepted_not_run.end(),
@@ -59,7 +72,7 @@ NumBits parse_num_bits(const json& v, const char* key) {
   MOPT_CHECK_VALUE(std::find(supported.begin(), supported.end(), em) != supported.end(), "'", key,
                    "' = (", e, ", ", m, ") is not a supported format; use (4, 3) or (5, 2) for "
                    "FP8, (3, 2) or (2, 3) for FP6, (2, 1) for FP4, (8, 0) for E8M0 scales");
-  return NumBits::minifloat(e, m);
+  return NumBits::minifloat(static_cast<int>(e), static_cast<int>(m));
 }
 
 json num_bits_json(const NumBits& n) {
@@ -88,7 +101,7 @@ std::vector<BlockAxis> parse_block_axes(const json& obj, const char* key, bool a
     if (v.is_null()) {
       axes.emplace_back(axis, std::nullopt);
     } else {
-      MOPT_CHECK_VALUE(v.is_number_integer() && v.get<int64_t>() > 0, key, "[", k,
+      MOPT_CHECK_VALUE(v.is_number_integer() && get_int64(v, key) > 0, key, "[", k,
                        "] must be a positive block size or None, got ", v.dump());
       axes.emplace_back(axis, v.get<int64_t>());
     }
@@ -125,12 +138,12 @@ BlockSizes parse_block_sizes(const json& v) {
 }
 
 std::vector<int64_t> parse_axis(const json& v) {
-  if (v.is_number_integer()) return {v.get<int64_t>()};
+  if (v.is_number_integer()) return {get_int64(v, "axis")};
   MOPT_CHECK_VALUE(v.is_array(), "'axis' must be None, an int or a tuple of ints, got ", v.dump());
   std::vector<int64_t> axes;
   for (const auto& a : v) {
     MOPT_CHECK_VALUE(a.is_number_integer(), "'axis' must contain ints, got ", v.dump());
-    axes.push_back(a.get<int64_t>());
+    axes.push_back(get_int64(a, "axis"));
   }
   return axes;
 }
@@ -221,14 +234,7 @@ json to_json_obj(const QuantizerAttributeConfig& c) {
   return j;
 }
 
-json parse_text(const std::string& text) {
-  try {
-    return json::parse(text);
-  } catch (const json::parse_error& e) {
-    MOPT_CHECK_VALUE(false, "quantizer config is not valid JSON: ", e.what());
-  }
-  return json();
-}
+json parse_text(const std::string& text) { return core::parse_json(text, "quantizer config"); }
 
 }  // namespace
 

@@ -6,6 +6,7 @@
 #include <cctype>
 #include <set>
 
+#include "core/json_parse.h"
 #include "mopt/core/error.h"
 #include "mopt/quant/config.h"
 
@@ -15,14 +16,7 @@ using json = nlohmann::ordered_json;
 
 namespace {
 
-json parse_json(const std::string& text, const char* what) {
-  try {
-    return json::parse(text);
-  } catch (const json::parse_error& e) {
-    MOPT_CHECK_VALUE(false, what, " is not valid JSON: ", e.what());
-  }
-  return json();
-}
+using core::parse_json;
 
 // "mopt: msg" -> "msg", so a re-raised error carries one prefix.
 std::string strip_prefix(const char* what) {
