@@ -4,6 +4,7 @@
 # Both are idempotent. torch is pinned to $(TORCH_VERSION) and installed before anything else so
 # pip never resolves a torch of its own. `make demo` builds only libmopt and mopt._C; the test
 # binaries and the kernel benchmark are built by `make test` (or `make build`).
+#   make test-sanitize   the C++ tests built with ASan + UBSan in $(BUILD_SANITIZE) (.ci/run runs it)
 #   make gpu-check   on a machine with an NVIDIA GPU: CUDA build, CUDA tests, GPU benchmarks
 #                    (tools/gpu_check.sh; needs no network)
 
@@ -26,7 +27,7 @@ export CCACHE_SLOPPINESS ?= pch_defines,time_macros,include_file_mtime,include_f
 export CCACHE_BASEDIR ?= $(CURDIR)
 
 .PHONY: all deps deps-apt deps-python deps-bench build build-demo test test-cpp test-python demo bench \
-	install-check gpu-check gpu-check-debs clean
+	install-check gpu-check gpu-check-debs clean test-sanitize
 
 all: build
 
@@ -71,6 +72,27 @@ test-cpp: build
 test-python: build
 	$(PY) -m pytest -q tests/python
 
+# The C++ tests (kernel and library GoogleTests, config fuzz included) under AddressSanitizer and
+# UndefinedBehaviorSanitizer (CMake option MOPT_SANITIZE), in their own build folder: no Python
+# extension (a sanitized module would need the ASan runtime preloaded into python and torch),
+# nothing copied into python/mopt, no CUDA (the CUDA kernels run under compute-sanitizer in
+# `make gpu-check`). -O1 -g1 keeps the build and the run fast with readable stacks. Any report
+# fails the test: halt_on_error, and UBSan does not recover. Leaks are checked too; libtorch,
+# loaded into the test binaries, reports none, so no suppression file is needed.
+BUILD_SANITIZE ?= build-sanitize
+SANITIZE_ENV := ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+$(BUILD_SANITIZE)/build.ninja: CMakeLists.txt Makefile | deps
+	cmake -S . -B $(BUILD_SANITIZE) -G Ninja -Wno-unused-cli -DCMAKE_BUILD_TYPE=Debug \
+	  -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" -DMOPT_SANITIZE=ON -DMOPT_BUILD_PYTHON=OFF \
+	  -DMOPT_PYTHON_INPLACE=OFF -DMOPT_ENABLE_CUDA=OFF -DPython3_EXECUTABLE=$$(command -v $(PY)) \
+	  -DCMAKE_CXX_COMPILER_LAUNCHER=$$(command -v ccache)
+	@touch $@
+
+test-sanitize: deps $(BUILD_SANITIZE)/build.ninja
+	cmake --build $(BUILD_SANITIZE) -j $(JOBS) --target mopt_kernel_tests mopt_lib_tests
+	cd $(BUILD_SANITIZE) && $(SANITIZE_ENV) ctest --output-on-failure -j $(JOBS)
+
 demo: build-demo
 	$(PY) -m mopt ptq --model default --configs all --out out/demo
 
@@ -100,4 +122,4 @@ gpu-check-debs:
 	  libgtest-dev libfmt-dev libfmt9 nlohmann-json3-dev
 
 clean:
-	rm -rf $(BUILD) python/mopt/_C*.so python/mopt/libmopt.so*
+	rm -rf $(BUILD) $(BUILD_SANITIZE) python/mopt/_C*.so python/mopt/libmopt.so*
