@@ -98,6 +98,7 @@ void launch(const AmaxParams& p, cudaStream_t stream) {
 }  // namespace
 
 void amax_cuda(const AmaxParams& p, cudaStream_t stream) {
+  if (p.layout.out_numel == 0) return;  // e.g. keeping an empty axis: nothing to write
   MOPT_CHECK(p.out != nullptr, "amax output pointer is null");
   MOPT_CHECK(p.layout.numel == 0 || p.x != nullptr, "amax input pointer is null");
   MOPT_DTYPE_SWITCH(p.dtype, T, [&] { launch<T>(p, stream); });

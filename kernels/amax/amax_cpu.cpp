@@ -117,6 +117,7 @@ void run(const AmaxParams& p) {
 }  // namespace
 
 void amax_cpu(const AmaxParams& p) {
+  if (p.layout.out_numel == 0) return;  // e.g. keeping an empty axis: nothing to write
   MOPT_CHECK(p.out != nullptr, "amax output pointer is null");
   MOPT_CHECK(p.layout.numel == 0 || p.x != nullptr, "amax input pointer is null");
   MOPT_DTYPE_SWITCH(p.dtype, T, [&] { run<T>(p); });

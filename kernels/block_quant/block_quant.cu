@@ -22,7 +22,7 @@ template <typename T, typename Op>
 __global__ void block_quant_scalar_kernel(const T* x, T* y, int64_t rows, int64_t row_len,
                                           int64_t block_size, const float* block_amax, Op op) {
   const auto bound = op.bind();
-  const int64_t nb = (row_len + block_size - 1) / block_size;
+  const int64_t nb = ceil_div(row_len, block_size);
   const int64_t blocks = rows * nb;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < blocks;
@@ -104,7 +104,7 @@ void launch(const BlockQuantParams& p, const Op& op, const float* block_amax, cu
 template <typename T>
 __global__ void nf4_absmax_kernel(const T* x, int64_t rows, int64_t row_len, int64_t block_size,
                                   float* absmax) {
-  const int64_t nb = (row_len + block_size - 1) / block_size;
+  const int64_t nb = ceil_div(row_len, block_size);
   const int64_t blocks = rows * nb;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < blocks;
@@ -121,7 +121,7 @@ constexpr int kMeanThreads = 1024;
 // One CTA: fixed chunks summed in order by many threads, then the chunk sums in chunk order by
 // one thread, exactly as the CPU does.
 __global__ void nf4_mean_kernel(const float* absmax, int64_t blocks, double* partial, float* mean) {
-  const int64_t chunks = (blocks + kNf4SumChunk - 1) / kNf4SumChunk;
+  const int64_t chunks = ceil_div(blocks, kNf4SumChunk);
   for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
     const int64_t end = (c + 1) * kNf4SumChunk;
     partial[c] = nf4_scale_sum(absmax, c * kNf4SumChunk, end < blocks ? end : blocks);
@@ -163,8 +163,8 @@ void run_nf4_double_quant(const BlockQuantParams& p, cudaStream_t stream) {
   MOPT_CHECK(p.workspace != nullptr, "NF4 double quantization on CUDA needs a workspace of ",
              block_quant_workspace_bytes(p), " bytes");
   const int64_t group = p.scale_block_size > 0 ? p.scale_block_size : blocks;
-  const int64_t groups = (blocks + group - 1) / group;
-  const int64_t chunks = (blocks + kNf4SumChunk - 1) / kNf4SumChunk;
+  const int64_t groups = ceil_div(blocks, group);
+  const int64_t chunks = ceil_div(blocks, kNf4SumChunk);
   auto round16 = [](int64_t bytes) { return (bytes + 15) / 16 * 16; };
   char* ws = static_cast<char*>(p.workspace);
   float* absmax_buf = reinterpret_cast<float*>(ws);

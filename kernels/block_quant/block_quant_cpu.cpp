@@ -9,7 +9,7 @@
 namespace mopt::kernels::block_quant {
 
 int64_t blocks_per_row(const BlockQuantParams& p) {
-  return p.block_size > 0 ? (p.row_len + p.block_size - 1) / p.block_size : 0;
+  return p.block_size > 0 ? ceil_div(p.row_len, p.block_size) : 0;
 }
 
 void block_quant_check(const BlockQuantParams& p) {
@@ -43,8 +43,8 @@ size_t block_quant_workspace_bytes(const BlockQuantParams& p) {
   const int64_t blocks = p.rows * blocks_per_row(p);
   if (blocks == 0) return 0;
   const int64_t group = p.scale_block_size > 0 ? p.scale_block_size : blocks;
-  const int64_t groups = (blocks + group - 1) / group;
-  const int64_t chunks = (blocks + kNf4SumChunk - 1) / kNf4SumChunk;
+  const int64_t groups = ceil_div(blocks, group);
+  const int64_t chunks = ceil_div(blocks, kNf4SumChunk);
   auto round16 = [](int64_t bytes) { return (bytes + 15) / 16 * 16; };
   // absmax, dequantized scales, per-group max bits, per-chunk sums, mean
   return static_cast<size_t>(round16(blocks * 4) * 2 + round16(groups * 4) + round16(chunks * 8) +
@@ -201,7 +201,7 @@ void run_nf4_double_quant(const BlockQuantParams& p) {
     });
     absmax = absmax_buf.data();
   }
-  const int64_t chunks = (blocks + kNf4SumChunk - 1) / kNf4SumChunk;
+  const int64_t chunks = ceil_div(blocks, kNf4SumChunk);
   std::vector<double> partial(chunks);
   parallel_for(0, chunks, 16, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c) {
@@ -214,7 +214,7 @@ void run_nf4_double_quant(const BlockQuantParams& p) {
   const float mean = static_cast<float>(total / static_cast<double>(blocks));
 
   const int64_t group = p.scale_block_size > 0 ? p.scale_block_size : blocks;
-  const int64_t groups = (blocks + group - 1) / group;
+  const int64_t groups = ceil_div(blocks, group);
   std::vector<float> out_scales(blocks);
   parallel_for(0, groups, std::max<int64_t>(1, 4096 / group), [&](int64_t gb, int64_t ge) {
     for (int64_t g = gb; g < ge; ++g) {

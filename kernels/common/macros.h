@@ -2,6 +2,7 @@
 // Torch-free: kernels report errors by throwing mopt::kernels::KernelError.
 #pragma once
 
+#include <cstdint>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -15,6 +16,10 @@
 #endif
 
 namespace mopt::kernels {
+
+/// ceil(n / d) for n >= 0, d >= 1 without the overflow of (n + d - 1) / d when d is near
+/// INT64_MAX (a block size of 2**63 - 1 must mean one block, not a negative count).
+MOPT_HOST_DEVICE int64_t ceil_div(int64_t n, int64_t d) { return n / d + (n % d != 0); }
 
 /// Error thrown by the kernel layer when a caller breaks a precondition.
 class KernelError : public std::invalid_argument {

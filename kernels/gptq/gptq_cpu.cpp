@@ -27,7 +27,7 @@ void check_spec(const QuantSpec& s) {
 
 void check_groups(const Groups& g, int64_t cols) {
   MOPT_CHECK(g.group_size > 0, "group_size must be positive, got ", g.group_size);
-  MOPT_CHECK(g.count == (cols + g.group_size - 1) / g.group_size, "group count ", g.count,
+  MOPT_CHECK(g.count == ceil_div(cols, g.group_size), "group count ", g.count,
              " does not cover ", cols, " columns in groups of ", g.group_size);
   MOPT_CHECK(g.param != nullptr, "null group parameters");
 }

@@ -304,7 +304,7 @@ AwqClipLayer::AwqClipLayer(at::Tensor weight, at::Tensor weight_amax,
     return;
   }
   block_size_ = awq_block_size(weight_cfg, in);
-  num_blocks_ = (in + block_size_ - 1) / block_size_;
+  num_blocks_ = kernels::ceil_div(in, block_size_);
   MOPT_CHECK_IMPLEMENTED(
       weight_amax_.numel() == out * num_blocks_, "awq_clip: ", layer_label(name_),
       ": weight amax of shape ", core::shape_str(weight_amax_.sizes()),

@@ -88,7 +88,8 @@ ColumnQuantizer column_quantizer(const QuantizerAttributeConfig& cfg, int64_t co
       c.group_size = cols;
     } else {
       c.granularity = Granularity::kBlocks;
-      c.group_size = blocked.front().second;
+      // a block longer than the row is one block per row (no padding to the block size)
+      c.group_size = std::min(blocked.front().second, cols);
     }
     MOPT_CHECK_IMPLEMENTED(!(whole_rows && !blocked.empty()), label,
                            ": conflicting block_sizes entries for the input axis");
@@ -374,7 +375,7 @@ GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hess
   const at::Tensor col_index = hinv.perm.to(at::kInt).to(weight.device()).contiguous();
 
   const int64_t group_size = cq.group_size;
-  const int64_t n_groups = (cols + group_size - 1) / group_size;
+  const int64_t n_groups = kernels::ceil_div(cols, group_size);
   at::Tensor group_param = at::empty({rows, n_groups}, original.options());
   at::Tensor group_pin;
   kg::Groups groups;

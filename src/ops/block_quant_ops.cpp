@@ -20,7 +20,7 @@ namespace {
 std::vector<int64_t> block_amax_shape(const at::Tensor& x, int64_t block_size) {
   if (x.dim() == 0) return {1};
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = (shape.back() + block_size - 1) / block_size;
+  shape.back() = kernels::ceil_div(shape.back(), block_size);
   return shape;
 }
 

@@ -71,7 +71,9 @@ at::Tensor kernel_block_amax(const at::Tensor& amax, const at::Tensor& x,
     want = {c10::SymInt(1), c10::SymInt(1)};
   } else {
     want.assign(x.sym_sizes().begin(), x.sym_sizes().end());
-    want[a] = (want[a] + plan.block_size - 1) / plan.block_size;
+    const auto len = want[a].maybe_as_int();  // a block longer than the axis is one block
+    want[a] = len && *len <= plan.block_size ? c10::SymInt(*len > 0 ? 1 : 0)
+                                             : (want[a] + plan.block_size - 1) / plan.block_size;
     want.insert(want.begin() + a + 1, c10::SymInt(1));
   }
   bool same = amax.dim() == static_cast<int64_t>(want.size());

@@ -22,12 +22,23 @@ struct BlockPlan {
   std::vector<int64_t> whole;                        // axes reduced entirely
 };
 
-BlockPlan block_plan(const BlockSizes& b, int64_t ndim) {
+// With the input's shape, a block longer than a static axis becomes one block covering it: the
+// same amax and values as padding the axis up to the block, without allocating the padding.
+BlockPlan block_plan(const BlockSizes& b, int64_t ndim, c10::SymIntArrayRef shape = {}) {
   BlockPlan plan;
+  std::vector<int64_t> seen;
   for (const auto& [axis, size] : b.axes) {
     const int64_t a = core::normalize_axes({axis}, ndim, "block_sizes axis")[0];
-    if (size) plan.blocked.emplace_back(a, *size);
-    else plan.whole.push_back(a);
+    MOPT_CHECK_VALUE(std::find(seen.begin(), seen.end(), a) == seen.end(), "block_sizes names axis ",
+                     a, " of a ", ndim, "-dim input twice (axis ", axis,
+                     " is another name for it); give each axis once");
+    seen.push_back(a);
+    if (!size) {
+      plan.whole.push_back(a);
+      continue;
+    }
+    const auto len = shape.empty() ? std::nullopt : shape[a].maybe_as_int();
+    plan.blocked.emplace_back(a, len && *len > 0 ? std::min(*size, *len) : *size);
   }
   std::sort(plan.blocked.begin(), plan.blocked.end());
   return plan;
@@ -74,9 +85,39 @@ at::Tensor block_unview(const at::Tensor& y, c10::SymIntArrayRef orig, const Blo
   return out;
 }
 
+// True when `small` broadcasts to `big` without growing it (trailing dims aligned, each 1 or equal).
+bool broadcasts_into(c10::SymIntArrayRef small, c10::SymIntArrayRef big) {
+  if (small.size() > big.size()) return false;
+  const size_t off = big.size() - small.size();
+  for (size_t d = 0; d < small.size(); ++d) {
+    if (small[d] != 1 && small[d] != big[off + d]) return false;
+  }
+  return true;
+}
+
 at::Tensor apply_pre_quant_scale(const at::Tensor& x, const c10::optional<at::Tensor>& pqs) {
   if (!pqs.has_value() || !pqs->defined()) return x;
+  MOPT_CHECK_VALUE(broadcasts_into(pqs->sym_sizes(), x.sym_sizes()), "pre_quant_scale of shape ",
+                   pqs->sym_sizes(), " does not fit the input of shape ", x.sym_sizes(),
+                   " (it scales the input channels: one value per entry of the last dim)");
   return at::mul(x, pqs->to(x.scalar_type()));
+}
+
+// A static amax must have the shape calibration gives (the view's kept axes, the others 1), up
+// to leading 1s: anything else would broadcast along the wrong axes.
+void check_static_amax(const at::Tensor& amax, const at::Tensor& view,
+                       const std::vector<int64_t>& keep) {
+  if (amax.sym_numel() == 1) return;
+  std::vector<c10::SymInt> want(view.dim(), c10::SymInt(1));
+  for (const int64_t d : keep) want[d] = view.sym_size(d);
+  bool ok = amax.dim() <= view.dim();
+  for (int64_t i = 0; ok && i < amax.dim(); ++i) {
+    ok = amax.sym_size(amax.dim() - 1 - i) == want[view.dim() - 1 - i];
+  }
+  MOPT_CHECK_VALUE(ok, "amax of shape ", amax.sym_sizes(), " does not fit this quantizer: for an "
+                   "input (calibration view) of shape ", view.sym_sizes(), " it must be ",
+                   c10::SymIntArrayRef(want), " (one value per kept axis ",
+                   c10::IntArrayRef(keep), ", as calibration produces)");
 }
 
 at::Tensor fake_quant_with_amax(const at::Tensor& v, const at::Tensor& amax,
@@ -106,10 +147,11 @@ at::Tensor quantize_tensor_impl(const at::Tensor& x_in, const c10::optional<at::
   at::Tensor view = x;
   BlockPlan plan;
   if (cfg.block_sizes) {
-    plan = block_plan(*cfg.block_sizes, x.dim());
+    plan = block_plan(*cfg.block_sizes, x.dim(), x.sym_sizes());
     view = block_view(x, plan);
   }
   const auto keep = quantizer_amax_axes(cfg, x.dim());
+  if (have_amax && !format.dynamic) check_static_amax(*amax, view, keep);
   at::Tensor a = (have_amax && !format.dynamic) ? *amax : mopt::compute_amax(view.detach(), keep);
   at::Tensor y = fake_quant_with_amax(view, a, cfg);
   return cfg.block_sizes ? block_unview(y, x.sym_sizes(), plan) : y;
@@ -120,7 +162,7 @@ at::Tensor calib_view_impl(const at::Tensor& x_in, const c10::optional<at::Tenso
   const QuantizerAttributeConfig& cfg = parse_quantizer_config_cached(std::string(cfg_json));
   at::Tensor x = apply_pre_quant_scale(x_in, pqs);
   if (!uses_block_view(cfg, resolve_format(cfg))) return x;
-  return block_view(x, block_plan(*cfg.block_sizes, x.dim()));
+  return block_view(x, block_plan(*cfg.block_sizes, x.dim(), x.sym_sizes()));
 }
 
 }  // namespace
