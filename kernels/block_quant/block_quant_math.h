@@ -152,7 +152,9 @@ struct MxBlock {
   MOPT_HOST_DEVICE float operator()(float x) const { return elem(x * inv_scale) * scale; }
 };
 
-/// MX with element rounding `Elem`; a zero, infinite or NaN block amax gives scale 1.
+/// MX with element rounding `Elem`. A zero block amax gives scale 1; an infinite or NaN one gives
+/// the E8M0 NaN scale, so the whole block is NaN (as the MX reference implementation,
+/// microxcaling, does): an element format without Inf must not turn Inf into its largest value.
 template <typename Elem>
 struct MxOp {
   Elem elem;
@@ -162,6 +164,10 @@ struct MxOp {
     Elem elem;
     float elem_max;
     MOPT_HOST_DEVICE MxBlock<Elem> block(float block_amax, int64_t /*block_index*/) const {
+      if (!(block_amax <= kFloatMax)) {  // Inf or NaN
+        const float nan = bits_to_float(0x7fc00000u);
+        return MxBlock<Elem>{elem, nan, nan};
+      }
       if (!amax_is_valid(block_amax)) return MxBlock<Elem>{elem, 1.0f, 1.0f};
       const int k = e8m0_exponent(block_amax, elem_max);
       return MxBlock<Elem>{elem, exp2_int(-k), exp2_int(k)};

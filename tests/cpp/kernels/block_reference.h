@@ -68,9 +68,13 @@ inline double ref_round_int(double v, double max) {
 }
 
 /// MX of one block: k = ceil(log2(bamax / elem_max)) found exactly by search, clamped to
-/// [-127, 127]; y = round(x / 2^k) * 2^k. Scale 1 for an unusable block amax.
+/// [-127, 127]; y = round(x / 2^k) * 2^k. Scale 1 for a zero block amax, a NaN block for an
+/// infinite or NaN one.
 inline std::vector<double> ref_mx_block(const float* x, int64_t n, int e_bits, int m_bits,
                                         double block_amax) {
+  if (std::isnan(block_amax) || std::isinf(block_amax)) {
+    return std::vector<double>(n, std::numeric_limits<double>::quiet_NaN());
+  }
   const std::vector<double> values = ref_mx_values(e_bits, m_bits);
   const double emax = values.back();
   int k = 0;

@@ -331,11 +331,16 @@ TEST(BlockQuantMXGolden, MXINT8AndExactScaleExponent) {
 TEST(BlockQuantMXGolden, ZeroAndNaNBlocks) {
   auto y = mx_block(std::vector<float>(32, 0.0f), 2, 1);
   for (float v : y) EXPECT_EQ(v, 0.0f);
-  std::vector<float> x(32, 2.2f);
-  x[5] = std::numeric_limits<float>::quiet_NaN();
-  y = mx_block(x, 2, 1);
-  EXPECT_TRUE(std::isnan(y[5]));
-  EXPECT_EQ(y[0], 2.0f);  // scale 1
+  // A NaN or an infinity makes the block's E8M0 scale NaN, so the whole block is NaN (as the MX
+  // reference implementation does): E2M1 has no Inf, and saturating it to 6 would hide it.
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(),
+                          std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity()}) {
+    std::vector<float> x(32, 2.2f);
+    x[5] = bad;
+    y = mx_block(x, 2, 1);
+    for (float v : y) EXPECT_TRUE(std::isnan(v)) << bad;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
