@@ -177,6 +177,20 @@ void bind_calib(py::module_& m) {
                ", axis=" + py::repr(axis_to_py(c.axis())).cast<std::string>() + ")";
       });
   bind_common(max_cls);
+  max_cls.def(py::pickle(
+      [](const MaxCalibrator& c) {
+        const auto amax = c.compute_amax();
+        return py::make_tuple(c.num_bits(), axis_to_py(c.axis()), c.is_unsigned(), c.track_amax(),
+                              amax ? py::cast(*amax) : py::none(), py::cast(c.amaxs()));
+      },
+      [](const py::tuple& t) {
+        if (t.size() != 6) throw py::value_error("MaxCalibrator: bad pickled state");
+        auto c = std::make_shared<MaxCalibrator>(t[0].cast<int64_t>(), axis_from_py(t[1]),
+                                                 t[2].cast<bool>(), t[3].cast<bool>());
+        c->load_state(t[4].is_none() ? at::Tensor() : t[4].cast<at::Tensor>(),
+                      t[5].cast<std::vector<at::Tensor>>());
+        return c;
+      }));
 
   py::class_<HistogramCalibrator, Calibrator, py::smart_holder> hist_cls(m, "HistogramCalibrator",
       "Streams histograms of |x| (one per channel of `axis`) and turns them into amax by "
@@ -286,6 +300,23 @@ void bind_calib(py::module_& m) {
                ", skip_zeros=" + (c.skip_zeros() ? "True" : "False") + ")";
       });
   bind_common(hist_cls);
+  hist_cls.def(py::pickle(
+      [](const HistogramCalibrator& c) {
+        if (c.has_data()) {
+          throw py::type_error(
+              "cannot pickle a HistogramCalibrator holding collected histograms (copy.deepcopy "
+              "works); finish calibration first and call quantizer.reset_calibrator() (the amax "
+              "stays) to save the model whole");
+        }
+        return py::make_tuple(num_bits_to_py(c.num_bits()), axis_to_py(c.axis()), c.is_unsigned(),
+                              c.num_bins(), c.skip_zeros());
+      },
+      [](const py::tuple& t) {
+        if (t.size() != 5) throw py::value_error("HistogramCalibrator: bad pickled state");
+        return std::make_shared<HistogramCalibrator>(num_bits_from_py(t[0]), axis_from_py(t[1]),
+                                                     t[2].cast<bool>(), t[3].cast<int64_t>(),
+                                                     t[4].cast<bool>());
+      }));
 
   py::class_<MseCalibrator, Calibrator, py::smart_holder> mse_cls(m, "MseCalibrator",
       "Per-tensor or per-channel search of amax * m for m in linspace(start_multiplier, "

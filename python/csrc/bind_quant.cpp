@@ -113,6 +113,26 @@ void bind_quantizer_core(py::module_& m) {
             c.set_attributes(parse_quantizer_config_cached(cfg_json), python_factory(factory));
           },
           py::arg("cfg_json"), py::arg("calibrator_factory") = py::none())
+      // copy.deepcopy of a quantized model copies the core with a clone of its calibrator;
+      // pickling (torch.save of a whole model) keeps attributes, flags, name and calibrator. A
+      // custom calibrator's factory is given back by the owning module (TensorQuantizer).
+      .def("__copy__", [](const QuantizerCore& c) { return QuantizerCore(c); })
+      .def("__deepcopy__", [](const QuantizerCore& c, py::dict) { return QuantizerCore(c); },
+           py::arg("memo"))
+      .def(py::pickle(
+          [](const QuantizerCore& c) {
+            const QuantizerFlags& f = c.flags();
+            return py::make_tuple(c.attributes_json(), f.disabled, f.quant, f.calib, c.name(),
+                                  calibrator_to_py(c.calibrator()));
+          },
+          [](const py::tuple& t) {
+            if (t.size() != 6) throw py::value_error("QuantizerCore: bad pickled state");
+            QuantizerCore c(parse_quantizer_config_cached(t[0].cast<std::string>()));
+            c.set_name(t[4].cast<std::string>());
+            c.set_calibrator(calibrator_from_py(t[5]));
+            c.set_flags(QuantizerFlags{t[1].cast<bool>(), t[2].cast<bool>(), t[3].cast<bool>()});
+            return c;
+          }))
       .def_property_readonly("attributes_json", &QuantizerCore::attributes_json)
       .def_property_readonly("format", [](const QuantizerCore& c) { return format_dict(c.format()); })
       .def_property_readonly("family", [](const QuantizerCore& c) { return c.format().info->name; })
@@ -170,10 +190,9 @@ void bind_quantizer_core(py::module_& m) {
           py::arg("stop_multiplier") = 4.0)
       .def(
           "amax_to_store",
-          [](const QuantizerCore& c, const at::Tensor& value, const py::object& current) {
-            return c.amax_to_store(value, opt(current));
-          },
-          py::arg("value"), py::arg("current") = py::none())
+          [](const QuantizerCore& c, const at::Tensor& value, const py::object& current,
+             bool validate) { return c.amax_to_store(value, opt(current), validate); },
+          py::arg("value"), py::arg("current") = py::none(), py::arg("validate") = true)
       .def("forward",
            no_gil_with_warnings(
                [](QuantizerCore& c, const at::Tensor& x, std::optional<at::Tensor> amax,

@@ -16,6 +16,7 @@ MaxCalibrator::MaxCalibrator(int64_t num_bits, std::optional<std::vector<int64_t
       track_amax_(track_amax) {}
 
 void MaxCalibrator::collect(const at::Tensor& x) {
+  if (x.numel() == 0) return;  // an empty batch is no data (its amax would read as 0)
   const std::vector<int64_t> keep = axis_ ? *axis_ : std::vector<int64_t>{};
   at::Tensor batch = mopt::compute_amax(x.detach(), keep);
   if (!calib_amax_.defined()) {
@@ -37,6 +38,13 @@ c10::optional<at::Tensor> MaxCalibrator::compute_amax(const AmaxRequest&) const 
 void MaxCalibrator::reset() {
   calib_amax_ = at::Tensor();
   amaxs_.clear();
+}
+
+void MaxCalibrator::load_state(const at::Tensor& calib_amax, std::vector<at::Tensor> amaxs) {
+  MOPT_CHECK_VALUE(!calib_amax.defined() || calib_amax.scalar_type() == at::kFloat,
+                   "MaxCalibrator state: amax must be float32, got ", calib_amax.scalar_type());
+  calib_amax_ = calib_amax;
+  amaxs_ = std::move(amaxs);
 }
 
 std::shared_ptr<Calibrator> MaxCalibrator::clone() const {

@@ -1,5 +1,6 @@
 #include "mopt/quant/quantizer_core.h"
 
+#include <ATen/ops/amax.h>
 #include <ATen/ops/amin.h>
 #include <ATen/ops/minimum.h>
 #include <ATen/ops/neg.h>
@@ -192,6 +193,7 @@ void QuantizerCore::collect(const at::Tensor& x,
                             const c10::optional<at::Tensor>& pre_quant_scale) {
   MOPT_CHECK_VALUE(calibrator_ != nullptr, "quantizer '", label(),
                    "' has no calibrator, so it cannot calibrate");
+  if (x.numel() == 0) return;  // an empty batch is no data: it must not count as amax 0
   const at::Tensor view = calib_view(x, pre_quant_scale).detach();
   std::vector<int64_t> axes = kept_axes(x.dim());
   calibrator_->set_axis(axes.empty() ? std::nullopt : std::optional(std::move(axes)));
@@ -241,10 +243,21 @@ std::shared_ptr<Calibrator> QuantizerCore::make_mse_calibrator(const at::Tensor&
 }
 
 at::Tensor QuantizerCore::amax_to_store(const at::Tensor& value,
-                                        const c10::optional<at::Tensor>& current) const {
+                                        const c10::optional<at::Tensor>& current,
+                                        bool validate) const {
   MOPT_CHECK_VALUE(value.defined(), "quantizer '", label(), "': amax must be a tensor; use "
                    "reset_amax() to remove it");
+  MOPT_CHECK_TYPE(at::isFloatingType(value.scalar_type()) || at::isIntegralType(value.scalar_type(),
+                  /*includeBool=*/false), "quantizer '", label(), "': amax must be a real "
+                  "number tensor, got ", value.scalar_type());
   at::Tensor v = value.detach().to(at::kFloat);
+  if (validate && v.numel() > 0 && !v.is_meta()) {
+    const at::Tensor lo = at::amin(v.reshape(-1)), hi = at::amax(v.reshape(-1));
+    const float lo_v = lo.item<float>(), hi_v = hi.item<float>();
+    MOPT_CHECK_VALUE(lo_v >= 0.0f && std::isfinite(hi_v), "quantizer '", label(),
+                     "': amax must be finite and non-negative, got values in [", lo_v, ", ", hi_v,
+                     "]");
+  }
   if (defined(current)) {
     MOPT_CHECK_STATE(current->sizes() == v.sizes(), "Changing shape when setting amax is not "
                      "allowed: ", shape_tuple(current->sizes()), " -> ", shape_tuple(v.sizes()),

@@ -1,5 +1,6 @@
 #include "mopt/torch/tensor_quantizer.h"
 
+#include <array>
 #include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 #include <torch/serialize/archive.h>
@@ -52,8 +53,10 @@ c10::optional<at::Tensor> TensorQuantizerImpl::amax() const {
   return amax_;
 }
 
-void TensorQuantizerImpl::set_amax(const at::Tensor& value) {
-  at::Tensor v = core_.amax_to_store(value, amax());
+void TensorQuantizerImpl::set_amax(const at::Tensor& value) { store_amax(value, true); }
+
+void TensorQuantizerImpl::store_amax(const at::Tensor& value, bool validate) {
+  at::Tensor v = core_.amax_to_store(value, amax(), validate);
   if (!amax_.defined()) {
     amax_ = v.clone();
     sync_buffers();
@@ -102,7 +105,7 @@ void TensorQuantizerImpl::load_calib_amax(const AmaxRequest& request) {
   const c10::optional<at::Tensor> amax = core_.compute_amax(request);
   if (!amax.has_value()) return;
   if (amax_.defined() && amax_.sizes() != amax->sizes()) amax_ = at::Tensor();
-  set_amax(*amax);
+  store_amax(*amax, /*validate=*/false);  // check_amax reports bad calibration results
 }
 
 at::Tensor TensorQuantizerImpl::forward(const at::Tensor& inputs) {
@@ -114,16 +117,25 @@ void TensorQuantizerImpl::pretty_print(std::ostream& stream) const {
 }
 
 void TensorQuantizerImpl::load(torch::serialize::InputArchive& archive) {
-  for (const char* key : {"_amax", "_pre_quant_scale"}) {
-    at::Tensor value;
-    const bool found = archive.try_read(key, value, /*is_buffer=*/true);
-    at::Tensor& slot = std::string(key) == "_amax" ? amax_ : pre_quant_scale_;
-    MOPT_CHECK_VALUE(found || !slot.defined(), "checkpoint has no '", key, "' for quantizer '",
+  // Everything is read and checked before anything changes: a bad checkpoint leaves the
+  // quantizer as it was.
+  std::array<at::Tensor, 2> values;
+  std::array<bool, 2> found{};
+  const std::array<const char*, 2> keys{"_amax", "_pre_quant_scale"};
+  for (size_t i = 0; i < keys.size(); ++i) {
+    found[i] = archive.try_read(keys[i], values[i], /*is_buffer=*/true);
+    const at::Tensor& slot = i == 0 ? amax_ : pre_quant_scale_;
+    MOPT_CHECK_VALUE(found[i] || !slot.defined(), "checkpoint has no '", keys[i],
+                     "' for quantizer '",
                      quantizer_name().empty() ? "TensorQuantizer" : quantizer_name(),
                      "', which has one");
-    if (!found) continue;
-    const auto device = slot.defined() ? slot.device() : value.device();
-    slot = value.detach().to(device);
+  }
+  if (found[0]) values[0] = core_.amax_to_store(values[0], c10::nullopt, /*validate=*/true);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (!found[i]) continue;
+    at::Tensor& slot = i == 0 ? amax_ : pre_quant_scale_;
+    const auto device = slot.defined() ? slot.device() : values[i].device();
+    slot = values[i].detach().to(device);
   }
   sync_buffers();
 }

@@ -37,6 +37,9 @@ class MaxCalibrator : public Calibrator {
   bool track_amax() const { return track_amax_; }
   /// Per-batch amaxs when track_amax is on.
   const std::vector<at::Tensor>& amaxs() const { return amaxs_; }
+  /// Restores what compute_amax() and amaxs() returned (an undefined calib_amax: no data), e.g.
+  /// when a pickled calibrator is loaded.
+  void load_state(const at::Tensor& calib_amax, std::vector<at::Tensor> amaxs);
 
  private:
   int64_t num_bits_;

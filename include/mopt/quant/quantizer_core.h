@@ -104,8 +104,12 @@ class QuantizerCore {
 
   // -- amax policy -----------------------------------------------------------------------------
   /// `value` as the amax to store (fp32, detached). RuntimeError when `current` (the stored
-  /// amax, if any) has another shape: amax never changes shape silently.
-  at::Tensor amax_to_store(const at::Tensor& value, const c10::optional<at::Tensor>& current) const;
+  /// amax, if any) has another shape: amax never changes shape silently. A user's amax (setter,
+  /// load_state_dict, postprocess_amax: `validate`) must also be finite and non-negative
+  /// (ValueError naming the quantizer); calibration results are checked by check_amax instead,
+  /// which names every bad quantizer at once.
+  at::Tensor amax_to_store(const at::Tensor& value, const c10::optional<at::Tensor>& current,
+                           bool validate = true) const;
 
   // -- forward ---------------------------------------------------------------------------------
   /// The quantizer applied to x: multiply by pre_quant_scale; if disabled (or neither quantizing

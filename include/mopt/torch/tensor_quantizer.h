@@ -114,6 +114,7 @@ class TensorQuantizerImpl : public torch::nn::Cloneable<TensorQuantizerImpl> {
   void load(torch::serialize::InputArchive& archive) override;
 
  private:
+  void store_amax(const at::Tensor& value, bool validate);
   void sync_buffers();
 
   QuantizerCore core_;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from .. import _C
@@ -63,6 +64,10 @@ def _from_json(d: dict) -> dict:
     return out
 
 
+def _rebuild_attribute_config(fields: dict) -> QuantizerAttributeConfig:
+    return QuantizerAttributeConfig(**fields)
+
+
 class QuantizerAttributeConfig:
     """Attributes of one TensorQuantizer, validated and completed with defaults.
 
@@ -99,7 +104,9 @@ class QuantizerAttributeConfig:
         return list(_C.quantizer_attribute_keys())
 
     def __getattr__(self, name: str) -> Any:
-        fields = self.__dict__["_fields"]
+        fields = self.__dict__.get("_fields")
+        if fields is None:  # a copy or unpickle in progress: only __dict__ exists yet
+            raise AttributeError(name)
         if name == "unsigned_":
             return fields["unsigned"]
         if name in fields:
@@ -108,6 +115,15 @@ class QuantizerAttributeConfig:
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("QuantizerAttributeConfig is immutable; use model_copy(update=...)")
+
+    def __copy__(self) -> QuantizerAttributeConfig:
+        return self  # immutable
+
+    def __deepcopy__(self, memo: dict) -> QuantizerAttributeConfig:
+        return self
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild_attribute_config, (self.model_dump(),))
 
     def model_dump(self) -> dict:
         """All fields as a dict in the Python form."""
@@ -159,6 +175,14 @@ class QuantizeConfig(dict):
     """A validated ``{"quant_cfg": ..., "algorithm": ...}`` config."""
 
     def __init__(self, config: dict | None = None) -> None:
+        if config is not None and not isinstance(config, Mapping):
+            hint = ""
+            if isinstance(config, str) and config in _C.predefined_config_names():
+                hint = f" (pass the dict: mtq.{config})"
+            raise TypeError(
+                f"the quantize config must be a dict like mtq.INT8_DEFAULT_CFG, got "
+                f"{type(config).__name__} {config!r:.80}{hint}"
+            )
         config = dict(config or {})
         unknown = set(config) - {"quant_cfg", "algorithm"}
         if unknown:

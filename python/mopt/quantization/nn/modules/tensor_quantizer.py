@@ -72,6 +72,14 @@ class TensorQuantizer(nn.Module):
         if amax is not None:
             self.amax = amax
 
+    def __setstate__(self, state: dict) -> None:
+        # deepcopy and unpickling: the core came back without the factory of a Python calibrator
+        # class (a closure), which the attributes give again.
+        super().__setstate__(state)
+        factory = _calibrator_factory(self._attr)
+        if factory is not None:
+            self._core.set_attributes(self._attr.to_json(), factory)
+
     def _refresh(self) -> None:
         """Caches, as plain attributes a traced forward can read, what the core decided."""
         self.__dict__["_cfg_json"] = self._core.attributes_json
@@ -230,8 +238,12 @@ class TensorQuantizer(nn.Module):
         if value is None:
             self.reset_amax()
             return
+        self._store_amax(value, validate=True)
+
+    def _store_amax(self, value: torch.Tensor | float, validate: bool) -> None:
         current = self._buffers.get("_amax")
-        value = self._core.amax_to_store(torch.as_tensor(value, dtype=torch.float32), current)
+        value = self._core.amax_to_store(torch.as_tensor(value, dtype=torch.float32), current,
+                                         validate)
         if current is None:
             self.register_buffer("_amax", value.clone())
             self._refresh()
@@ -314,7 +326,7 @@ class TensorQuantizer(nn.Module):
         current = self._buffers.get("_amax")
         if current is not None and current.shape != amax.shape:
             self._buffers.pop("_amax")
-        self.amax = amax
+        self._store_amax(amax, validate=False)  # check_amax reports bad calibration results
 
     def export_amax(self) -> torch.Tensor | None:
         """amax for export (fp32), None for dynamic quantizers."""
@@ -360,6 +372,9 @@ class TensorQuantizer(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
+        amax = state_dict.get(prefix + "_amax")
+        if isinstance(amax, torch.Tensor):  # checked before anything is copied
+            self._core.amax_to_store(amax, None, True)
         # A checkpoint may hold buffers this quantizer has not created yet.
         for buf in ("_amax", "_pre_quant_scale"):
             key = prefix + buf
