@@ -112,6 +112,10 @@ void bind_algorithms(py::module_& m) {
         py::arg("name"), py::arg("input_quantizer"), py::arg("weight_quantizer"),
         "The warning for a layer SmoothQuant leaves alone (None: it can smooth it; a None "
         "quantizer stands for a SequentialQuantizer).");
+  m.def("tied_weight_skip_reasons", &algorithms::tied_weight_skip_reasons, py::arg("algorithm"),
+        py::arg("names"), py::arg("weights"),
+        "For each layer, the warning when its weight is shared with another layer's (tied), "
+        "which an algorithm changing weights must leave alone; None for the others.");
   m.def("awq_lite_skip_reason", &algorithms::awq_lite_skip_reason, py::arg("name"),
         py::arg("input_quantizer"), "The warning for a layer AWQ lite does not search, or None.");
   m.def("awq_clip_skip_reason", &algorithms::awq_clip_skip_reason, py::arg("name"),

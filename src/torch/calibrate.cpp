@@ -61,6 +61,28 @@ std::vector<Linear> quantized_linears(torch::nn::Module& model) {
   return out;
 }
 
+// quantized_linears minus the layers whose weight is shared with another (tied weights), which
+// an algorithm that scales or updates weights must leave alone (Python: solvable_linears).
+std::vector<Linear> solvable_linears(torch::nn::Module& model, const std::string& algorithm) {
+  const std::vector<Linear> all = quantized_linears(model);
+  std::vector<std::string> names;
+  std::vector<at::Tensor> weights;
+  for (const Linear& l : all) {
+    names.push_back(l.name);
+    weights.push_back(l.module->weight);
+  }
+  const auto reasons = algorithms::tied_weight_skip_reasons(algorithm, names, weights);
+  std::vector<Linear> out;
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (reasons[i]) {
+      MOPT_WARN(*reasons[i]);
+      continue;
+    }
+    out.push_back(all[i]);
+  }
+  return out;
+}
+
 // Every quantizer of the model, in named_modules order.
 std::vector<TensorQuantizerImpl*> all_quantizers(torch::nn::Module& model) {
   std::vector<TensorQuantizerImpl*> out;
@@ -351,7 +373,7 @@ void smoothquant(torch::nn::Module& model, const ForwardLoop& loop,
   MOPT_CHECK_VALUE(static_cast<bool>(loop),
                    "smoothquant needs forward_loop: it smooths with activation statistics");
   std::vector<SolvedLayer> layers;
-  for (const Linear& l : quantized_linears(model)) {
+  for (const Linear& l : solvable_linears(model, "smoothquant")) {
     auto* iq = tensor_quantizer(*l.module, QuantModule::kInput);
     auto* wq = tensor_quantizer(*l.module, QuantModule::kWeight);
     if (!iq || !iq->is_enabled()) continue;
@@ -391,7 +413,7 @@ void smoothquant(torch::nn::Module& model, const ForwardLoop& loop,
 std::vector<QuantModule*> awq_lite(torch::nn::Module& model, const ForwardLoop& loop,
                                    const algorithms::AwqLiteOptions& opts) {
   std::vector<SolvedLayer> layers;
-  for (const Linear& l : quantized_linears(model)) {
+  for (const Linear& l : solvable_linears(model, "awq_lite")) {
     auto* wq = tensor_quantizer(*l.module, QuantModule::kWeight);
     auto* iq = tensor_quantizer(*l.module, QuantModule::kInput);
     if (!wq || !wq->is_enabled() || !iq) continue;
@@ -542,7 +564,7 @@ void gptq(torch::nn::Module& model, const ForwardLoop& loop,
   // Targets, checked before anything changes.
   std::vector<SolvedLayer> layers;
   std::unordered_set<const TensorQuantizerImpl*> weight_qs;
-  for (const Linear& l : quantized_linears(model)) {
+  for (const Linear& l : solvable_linears(model, "gptq")) {
     const ModulePtr wqm = l.module->quantizer(QuantModule::kWeight);
     auto* wq = dynamic_cast<TensorQuantizerImpl*>(wqm.get());
     auto* seq = dynamic_cast<SequentialQuantizerImpl*>(wqm.get());

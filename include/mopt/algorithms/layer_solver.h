@@ -10,7 +10,9 @@
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace mopt::algorithms {
 
@@ -60,5 +62,13 @@ class LayerSolver {
   /// when a pass saw no data.
   virtual LayerUpdate solve(const LayerState& state) = 0;
 };
+
+/// For layers given by name and weight, in model order: for each layer whose weight storage is
+/// shared with another layer's (tied weights), the reason `algorithm` must not solve it; nullopt
+/// for the others. Algorithms that scale or update weights (SmoothQuant, AWQ, GPTQ) would apply
+/// the change once per layer to the one shared tensor; every layer of a tie group is skipped.
+std::vector<std::optional<std::string>> tied_weight_skip_reasons(
+    const std::string& algorithm, const std::vector<std::string>& names,
+    const std::vector<at::Tensor>& weights);
 
 }  // namespace mopt::algorithms

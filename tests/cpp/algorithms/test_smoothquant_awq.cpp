@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "mopt/algorithms/awq.h"
+#include "mopt/algorithms/layer_solver.h"
 #include "mopt/algorithms/smoothquant.h"
 
 namespace mopt::algorithms {
@@ -473,6 +474,22 @@ TEST(AwqClip, UnsupportedAmaxAndErrors) {
   bad.max_tokens_per_batch = 0;
   EXPECT_THROW(AwqClipLayer(w, amax, cfg_of(kInt4Block8), bad), c10::ValueError);
   EXPECT_THROW(AwqClipLayer(w, at::full({8, 2, 1}, NAN), cfg_of(kInt4Block8)), c10::Error);
+}
+
+TEST(TiedWeights, EveryLayerOfATieGroupIsSkippedAndNamed) {
+  const at::Tensor w = at::randn({4, 4});
+  const at::Tensor other = at::randn({4, 4});
+  // 'a' and 'c' share one tensor; 'd' is a view of it (same storage); 'b' stands alone
+  const auto reasons = tied_weight_skip_reasons("smoothquant", {"a", "b", "c", "d"},
+                                                {w, other, w, w.view({16})});
+  ASSERT_EQ(reasons.size(), 4u);
+  EXPECT_FALSE(reasons[1].has_value());
+  for (const size_t i : {0u, 2u, 3u}) {
+    ASSERT_TRUE(reasons[i].has_value()) << i;
+    EXPECT_NE(reasons[i]->find("smoothquant"), std::string::npos);
+    EXPECT_NE(reasons[i]->find("'a', 'c', 'd'"), std::string::npos) << *reasons[i];
+  }
+  EXPECT_THROW(tied_weight_skip_reasons("gptq", {"a"}, {}), c10::ValueError);
 }
 
 }  // namespace

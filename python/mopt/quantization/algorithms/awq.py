@@ -50,6 +50,7 @@ from .layerwise import (
     SolvedLayer,
     apply_update,
     quantized_linears,
+    solvable_linears,
     recalibrate_weight,
     replace_amax,
     solve,
@@ -99,7 +100,7 @@ def _warn(msg: str) -> None:
 def _awq_lite(model: nn.Module, forward_loop: Callable, alpha_step: float,
               debug: bool) -> list[nn.Module]:
     layers: list[SolvedLayer] = []
-    for name, module in quantized_linears(model):
+    for name, module in solvable_linears(model, "awq_lite"):
         wq, iq = module.weight_quantizer, module.input_quantizer
         if not isinstance(wq, TensorQuantizer) or not wq.is_enabled:
             continue

@@ -56,6 +56,7 @@ from .layerwise import (
     SolvedLayer,
     apply_update,
     quantized_linears,
+    solvable_linears,
     recalibrate_weight,
     solve,
     solver_pass,
@@ -75,7 +76,7 @@ def _targets(model: nn.Module, opts: dict) -> dict[str, SolvedLayer]:
     """A GPTQ solver per quantized linear layer with an enabled weight quantizer, every one
     checked before any change."""
     targets = {}
-    for name, module in quantized_linears(model):
+    for name, module in solvable_linears(model, "gptq"):
         wq = module.weight_quantizer
         if not wq.is_enabled:
             continue

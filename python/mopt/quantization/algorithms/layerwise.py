@@ -10,6 +10,7 @@ The C++ API's driver (src/torch/calibrate.cpp) does the same steps on LibTorch m
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Iterator
 
 import torch
@@ -55,6 +56,19 @@ def quantized_linears(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             and hasattr(module, "input_quantizer")
         ):
             yield name, module
+
+
+def solvable_linears(model: nn.Module, algorithm: str) -> Iterator[tuple[str, nn.Module]]:
+    """quantized_linears minus the layers whose weight is shared with another (tied weights),
+    which an algorithm that scales or updates weights must leave alone (warning naming them)."""
+    layers = list(quantized_linears(model))
+    reasons = _C.tied_weight_skip_reasons(algorithm, [n for n, _ in layers],
+                                          [m.weight for _, m in layers])
+    for (name, module), reason in zip(layers, reasons):
+        if reason is not None:
+            warnings.warn(reason, stacklevel=4)
+            continue
+        yield name, module
 
 
 def input_pre_hook(fn: Callable[[torch.Tensor], None]) -> Callable:

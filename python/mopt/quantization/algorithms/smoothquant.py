@@ -32,7 +32,7 @@ from torch import nn
 from ... import _C
 from ..nn.modules.tensor_quantizer import TensorQuantizer
 from .collect import weight_only_calibrate
-from .layerwise import SolvedLayer, apply_update, quantized_linears, solve, solver_pass
+from .layerwise import SolvedLayer, apply_update, solvable_linears, solve, solver_pass
 from .registry import register_calibration_algorithm
 
 __all__ = ["SmoothQuantDebug", "smoothquant"]
@@ -62,7 +62,7 @@ def smoothquant(model: nn.Module, forward_loop: Callable | None = None, alpha: f
     if forward_loop is None:
         raise ValueError("smoothquant needs forward_loop: it smooths with activation statistics")
     layers = []
-    for name, module in quantized_linears(model):
+    for name, module in solvable_linears(model, "smoothquant"):
         iq = module.input_quantizer
         if not iq.is_enabled:
             continue
