@@ -83,6 +83,30 @@ def _set_one(model: nn.Module, name: str, module: nn.Module, attribute: Any) -> 
     return module
 
 
+@contextlib.contextmanager
+def _restored_on_error(quant_model: nn.Module) -> Iterator[None]:
+    """Puts every quantizer back (the module objects in their slots, attributes and flags) when
+    the block raises: a config that fails on its n-th quantizer changes none."""
+    slots = []
+    for name, module in quant_model.named_modules():
+        if isinstance(module, (TensorQuantizer, SequentialQuantizer)) and name:
+            parent, attr = parent_of(quant_model, name)
+            slots.append((parent, attr, module))
+    states = [(q, q.attribute_config, q.mode) for q in quant_model.modules()
+              if isinstance(q, TensorQuantizer)]
+    try:
+        yield
+    except BaseException:
+        for parent, attr, module in slots:
+            if getattr(parent, attr, None) is not module:
+                setattr(parent, attr, module)
+        for q, attr_cfg, mode in states:
+            if q.attribute_config is not attr_cfg:
+                q.set_from_attribute_config(attr_cfg)
+            q.set_mode(mode)
+        raise
+
+
 def set_quantizer_attribute(
     quant_model: nn.Module,
     wildcard_or_filter_func: str | Callable[[str], bool],
@@ -90,7 +114,15 @@ def set_quantizer_attribute(
     parent_class: type | None = None,
 ) -> int:
     """Sets `attribute` (dict: only its keys; QuantizerAttributeConfig: every field; list: a
-    SequentialQuantizer) on every quantizer whose full name matches. Returns the match count."""
+    SequentialQuantizer) on every quantizer whose full name matches. Returns the match count.
+    On error no quantizer is changed."""
+    with _restored_on_error(quant_model):
+        return _set_quantizer_attribute(quant_model, wildcard_or_filter_func, attribute,
+                                        parent_class)
+
+
+def _set_quantizer_attribute(quant_model: nn.Module, wildcard_or_filter_func: Any,
+                             attribute: Any, parent_class: type | None) -> int:
     count = 0
     for name, module in list(quant_model.named_modules()):
         if not isinstance(module, (TensorQuantizer, SequentialQuantizer)):
@@ -133,9 +165,10 @@ def _iter_cfg(quant_cfg: dict) -> Iterator[tuple[Any, Any, type | None]]:
 
 def set_quantizer_by_cfg(quant_model: nn.Module, quant_cfg: dict) -> None:
     """Applies a quant_cfg dict: "default" first, then in order, the last match wins; plain dict
-    entries set only the keys they name."""
-    for pattern, cfg, parent_class in _iter_cfg(quant_cfg):
-        set_quantizer_attribute(quant_model, pattern, cfg, parent_class)
+    entries set only the keys they name. On error no quantizer is changed."""
+    with _restored_on_error(quant_model):
+        for pattern, cfg, parent_class in _iter_cfg(quant_cfg):
+            _set_quantizer_attribute(quant_model, pattern, cfg, parent_class)
 
 
 def _full(cfg: Any) -> Any:

@@ -110,6 +110,15 @@ def calibrate(model: nn.Module, algorithm: Any = "max",
     checked: NaN, Inf or negative values raise RuntimeError naming the quantizer.
     """
     steps = calibration_steps(algorithm)
+    searching = [method for method, _ in steps if method != "max"]
+    if searching:
+        meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
+        if meta is not None:
+            raise ValueError(
+                f"{searching[0]} calibration needs real weights and data, but parameter '{meta}' "
+                "is on the meta device; materialize the model first (e.g. model.to_empty("
+                "device=...) then load_state_dict)"
+            )
     was_training = model.training
     model.eval()
     try:

@@ -137,13 +137,22 @@ def fold_weight(model: nn.Module, keep_attrs: bool = False) -> None:
 
 def postprocess_amax(model: nn.Module, key: str | Callable,
                      post_process_fn: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
-    """Replaces the amax of every matching quantizer by ``post_process_fn(amax)``."""
+    """Replaces the amax of every matching quantizer by ``post_process_fn(amax)``. Every new
+    amax is computed and checked (finite, non-negative) before any is set, so an error changes
+    nothing."""
+    updates = []
     for name, q in named_quantizers(model):
         if matches(name, key) and q.amax is not None:
-            new = post_process_fn(q.amax)
-            if new.shape != q.amax.shape:
-                q.reset_amax()
-            q.amax = new
+            new = post_process_fn(q.amax.clone())
+            if not isinstance(new, torch.Tensor):
+                raise TypeError(f"postprocess_amax: post_process_fn returned "
+                                f"{type(new).__name__} for '{name}', expected a tensor")
+            q.core.amax_to_store(new, None, True)
+            updates.append((q, new))
+    for q, new in updates:
+        if new.shape != q.amax.shape:
+            q.reset_amax()
+        q.amax = new
     return model
 
 
