@@ -94,7 +94,7 @@ test-sanitize: deps $(BUILD_SANITIZE)/build.ninja
 	cd $(BUILD_SANITIZE) && $(SANITIZE_ENV) ctest --output-on-failure -j $(JOBS)
 
 demo: build-demo
-	$(PY) -m mopt ptq --model default --configs all --out out/demo
+	$(PY) -m mopt ptq --model default --configs all --out out/demo --overwrite
 
 # nvidia-modelopt (pure Python) is what compare_modelopt.py measures against; constraints.txt
 # keeps it from resolving another torch. If it does not install, the script says why.
