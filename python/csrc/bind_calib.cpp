@@ -2,6 +2,7 @@
 // (MaxCalibrator, HistogramCalibrator, MseCalibrator), so a quantizer's calibrator is the same
 // object in C++ and Python; a calibrator written in Python (any object with collect /
 // compute_amax / reset) is wrapped in PythonCalibrator when a quantizer takes it.
+#include <cmath>
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
@@ -322,12 +323,27 @@ void bind_calib(py::module_& m) {
       "Per-tensor or per-channel search of amax * m for m in linspace(start_multiplier, "
       "stop_multiplier, num_steps) by accumulated error of quant_func (SPEC §5 `mse`).");
   mse_cls
-      .def(py::init([](const py::object& amax, const py::object& axis, const py::object& num_steps,
+      // ModelOpt's signature: the grid is given by step_size (num_steps =
+      // ceil((stop - start) / step_size) + 1); num_steps, keyword only, gives it directly.
+      .def(py::init([](const py::object& amax, const py::object& axis, double step_size,
                        double start_multiplier, double stop_multiplier,
-                       const py::object& quant_func, const py::object& error_func) {
+                       const py::object& quant_func, const py::object& error_func,
+                       py::object num_steps) {
              if (amax.is_none()) {
                throw py::value_error("MseCalibrator needs an initial amax (run max calibration "
                                      "first)");
+             }
+             if (num_steps.is_none()) {
+               if (!(step_size > 0.0) || !std::isfinite(step_size)) {
+                 throw py::value_error("step_size must be a positive number, got " +
+                                       std::to_string(step_size));
+               }
+               const double n = std::ceil((stop_multiplier - start_multiplier) / step_size) + 1.0;
+               if (!(n <= 1e6)) {
+                 throw py::value_error("step_size " + std::to_string(step_size) +
+                                       " gives more than 10^6 multipliers to search");
+               }
+               num_steps = py::int_(static_cast<int64_t>(std::max(n, 1.0)));
              }
              if (py::isinstance<py::bool_>(num_steps) || !py::isinstance<py::int_>(num_steps)) {
                throw py::type_error("num_steps must be an int, got " +
@@ -347,9 +363,10 @@ void bind_calib(py::module_& m) {
                  quant_func.is_none() ? nullptr : quant_func.cast<MseCalibrator::QuantFunc>(),
                  error_func.is_none() ? nullptr : error_func.cast<MseCalibrator::ErrorFunc>());
            }),
-           py::arg("amax"), py::arg("axis") = py::none(), py::arg("num_steps") = 10,
+           py::arg("amax"), py::arg("axis") = py::none(), py::arg("step_size") = 0.1,
            py::arg("start_multiplier") = 0.25, py::arg("stop_multiplier") = 4.0,
-           py::arg("quant_func") = py::none(), py::arg("error_func") = py::none())
+           py::arg("quant_func") = py::none(), py::arg("error_func") = py::none(), py::kw_only(),
+           py::arg("num_steps") = py::none())
       .def(
           "compute_amax",
           [](const MseCalibrator& c, bool verbose) -> c10::optional<at::Tensor> {
