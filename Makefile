@@ -4,7 +4,7 @@
 # Both are idempotent. torch is pinned to $(TORCH_VERSION) and installed before anything else so
 # pip never resolves a torch of its own. `make demo` builds only libmopt and mopt._C; the test
 # binaries and the kernel benchmark are built by `make test` (or `make build`).
-#   make test-sanitize   the C++ tests built with ASan + UBSan in $(BUILD_SANITIZE) (.ci/run runs it)
+#   make test-sanitize   the C++ tests built with ASan + UBSan in $(BUILD_SANITIZE) (.ci/run)
 #   make gpu-check   on a machine with an NVIDIA GPU: CUDA build, CUDA tests, GPU benchmarks
 #                    (tools/gpu_check.sh; needs no network)
 
@@ -78,10 +78,13 @@ test-python: build
 # nothing copied into python/mopt, no CUDA (the CUDA kernels run under compute-sanitizer in
 # `make gpu-check`). -O1 -g1 keeps the build and the run fast with readable stacks. Any report
 # fails the test: halt_on_error, and UBSan does not recover. Leaks are checked too; libtorch,
-# loaded into the test binaries, reports none, so no suppression file is needed.
+# loaded into the test binaries, reports none, so no suppression file is needed. ccache leaves
+# the build folder out of its hash (CCACHE_NOHASHDIR), which it otherwise adds for -g: a fresh
+# clone then hits the cache too, at the price of a stale folder name in the debug info only.
 BUILD_SANITIZE ?= build-sanitize
-SANITIZE_ENV := ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1 \
-	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+ASAN_CHECKS := halt_on_error=1:detect_leaks=1:strict_string_checks=1
+ASAN_CHECKS := $(ASAN_CHECKS):detect_stack_use_after_return=1:check_initialization_order=1
+SANITIZE_ENV := ASAN_OPTIONS=$(ASAN_CHECKS) UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 $(BUILD_SANITIZE)/build.ninja: CMakeLists.txt Makefile | deps
 	cmake -S . -B $(BUILD_SANITIZE) -G Ninja -Wno-unused-cli -DCMAKE_BUILD_TYPE=Debug \
 	  -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" -DMOPT_SANITIZE=ON -DMOPT_BUILD_PYTHON=OFF \
@@ -90,7 +93,8 @@ $(BUILD_SANITIZE)/build.ninja: CMakeLists.txt Makefile | deps
 	@touch $@
 
 test-sanitize: deps $(BUILD_SANITIZE)/build.ninja
-	cmake --build $(BUILD_SANITIZE) -j $(JOBS) --target mopt_kernel_tests mopt_lib_tests
+	CCACHE_NOHASHDIR=1 cmake --build $(BUILD_SANITIZE) -j $(JOBS) \
+	  --target mopt_kernel_tests mopt_lib_tests
 	cd $(BUILD_SANITIZE) && $(SANITIZE_ENV) ctest --output-on-failure -j $(JOBS)
 
 demo: build-demo
