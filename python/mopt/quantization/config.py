@@ -91,7 +91,11 @@ class QuantizerAttributeConfig:
                     f"got {custom!r}"
                 )
             kwargs = {**kwargs, "calibrator": "custom"}
-        normalized = _C.normalize_quantizer_config(json.dumps(_to_jsonable(kwargs)))
+        try:
+            text = json.dumps(_to_jsonable(kwargs))
+        except RecursionError:
+            raise ValueError("quantizer attributes are nested too deeply to be a config") from None
+        normalized = _C.normalize_quantizer_config(text)
         fields = _from_json(json.loads(normalized))
         if custom is not None and not isinstance(custom, str):
             fields["calibrator"] = custom

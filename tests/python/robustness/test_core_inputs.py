@@ -364,3 +364,11 @@ def test_mxfp4_block_with_inf_or_nan_is_nan_not_six(bad):
     assert torch.isnan(y[0, :32]).all()  # the block holding it
     assert torch.equal(y[0, 32:], torch.ops.mopt.fake_quant_mx(w[0:1, 32:], 2, 1, 32)[0])
     assert not torch.isnan(y[1]).any()
+
+
+def test_attributes_nested_beyond_the_recursion_limit_are_a_value_error():
+    nested: list = []
+    for _ in range(5000):
+        nested = [nested]
+    with pytest.raises(ValueError, match="nested too deeply"):
+        mtq.QuantizerAttributeConfig(block_sizes=nested)
