@@ -122,10 +122,6 @@ def signature_problems(reference: list[dict], ours: list[inspect.Parameter]) -> 
     return problems
 
 
-# Signature differences that need a C++ binding change (python/csrc), kept visible here.
-KNOWN_SIGNATURE_GAPS: dict[str, str] = {}
-
-
 def _trigger(obj):
     """Uses a refused object the way a script would."""
     if isinstance(obj, type):
@@ -163,8 +159,6 @@ def test_name_resolves(module, mopt_path, name, entry):
         params = _param_names(obj)
         if params is not None:
             problems = signature_problems(entry["signature"], params)
-            if problems and name in KNOWN_SIGNATURE_GAPS:
-                pytest.xfail(KNOWN_SIGNATURE_GAPS[name])
             assert not problems, f"{name}{entry['signature_text']}: {problems}"
 
 

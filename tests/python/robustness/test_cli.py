@@ -88,15 +88,13 @@ def test_out_is_a_file_or_under_one(capsys, tmp_path, eval_file, no_model_load):
     assert target.read_text() == "not a folder"
 
 
-def test_out_that_cannot_be_created(capsys, tmp_path, eval_file, no_model_load):
-    # /sys refuses new folders even to root; elsewhere a read-only parent does
-    if os.geteuid() == 0:
-        target = pathlib.Path("/sys/mopt-robustness-test/out")
-        if target.parent.exists():
-            pytest.skip("/sys accepted a folder here")
-    else:
-        (tmp_path / "ro").mkdir(mode=0o555)
-        target = tmp_path / "ro" / "new" / "out"
+def test_out_that_cannot_be_created(capsys, tmp_path, eval_file, monkeypatch, no_model_load):
+    target = tmp_path / "ro" / "new" / "out"
+
+    def refuse(self, *args, **kwargs):  # a read-only parent (root ignores chmod, so fake it)
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", refuse)
     rc, _, err = run_cli(capsys, *FAST, "--eval-text", str(eval_file), "--out", str(target))
     assert_usage_error(rc, err, "cannot create the output folder", str(target))
     assert not target.parent.exists()
@@ -114,13 +112,18 @@ def test_out_that_cannot_be_written(capsys, tmp_path, eval_file, monkeypatch, no
     assert not (tmp_path / "out").exists()  # the folders it created are gone again
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_read_only_out(capsys, tmp_path, eval_file, no_model_load):
+def test_read_only_out(capsys, tmp_path, eval_file, monkeypatch, no_model_load):
     target = tmp_path / "ro"
-    target.mkdir(mode=0o555)
+    target.mkdir()
+
+    def refuse(*args, **kwargs):  # a read-only folder (root ignores chmod, so fake it)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(report.tempfile, "TemporaryFile", refuse)
     rc, _, err = run_cli(capsys, *FAST, "--eval-text", str(eval_file), "--out", str(target))
     assert_usage_error(rc, err, "cannot write to the output folder", str(target))
     assert snapshot(target) == {}
+    assert target.is_dir()  # a folder the user made is kept
 
 
 def test_existing_results_are_not_overwritten(capsys, tmp_path, eval_file, no_model_load):
