@@ -83,10 +83,9 @@ def _set_one(model: nn.Module, name: str, module: nn.Module, attribute: Any) -> 
     return module
 
 
-@contextlib.contextmanager
-def _restored_on_error(quant_model: nn.Module) -> Iterator[None]:
-    """Puts every quantizer back (the module objects in their slots, attributes and flags) when
-    the block raises: a config that fails on its n-th quantizer changes none."""
+def _snapshot(quant_model: nn.Module) -> Callable[[], None]:
+    """Saves every quantizer (the module objects in their slots, attributes and flags) and
+    returns the function that puts them back."""
     slots = []
     for name, module in quant_model.named_modules():
         if isinstance(module, (TensorQuantizer, SequentialQuantizer)) and name:
@@ -94,9 +93,8 @@ def _restored_on_error(quant_model: nn.Module) -> Iterator[None]:
             slots.append((parent, attr, module))
     states = [(q, q.attribute_config, q.mode) for q in quant_model.modules()
               if isinstance(q, TensorQuantizer)]
-    try:
-        yield
-    except BaseException:
+
+    def restore() -> None:
         for parent, attr, module in slots:
             if getattr(parent, attr, None) is not module:
                 setattr(parent, attr, module)
@@ -104,6 +102,19 @@ def _restored_on_error(quant_model: nn.Module) -> Iterator[None]:
             if q.attribute_config is not attr_cfg:
                 q.set_from_attribute_config(attr_cfg)
             q.set_mode(mode)
+
+    return restore
+
+
+@contextlib.contextmanager
+def _restored_on_error(quant_model: nn.Module) -> Iterator[None]:
+    """Puts every quantizer back when the block raises: a config that fails on its n-th
+    quantizer changes none."""
+    restore = _snapshot(quant_model)
+    try:
+        yield
+    except BaseException:
+        restore()
         raise
 
 
@@ -209,17 +220,12 @@ def set_quantizer_by_cfg_context(quant_model: nn.Module, quant_cfg: dict) -> Ite
     for _, cfg, _ in _iter_cfg(quant_cfg):
         if isinstance(cfg, (list, tuple)):
             raise ValueError("set_quantizer_by_cfg_context does not take sequential (list) configs")
-    saved = [
-        (q, q.attribute_config, q.mode)
-        for _, q in quant_model.named_modules() if isinstance(q, TensorQuantizer)
-    ]
+    restore = _snapshot(quant_model)
     try:
         set_quantizer_by_cfg(quant_model, quant_cfg)
         yield
     finally:
-        for q, attr, mode in saved:
-            q.set_from_attribute_config(attr)
-            q.set_mode(mode)
+        restore()
 
 
 def register(original_cls: type, quantized_cls: type) -> None:

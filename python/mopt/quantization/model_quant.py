@@ -152,7 +152,7 @@ def postprocess_amax(model: nn.Module, key: str | Callable,
     for q, new in updates:
         if new.shape != q.amax.shape:
             q.reset_amax()
-        q.amax = new
+        q._store_amax(new, validate=False)  # validated above
     return model
 
 
