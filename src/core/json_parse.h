@@ -26,7 +26,21 @@ inline nlohmann::ordered_json parse_json(const std::string& text, const char* wh
   try {
     return json::parse(text, limit_depth);
   } catch (const json::exception& e) {  // parse_error, and out_of_range for a number like 1e400
-    MOPT_CHECK_VALUE(false, what, " is not valid JSON: ", e.what());
+    // nlohmann quotes the bytes it last read, which may be anything: escape them so the message
+    // stays valid UTF-8 (Python decodes it).
+    std::string message;
+    for (const char ch : std::string(e.what())) {
+      const auto c = static_cast<unsigned char>(ch);
+      if (c >= 0x20 && c < 0x7f) {
+        message += ch;
+      } else {
+        static const char* hex = "0123456789abcdef";
+        message += "\\x";
+        message += hex[c >> 4];
+        message += hex[c & 15];
+      }
+    }
+    MOPT_CHECK_VALUE(false, what, " is not valid JSON: ", message);
   }
   return json();
 }

@@ -3,6 +3,7 @@
 
 #include <torch/nn/module.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,5 +22,16 @@ struct Node {
 /// Preorder walk with each module once (the first path that reaches it), as Python's
 /// named_modules. Works on a root that is not owned by a shared_ptr.
 std::vector<Node> named_modules(torch::nn::Module& root);
+
+/// Converts every Linear/Conv layer of `model` as mopt::quantize does, names the quantizers, then
+/// runs `setup`; on any error the module tree is put back as it was and the error re-raised.
+void convert_layers_then(torch::nn::Module& model, const std::function<void()>& setup);
+
+/// Installs `fresh` in the place of the quantizer at `node` (its QuantModule slot or registry
+/// entry).
+void replace_quantizer(const Node& node, const std::shared_ptr<torch::nn::Module>& fresh);
+
+/// Sets every quantizer's message name to its full name in `model`.
+void name_quantizers(torch::nn::Module& model);
 
 }  // namespace mopt

@@ -19,6 +19,7 @@
 #include "mopt/core/error.h"
 #include "mopt/algorithms/calibration.h"
 #include "mopt/core/fnmatch.h"
+#include "mopt/torch/save_restore.h"
 #include "torch/module_tree.h"
 
 namespace mopt {
@@ -268,8 +269,9 @@ bool entry_enables(const QuantCfgEntry& e) {
   return false;
 }
 
-// Installs `fresh` in the place of the quantizer at `node` and returns it.
-void replace_quantizer(const Node& node, const ModulePtr& fresh) {
+}  // namespace
+
+void replace_quantizer(const Node& node, const std::shared_ptr<torch::nn::Module>& fresh) {
   auto* qm = dynamic_cast<QuantModule*>(node.parent);
   const auto& slots = QuantModule::quantizer_slots();
   const auto slot = std::find(slots.begin(), slots.end(), node.attr);
@@ -279,6 +281,12 @@ void replace_quantizer(const Node& node, const ModulePtr& fresh) {
     node.parent->replace_module(node.attr, fresh);
   }
 }
+
+void name_quantizers(torch::nn::Module& model) {
+  for (auto& [name, q] : named_quantizers(model)) q->set_quantizer_name(name);
+}
+
+namespace {
 
 // Python's _set_one: a list makes a SequentialQuantizer of that length, a dict a single
 // TensorQuantizer; `full` resets every attribute, otherwise only the keys given are set.
@@ -351,10 +359,6 @@ void apply_quant_cfg_full(torch::nn::Module& model, const std::vector<QuantCfgEn
                      "] that match no quantizer in the model; check the names with "
                      "mopt::print_quant_summary(model)");
   }
-}
-
-void name_quantizers(torch::nn::Module& model) {
-  for (auto& [name, q] : named_quantizers(model)) q->set_quantizer_name(name);
 }
 
 // Converted layers that only a custom module's typed member calls cannot run their quantizers.
@@ -451,9 +455,24 @@ void disable_quantizer(torch::nn::Module& model, const std::string& pattern) {
   }
 }
 
+void convert_layers_then(torch::nn::Module& model, const std::function<void()>& setup) {
+  Conversion conversion;
+  try {
+    conversion.convert(model);
+    name_quantizers(model);
+    setup();
+    name_quantizers(model);
+    check_reachable(conversion);
+  } catch (...) {
+    conversion.rollback();
+    throw;
+  }
+}
+
 void quantize(torch::nn::Module& model, const QuantizeConfig& config,
               const ForwardLoop& forward_loop) {
   config.validate();
+  check_mode(model, "quantize");
   // every method and option checked before the model is touched
   const auto steps = algorithms::parse_calibration_steps(config.algorithm);
   Conversion conversion;
@@ -479,6 +498,7 @@ void quantize(torch::nn::Module& model, const QuantizeConfig& config,
     conversion.rollback();
     throw;
   }
+  record_mode(model, "quantize", config.to_json());
 }
 
 }  // namespace mopt

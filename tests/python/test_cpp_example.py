@@ -95,3 +95,53 @@ def test_example_quantizes_digits_mlp(installed_example, tmp_path):
     assert int8_acc >= float_acc - 0.02
     assert fp8_acc >= float_acc - 0.03
     print(f"python {sys.version.split()[0]}: int8 err {int8_err:.4f}, fp8 err {fp8_err:.4f}")
+
+
+# One config per kind of quantizer state: per-channel INT8 with a static activation amax, INT4
+# blocks with AWQ's pre_quant_scale, NVFP4 (dynamic blocks, per-tensor amax), a W4A8
+# SequentialQuantizer, and a weight-only GPTQ config whose weights changed.
+_PY_TO_CPP_CONFIGS = ["INT8_DEFAULT_CFG", "INT4_AWQ_CFG", "NVFP4_DEFAULT_CFG",
+                      "W4A8_AWQ_BETA_CFG", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"]
+
+
+@pytest.mark.parametrize("config", _PY_TO_CPP_CONFIGS)
+def test_python_saved_model_restores_in_cpp(installed_example, tmp_path, config):
+    """mto.save in Python -> mopt::restore in the C++ example: the same outputs, bit for bit;
+    and the C++ program's mopt::save restores in Python to the same model."""
+    import contextlib
+    import io
+
+    import mopt.opt as mto
+    import mopt.quantization as mtq
+    from torch import nn
+
+    from mopt import _C
+
+    def mlp() -> nn.Module:
+        return nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 64))
+
+    torch.manual_seed(0)
+    model = mlp()
+    calib = [torch.randn(16, 128) for _ in range(4)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        mtq.quantize(model, getattr(mtq, config), lambda m: [m(x) for x in calib])
+    x = torch.randn(32, 128)
+    with torch.no_grad():
+        expected = model(x)
+    state, inputs, outputs, resaved = (tmp_path / n for n in (
+        "state.safetensors", "x.safetensors", "y.safetensors", "resaved.safetensors"))
+    mto.save(model, state)
+    _C.save_safetensors(str(inputs), [("x", x)])
+
+    _, exe = installed_example
+    out = _run([str(exe.parent / "restore_mlp"), str(state), str(inputs), str(outputs),
+                str(resaved)], env={**os.environ, "OMP_NUM_THREADS": "2"}).stdout
+    assert "modes: quantize" in out
+    (name, y), = _C.load_safetensors(str(outputs))[0]
+    assert torch.equal(y, expected), (y - expected).abs().max()
+
+    fresh = mlp()
+    mto.restore(fresh, resaved)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), expected)
+    assert [m for m, _ in mto.modelopt_state(fresh)["modelopt_state_dict"]] == ["quantize"]

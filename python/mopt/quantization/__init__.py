@@ -29,6 +29,7 @@ from .config_compat import __all__ as _config_compat_all
 from .compat import *  # noqa: E402,F403  (ModelOpt names under ModelOpt's signatures, refusals)
 from .compat import __all__ as _compat_all
 
+from . import mode  # noqa: E402  (registers the quantize mode with mopt.opt)
 from . import plugins  # noqa: E402,F401  (optional integrations, loaded when their library is)
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "register_calibration_algorithm",
     "calibration_algorithms",
     "utils",
+    "mode",
     "plugins",
     "update_quant_cfg_with_kv_cache_quant",
     *_config_compat_all,

@@ -80,8 +80,6 @@ __all__ += define_refusals(globals(), _MQ, {
     "compute_quantization_mse": ("function", "the per-quantizer output-MSE report"),
     "temporarily_fold_weights": ("function", "temporary weight folding with a snapshot; use "
                                  "mtq.fold_weight"),
-    "mode": ("object", "ModelOpt's mode registry module (modelopt.torch.quantization.mode); "
-             "mopt's save/restore modes are in mopt.opt"),
 })
 
 del Any, warnings

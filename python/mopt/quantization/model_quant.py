@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..opt.conversion import apply_mode, check_mode
 from .config import QuantizeConfig
 from .conversion import apply_model_plugins, apply_quant_cfg_full, replace_quant_module
 from .model_calib import calibrate, calibration_steps
@@ -67,6 +68,7 @@ def quantize(model: nn.Module, config: dict, forward_loop: Callable | None = Non
     """
     apply_model_plugins(model)  # before validation: the config may name classes they register
     config = QuantizeConfig(config)
+    check_mode(model, "quantize")
     forward_loop = _wrap_forward_loop(forward_loop)
     converted: list[nn.Module] = []
     backup = ParameterBackup()
@@ -82,6 +84,7 @@ def quantize(model: nn.Module, config: dict, forward_loop: Callable | None = Non
         for module in converted:
             module._unsetup()
         raise
+    apply_mode(model, "quantize", config)
     return model
 
 

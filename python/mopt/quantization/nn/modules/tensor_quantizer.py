@@ -15,6 +15,7 @@ the forward is exactly that operator (quantizing or disabled, not calibrating), 
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any, Iterator
 
 import torch
@@ -22,12 +23,10 @@ from torch import nn
 
 from .... import _C
 from ...._compat import refused_method
-from ...config import QuantizerAttributeConfig
+from ...config import QuantizerAttributeConfig, _from_json
 
 __all__ = ["TensorQuantizer", "SequentialQuantizer"]
 
-# State restored by set_from_modelopt_state and reported by get_modelopt_state.
-_FLAG_KEYS = ("_disabled", "_if_quant", "_if_calib")
 
 
 def _calibrator_factory(attr: QuantizerAttributeConfig):
@@ -345,34 +344,52 @@ class TensorQuantizer(nn.Module):
 
     # -- state save / restore -------------------------------------------------------------------
     def get_modelopt_state(self, properties_only: bool = False) -> dict:
-        """Properties to rebuild this quantizer (tensors live in state_dict, so
-        `properties_only` changes nothing)."""
-        attrs = self._attr.model_dump()
-        if not isinstance(attrs["calibrator"], str):
-            attrs["calibrator"] = "max"  # Python calibrator classes are not serialized
-        state = {k: getattr(self, k) for k in _FLAG_KEYS}
-        state["attributes"] = attrs
-        for buf in ("_amax", "_pre_quant_scale"):
-            t = self._buffers.get(buf)
-            state[f"{buf}_shape"] = None if t is None else list(t.shape)
-        return state
+        """Properties to rebuild this quantizer, in ModelOpt's layout (``_num_bits``,
+        ``_disabled``, ..., and the buffer shapes under ``_pytorch_state_metadata``); tensors
+        live in state_dict, so `properties_only` changes nothing."""
+        buffers = {k: self._buffers.get(k) for k in ("_amax", "_pre_quant_scale")}
+        return json.loads(_C.quantizer_state_json(self._core, buffers))
 
     def set_from_modelopt_state(self, modelopt_state: dict, properties_only: bool = False) -> None:
-        """Restores properties from get_modelopt_state(); buffers get placeholders that
-        load_state_dict fills (not with `properties_only`)."""
-        state = modelopt_state
-        self._set_attr(QuantizerAttributeConfig(**state["attributes"]))
-        for k in _FLAG_KEYS:
-            setattr(self, k, state[k])
-        for buf in ("_amax", "_pre_quant_scale"):
-            shape = state.get(f"{buf}_shape")
-            if shape is not None and not properties_only:
-                self.register_buffer(buf, torch.zeros(shape, dtype=torch.float32))
+        """Restores properties from get_modelopt_state() (mopt's or nvidia-modelopt's); buffers
+        get placeholders of the recorded shapes that load_state_dict fills (not with
+        `properties_only`)."""
+        self.apply_parsed_state(_C.parse_quantizer_state(self.name, json.dumps(modelopt_state)),
+                                properties_only)
+
+    def apply_parsed_state(self, p: dict, properties_only: bool = False) -> None:
+        """Applies a state parsed by ``_C.parse_quantizer_state``: attributes, mode flags and
+        placeholder buffers of the recorded shapes and dtypes."""
+        if p["sequential"]:
+            raise ValueError(f"mopt: quantizer '{self.name}': the state is a SequentialQuantizer's")
+        buffers = {}
+        for buf, (dtype_name, shape) in p["buffers"].items():
+            dtype = getattr(torch, dtype_name, None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"mopt: quantizer '{self.name}': {buf} has unknown dtype "
+                                 f"'{dtype_name}'")
+            fill = torch.ones if buf == "_pre_quant_scale" else torch.zeros
+            buffers[buf] = fill(shape, dtype=dtype)
+        self._set_attr(QuantizerAttributeConfig(**_from_json(json.loads(p["attributes_json"]))))
+        self.set_mode(tuple(p["flags"]))
+        # nvidia-modelopt's block quantizers store amax flattened: load_state_dict reshapes it
+        layout = p.get("file_amax_shape")
+        self.__dict__["_file_amax_shape"] = None if layout is None else tuple(layout)
+        if not properties_only:
+            for buf in ("_amax", "_pre_quant_scale"):
+                self._buffers.pop(buf, None)
+                if buf in buffers:
+                    self.register_buffer(buf, buffers[buf])
         self._refresh()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         amax = state_dict.get(prefix + "_amax")
+        current = self._buffers.get("_amax")
+        layout = self.__dict__.get("_file_amax_shape")
+        if (isinstance(amax, torch.Tensor) and current is not None and layout is not None
+                and tuple(amax.shape) == layout and amax.numel() == current.numel()):
+            amax = state_dict[prefix + "_amax"] = amax.reshape(current.shape)
         if isinstance(amax, torch.Tensor):  # checked before anything is copied
             self._core.amax_to_store(amax, None, True)
         # A checkpoint may hold buffers this quantizer has not created yet.

@@ -1,0 +1,107 @@
+"""The quantize mode of ``mopt.opt`` (ModelOpt's ``modelopt.torch.quantization.mode``).
+
+``quantize`` records the config and, as metadata, every quantizer's properties in ModelOpt's
+layout (``quantizer_state``: ``{name: {"_num_bits": ..., "_disabled": ..., ...}}``), computed by
+the C++ core (``_C.quantizer_state_json``). Restoring converts the model's layers, then sets each
+quantizer from its recorded properties (parsed and checked in C++) and creates its buffers with
+the recorded shapes for ``load_state_dict`` to fill. nvidia-modelopt's ``<algorithm>_calibrate``
+entries carry the same metadata and restore by re-applying it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from torch import nn
+
+from .. import _C
+from ..opt.mode import ModeDescriptor, register_mode
+from .config import QuantizerAttributeConfig, _from_json
+from .conversion import replace_quant_module
+from .nn.modules.tensor_quantizer import SequentialQuantizer, TensorQuantizer
+from .utils import parent_of
+
+__all__ = ["quantizer_state", "restore_quantizer_state", "QUANTIZE_MODE"]
+
+QUANTIZE_MODE = "quantize"
+
+
+def quantizer_state(model: nn.Module) -> dict:
+    """Properties of every quantizer in `model` by full name (ModelOpt's layout)."""
+    return {name: m.get_modelopt_state() for name, m in model.named_modules()
+            if isinstance(m, (TensorQuantizer, SequentialQuantizer))}
+
+
+def _update_quantize_metadata(model: nn.Module, config: dict, metadata: dict) -> None:
+    metadata["quantizer_state"] = quantizer_state(model)
+
+
+def restore_quantizer_state(model: nn.Module, metadata: dict, undo: list) -> dict[str, list[int]]:
+    """Sets every quantizer of a converted `model` from ``metadata["quantizer_state"]``. Every
+    entry is parsed and the names are matched before any quantizer changes. Returns the amax
+    tensors a file stores in another layout (name -> mopt's shape)."""
+    states = metadata.get("quantizer_state")
+    if not isinstance(states, dict):
+        raise ValueError("mopt: the quantize mode's metadata has no quantizer_state")
+    parsed = {name: _C.parse_quantizer_state(name, json.dumps(s)) for name, s in states.items()}
+    # SequentialQuantizers first: their children are quantizers of the state too.
+    present = dict(model.named_modules())
+    for name, p in parsed.items():
+        if not p["sequential"]:
+            continue
+        module = present.get(name)
+        if not isinstance(module, (TensorQuantizer, SequentialQuantizer)):
+            continue  # reported by the name check below
+        if isinstance(module, SequentialQuantizer) and len(module) == p["num_quantizers"]:
+            continue
+        new = SequentialQuantizer(*[TensorQuantizer() for _ in range(p["num_quantizers"])])
+        for i, q in enumerate(new):
+            q.name = f"{name}.{i}"
+        parent, attr = parent_of(model, name)
+        setattr(parent, attr, new)
+        undo.append(lambda parent=parent, attr=attr, old=module: setattr(parent, attr, old))
+    names = [(n, []) for n, m in model.named_modules()
+             if isinstance(m, (TensorQuantizer, SequentialQuantizer))]
+    _C.check_tensors_match(names, [(n, []) for n in parsed], "quantizer_state")
+    reshapes = {}
+    for name, q in model.named_modules():
+        if isinstance(q, TensorQuantizer):
+            _apply(q, parsed[name], undo)
+            if parsed[name]["file_amax_shape"] is not None:
+                reshapes[f"{name}._amax"] = parsed[name]["buffers"]["_amax"][1]
+    return reshapes
+
+
+def _apply(q: TensorQuantizer, p: dict, undo: list) -> None:
+    attr, mode = q.attribute_config, q.mode
+    buffers = {k: q._buffers.get(k) for k in ("_amax", "_pre_quant_scale")}
+
+    def put_back() -> None:
+        q.set_from_attribute_config(attr)
+        q.set_mode(mode)
+        for k, v in buffers.items():
+            if v is None:
+                q._buffers.pop(k, None)
+            else:
+                q._buffers[k] = v
+        q._refresh()
+
+    undo.append(put_back)
+    q.apply_parsed_state(p)
+
+
+def _restore_quantize(model: nn.Module, config: dict, metadata: dict, undo: list) -> dict:
+    converted: list[nn.Module] = []
+    undo.append(lambda: [m._unsetup() for m in converted])
+    replace_quant_module(model, converted)
+    return restore_quantizer_state(model, metadata, undo)
+
+
+def _restore_calibrate(model: nn.Module, config: dict, metadata: dict, undo: list) -> dict:
+    return restore_quantizer_state(model, metadata, undo)
+
+
+register_mode(ModeDescriptor(QUANTIZE_MODE, _restore_quantize, _update_quantize_metadata))
+for _name, _kind, _ in _C.opt_modes():
+    if _kind == "calibrate":
+        register_mode(ModeDescriptor(_name, _restore_calibrate, _update_quantize_metadata))

@@ -1,0 +1,271 @@
+#include "mopt/torch/save_restore.h"
+
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/reshape.h>
+#include <c10/util/Exception.h>
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
+#include "core/json_parse.h"
+#include "mopt/core/error.h"
+#include "mopt/opt/safetensors.h"
+#include "mopt/torch/quantize.h"
+#include "mopt/torch/tensor_quantizer.h"
+#include "torch/module_tree.h"
+
+namespace mopt {
+namespace {
+
+using json = nlohmann::ordered_json;
+
+// The mode histories of C++ models, by module. A module owned by a shared_ptr (every
+// ModuleHolder) is tracked through a weak_ptr, so a history never outlives its module.
+struct History {
+  std::weak_ptr<const torch::nn::Module> owner;
+  bool owned = false;
+  opt::ModeState state;
+};
+
+struct Histories {
+  std::mutex mutex;
+  std::unordered_map<const torch::nn::Module*, History> by_module;
+};
+
+Histories& histories() {
+  static auto* h = new Histories;
+  return *h;
+}
+
+// The live history of `model` (a copy), or an empty state.
+opt::ModeState history_of(const torch::nn::Module& model) {
+  auto& h = histories();
+  std::lock_guard<std::mutex> lock(h.mutex);
+  auto it = h.by_module.find(&model);
+  if (it == h.by_module.end()) return {{}, opt::kMoptVersion};
+  if (it->second.owned && it->second.owner.expired()) {  // a dead module's address reused
+    h.by_module.erase(it);
+    return {{}, opt::kMoptVersion};
+  }
+  return it->second.state;
+}
+
+void set_history(const torch::nn::Module& model, const opt::ModeState& state) {
+  auto& h = histories();
+  std::lock_guard<std::mutex> lock(h.mutex);
+  History entry;
+  entry.owner = model.weak_from_this();
+  entry.owned = !entry.owner.expired();
+  entry.state = state;
+  h.by_module[&model] = std::move(entry);
+}
+
+void drop_history(const torch::nn::Module& model) {
+  auto& h = histories();
+  std::lock_guard<std::mutex> lock(h.mutex);
+  h.by_module.erase(&model);
+}
+
+std::vector<std::string> mode_names(const opt::ModeState& state) {
+  std::vector<std::string> names;
+  for (const auto& m : state.modes) names.push_back(m.mode);
+  return names;
+}
+
+// Every quantizer's properties by full name (Python's quantizer_state).
+json quantizer_state(torch::nn::Module& model) {
+  json out = json::object();
+  for (const Node& node : named_modules(model)) {
+    if (auto* t = dynamic_cast<TensorQuantizerImpl*>(node.module)) {
+      std::map<std::string, at::Tensor> buffers;
+      if (auto a = t->amax()) buffers["_amax"] = *a;
+      if (auto p = t->pre_quant_scale()) buffers["_pre_quant_scale"] = *p;
+      out[node.name] = json::parse(opt::quantizer_state_json(t->core(), buffers));
+    } else if (auto* s = dynamic_cast<SequentialQuantizerImpl*>(node.module)) {
+      out[node.name] = json::parse(
+          opt::sequential_quantizer_state_json(static_cast<int64_t>(s->size())));
+    }
+  }
+  return out;
+}
+
+// Parameters then buffers of every module, with full names (torch::save's tensors).
+std::vector<std::pair<std::string, at::Tensor>> named_tensors(torch::nn::Module& model) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : model.named_parameters(true)) out.emplace_back(p.key(), p.value());
+  for (const auto& b : model.named_buffers(true)) out.emplace_back(b.key(), b.value());
+  return out;
+}
+
+// Sets every quantizer of a converted model from a quantize mode's `quantizer_state`, taking
+// amax and pre_quant_scale from the file. Everything is parsed and matched before any change.
+void apply_quantizer_state(torch::nn::Module& model, const json& states,
+                           const std::map<std::string, at::Tensor>& file,
+                           const std::string& source) {
+  MOPT_CHECK_VALUE(states.is_object(), source, ": the quantize metadata has no quantizer_state");
+  std::map<std::string, opt::QuantizerState> parsed;
+  for (const auto& [name, s] : states.items()) {
+    parsed.emplace(name, opt::parse_quantizer_state(name, s.dump()));
+  }
+  for (const Node& node : named_modules(model)) {
+    auto it = parsed.find(node.name);
+    if (it == parsed.end() || !it->second.sequential) continue;
+    auto* s = dynamic_cast<SequentialQuantizerImpl*>(node.module);
+    const bool is_tq = dynamic_cast<TensorQuantizerImpl*>(node.module) != nullptr;
+    if (!(s || is_tq) || (s && s->size() == static_cast<size_t>(it->second.num_quantizers))) {
+      continue;
+    }
+    replace_quantizer(node, std::make_shared<SequentialQuantizerImpl>(
+                                static_cast<size_t>(it->second.num_quantizers)));
+  }
+  opt::TensorShapes in_model, in_state;
+  for (const Node& node : named_modules(model)) {
+    if (dynamic_cast<TensorQuantizerImpl*>(node.module) ||
+        dynamic_cast<SequentialQuantizerImpl*>(node.module)) {
+      in_model.push_back({node.name, {}});
+    }
+  }
+  for (const auto& [name, _] : parsed) in_state.push_back({name, {}});
+  opt::check_tensors_match(in_model, in_state, source + " (quantizer_state)");
+  for (const Node& node : named_modules(model)) {
+    auto* t = dynamic_cast<TensorQuantizerImpl*>(node.module);
+    if (!t) continue;
+    const opt::QuantizerState& st = parsed.at(node.name);
+    t->set_from_attribute_config(st.attributes);
+    t->core().set_flags(st.flags);
+    t->reset_amax();
+    t->set_pre_quant_scale(c10::nullopt);
+    for (const auto& [buf, spec] : st.buffers) {
+      const std::string key = node.name + "." + buf;
+      auto f = file.find(key);
+      MOPT_CHECK_VALUE(f != file.end(), source, ": quantizer '", node.name, "' records ", buf,
+                       " but the file holds no tensor '", key, "'");
+      at::Tensor value = f->second;
+      if (buf == "_amax" && st.file_amax_shape && value.sizes().vec() == *st.file_amax_shape) {
+        value = value.reshape(spec.shape);
+      }
+      MOPT_CHECK_VALUE(value.sizes().vec() == spec.shape, source, ": tensor '", key,
+                       "' has shape ", value.sizes(), ", the quantizer state records ",
+                       c10::IntArrayRef(spec.shape));
+      if (buf == "_amax") {
+        t->set_amax(value);
+      } else {
+        t->set_pre_quant_scale(value);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> applied_modes(const torch::nn::Module& model) {
+  return mode_names(history_of(model));
+}
+
+void check_mode(const torch::nn::Module& model, const std::string& mode) {
+  opt::check_next_mode(applied_modes(model), mode);
+}
+
+void record_mode(const torch::nn::Module& model, const std::string& mode,
+                 const std::string& config_json) {
+  opt::ModeState state = history_of(model);
+  opt::check_next_mode(mode_names(state), mode);
+  state.version = opt::kMoptVersion;
+  state.modes.push_back({mode, config_json, "{}"});
+  set_history(model, state);
+}
+
+opt::ModeState modelopt_state(torch::nn::Module& model) {
+  opt::ModeState state = history_of(model);
+  state.version = opt::kMoptVersion;
+  state.format_version = opt::kStateFormatVersion;
+  const bool quantized = is_quantized(model);
+  if (state.modes.empty() && quantized) {
+    // quantizers set up by hand: one quantize entry describes them
+    state.modes.push_back({"quantize", "{}", "{}"});
+  }
+  // The latest entry that records quantizers gets their current properties.
+  for (auto it = state.modes.rbegin(); it != state.modes.rend(); ++it) {
+    const opt::ModeKind kind = opt::mode_info(it->mode).kind;
+    if (kind == opt::ModeKind::kQuantize || kind == opt::ModeKind::kCalibrate) {
+      json meta = core::parse_json(it->metadata_json, "mode metadata");
+      meta["quantizer_state"] = quantizer_state(model);
+      it->metadata_json = meta.dump();
+      break;
+    }
+  }
+  return state;
+}
+
+void save(torch::nn::Module& model, const std::string& path) {
+  const std::string text = opt::state_to_json(modelopt_state(model));
+  opt::save_safetensors(path, named_tensors(model),
+                        {{"format", "pt"}, {opt::kStateMetadataKey, text}});
+}
+
+void restore(torch::nn::Module& model, const std::string& path) {
+  MOPT_CHECK_VALUE(applied_modes(model).empty() && !is_quantized(model),
+                   "cannot restore ", path, " onto a model that is already optimized; restore "
+                   "into a fresh model");
+  opt::SafetensorsFile file = opt::load_safetensors(path);
+  auto meta = file.metadata.find(opt::kStateMetadataKey);
+  MOPT_CHECK_VALUE(meta != file.metadata.end(), path, " is a safetensors file without a mode ",
+                   "state (no '", opt::kStateMetadataKey, "' in its metadata): it was not written "
+                   "by mopt::save / mto.save");
+  opt::ModeState state = opt::state_from_json(meta->second, path);
+  opt::check_quantizer_tensors(file.tensors, path);
+  std::map<std::string, at::Tensor> by_name(file.tensors.begin(), file.tensors.end());
+
+  bool converts = false;
+  for (const auto& m : state.modes) {
+    const opt::ModeKind kind = opt::mode_info(m.mode).kind;
+    MOPT_CHECK_IMPLEMENTED(kind != opt::ModeKind::kSparsity, path, ": mode '", m.mode,
+                           "' is not implemented by this mopt's C++ API");
+    converts = converts || kind == opt::ModeKind::kQuantize;
+  }
+  auto load_all = [&] {
+    for (const auto& m : state.modes) {
+      const json metadata = core::parse_json(m.metadata_json, "mode metadata");
+      apply_quantizer_state(model, metadata.contains("quantizer_state")
+                                       ? metadata["quantizer_state"] : json(),
+                            by_name, path);
+    }
+    opt::TensorShapes expected, in_file;
+    const auto tensors = named_tensors(model);
+    for (const auto& [name, t] : tensors) expected.push_back({name, t.sizes().vec()});
+    for (const auto& [name, t] : file.tensors) {
+      at::IntArrayRef shape = t.sizes();
+      std::vector<int64_t> s = shape.vec();
+      // a quantizer amax the file stores in another layout was reshaped into the quantizer
+      for (const auto& [mname, mt] : tensors) {
+        if (mname == name && mt.numel() == t.numel() && name.size() > 6 &&
+            name.compare(name.size() - 6, 6, "._amax") == 0) {
+          s = mt.sizes().vec();
+        }
+      }
+      in_file.push_back({name, s});
+    }
+    opt::check_tensors_match(expected, in_file, path);
+    at::NoGradGuard no_grad;
+    for (const auto& [name, t] : tensors) {
+      const at::Tensor& src = by_name.at(name);
+      if (name.size() > 6 && name.compare(name.size() - 6, 6, "._amax") == 0) continue;
+      if (name.size() > 17 && name.compare(name.size() - 17, 17, "._pre_quant_scale") == 0) {
+        continue;  // set with the quantizer
+      }
+      t.copy_(src.reshape(t.sizes()));
+    }
+  };
+  if (converts) {
+    convert_layers_then(model, load_all);
+  } else {
+    load_all();
+  }
+  state.version = opt::kMoptVersion;
+  set_history(model, state);
+}
+
+}  // namespace mopt
