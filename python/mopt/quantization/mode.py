@@ -16,7 +16,6 @@ from torch import nn
 
 from .. import _C
 from ..opt.mode import ModeDescriptor, register_mode
-from .config import QuantizerAttributeConfig, _from_json
 from .conversion import replace_quant_module
 from .nn.modules.tensor_quantizer import SequentialQuantizer, TensorQuantizer
 from .utils import parent_of
