@@ -31,6 +31,22 @@ opt::ModeKind kind_from_name(const std::string& s) {
   return opt::ModeKind::kSparsity;
 }
 
+py::dict quantizer_state_to_py(const opt::QuantizerState& s) {
+  py::dict out;
+  out["sequential"] = s.sequential;
+  out["num_quantizers"] = s.num_quantizers;
+  out["attributes_json"] = s.attributes.to_json();
+  out["flags"] = py::make_tuple(s.flags.disabled, s.flags.quant, s.flags.calib);
+  py::dict buffers;
+  for (const auto& [buf, spec] : s.buffers) {
+    buffers[py::str(buf)] = py::make_tuple(spec.dtype, spec.shape);
+  }
+  out["buffers"] = buffers;
+  out["file_amax_shape"] =
+      s.file_amax_shape ? py::cast(*s.file_amax_shape) : py::object(py::none());
+  return out;
+}
+
 }  // namespace
 
 void bind_opt(py::module_& m) {
@@ -134,24 +150,21 @@ void bind_opt(py::module_& m) {
   m.def(
       "parse_quantizer_state",
       [](const std::string& name, const std::string& text) {
-        const opt::QuantizerState s = opt::parse_quantizer_state(name, text);
-        py::dict out;
-        out["sequential"] = s.sequential;
-        out["num_quantizers"] = s.num_quantizers;
-        out["attributes_json"] = s.attributes.to_json();
-        out["flags"] = py::make_tuple(s.flags.disabled, s.flags.quant, s.flags.calib);
-        py::dict buffers;
-        for (const auto& [buf, spec] : s.buffers) {
-          buffers[py::str(buf)] = py::make_tuple(spec.dtype, spec.shape);
-        }
-        out["buffers"] = buffers;
-        out["file_amax_shape"] =
-            s.file_amax_shape ? py::cast(*s.file_amax_shape) : py::object(py::none());
-        return out;
+        return quantizer_state_to_py(opt::parse_quantizer_state(name, text));
       },
       py::arg("name"), py::arg("json"),
       "Reads one quantizer's properties: {sequential, num_quantizers, attributes_json, flags "
-      "(disabled, quant, calib), buffers {name: (dtype, shape)}}.");
+      "(disabled, quant, calib), buffers {name: (dtype, shape)}, file_amax_shape}.");
+  m.def(
+      "parse_quantizer_states",
+      [](const std::string& text) {
+        py::dict out;
+        for (const auto& [name, s] : opt::parse_quantizer_states(text)) {
+          out[py::str(name)] = quantizer_state_to_py(s);
+        }
+        return out;
+      },
+      py::arg("json"), "Reads a whole quantizer_state object: {name: parse_quantizer_state}.");
   m.def("check_tensors_match", &opt::check_tensors_match, py::arg("model"), py::arg("file"),
         py::arg("source"),
         "ValueError listing the first missing, unexpected and mis-shaped tensors.");

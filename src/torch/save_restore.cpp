@@ -107,8 +107,8 @@ void apply_quantizer_state(torch::nn::Module& model, const json& states,
                            const std::string& source) {
   MOPT_CHECK_VALUE(states.is_object(), source, ": the quantize metadata has no quantizer_state");
   std::map<std::string, opt::QuantizerState> parsed;
-  for (const auto& [name, s] : states.items()) {
-    parsed.emplace(name, opt::parse_quantizer_state(name, s.dump()));
+  for (auto& [name, s] : opt::parse_quantizer_states(states.dump())) {
+    parsed.emplace(name, std::move(s));
   }
   for (const Node& node : named_modules(model)) {
     auto it = parsed.find(node.name);

@@ -113,6 +113,9 @@ std::string sequential_quantizer_state_json(int64_t n);
 /// and otherwise refused with NotImplementedError naming the quantizer, key and value; wrong
 /// types are ValueError.
 QuantizerState parse_quantizer_state(const std::string& name, const std::string& json);
+/// Reads a whole `quantizer_state` object ({name: properties}) in its order.
+std::vector<std::pair<std::string, QuantizerState>> parse_quantizer_states(
+    const std::string& json);
 
 // -- checks before a restore touches the model -------------------------------------------------
 

@@ -42,7 +42,7 @@ def restore_quantizer_state(model: nn.Module, metadata: dict, undo: list) -> dic
     states = metadata.get("quantizer_state")
     if not isinstance(states, dict):
         raise ValueError("mopt: the quantize mode's metadata has no quantizer_state")
-    parsed = {name: _C.parse_quantizer_state(name, json.dumps(s)) for name, s in states.items()}
+    parsed = _C.parse_quantizer_states(json.dumps(states))
     # SequentialQuantizers first: their children are quantizers of the state too.
     present = dict(model.named_modules())
     for name, p in parsed.items():
@@ -63,15 +63,16 @@ def restore_quantizer_state(model: nn.Module, metadata: dict, undo: list) -> dic
              if isinstance(m, (TensorQuantizer, SequentialQuantizer))]
     _C.check_tensors_match(names, [(n, []) for n in parsed], "quantizer_state")
     reshapes = {}
+    attribute_configs: dict[str, object] = {}  # immutable: quantizers with equal ones share it
     for name, q in model.named_modules():
         if isinstance(q, TensorQuantizer):
-            _apply(q, parsed[name], undo)
+            _apply(q, parsed[name], undo, attribute_configs)
             if parsed[name]["file_amax_shape"] is not None:
                 reshapes[f"{name}._amax"] = parsed[name]["buffers"]["_amax"][1]
     return reshapes
 
 
-def _apply(q: TensorQuantizer, p: dict, undo: list) -> None:
+def _apply(q: TensorQuantizer, p: dict, undo: list, attribute_configs: dict) -> None:
     attr, mode = q.attribute_config, q.mode
     buffers = {k: q._buffers.get(k) for k in ("_amax", "_pre_quant_scale")}
 
@@ -86,7 +87,7 @@ def _apply(q: TensorQuantizer, p: dict, undo: list) -> None:
         q._refresh()
 
     undo.append(put_back)
-    q.apply_parsed_state(p)
+    q.apply_parsed_state(p, attribute_configs=attribute_configs)
 
 
 def _restore_quantize(model: nn.Module, config: dict, metadata: dict, undo: list) -> dict:

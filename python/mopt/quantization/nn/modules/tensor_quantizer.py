@@ -29,6 +29,17 @@ __all__ = ["TensorQuantizer", "SequentialQuantizer"]
 
 
 
+_DEFAULT_ATTRIBUTES: list[QuantizerAttributeConfig] = []
+
+
+def _default_attributes() -> QuantizerAttributeConfig:
+    """The default attributes, built once (the config is immutable; models have hundreds of
+    quantizers)."""
+    if not _DEFAULT_ATTRIBUTES:
+        _DEFAULT_ATTRIBUTES.append(QuantizerAttributeConfig())
+    return _DEFAULT_ATTRIBUTES[0]
+
+
 def _calibrator_factory(attr: QuantizerAttributeConfig):
     """A factory for a Python calibrator class given as ``(cls, args, kwargs)`` (or a callable);
     None for the built-in calibrators, which the core builds itself."""
@@ -59,7 +70,7 @@ class TensorQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         if quant_attribute_cfg is None:
-            quant_attribute_cfg = QuantizerAttributeConfig()
+            quant_attribute_cfg = _default_attributes()
         elif isinstance(quant_attribute_cfg, dict):
             quant_attribute_cfg = QuantizerAttributeConfig(**quant_attribute_cfg)
         self._attr = quant_attribute_cfg
@@ -357,9 +368,11 @@ class TensorQuantizer(nn.Module):
         self.apply_parsed_state(_C.parse_quantizer_state(self.name, json.dumps(modelopt_state)),
                                 properties_only)
 
-    def apply_parsed_state(self, p: dict, properties_only: bool = False) -> None:
+    def apply_parsed_state(self, p: dict, properties_only: bool = False,
+                           attribute_configs: dict | None = None) -> None:
         """Applies a state parsed by ``_C.parse_quantizer_state``: attributes, mode flags and
-        placeholder buffers of the recorded shapes and dtypes."""
+        placeholder buffers of the recorded shapes and dtypes. `attribute_configs` caches the
+        (immutable) attribute configs by their JSON across the quantizers of one restore."""
         if p["sequential"]:
             raise ValueError(f"mopt: quantizer '{self.name}': the state is a SequentialQuantizer's")
         buffers = {}
@@ -370,8 +383,14 @@ class TensorQuantizer(nn.Module):
                                  f"'{dtype_name}'")
             fill = torch.ones if buf == "_pre_quant_scale" else torch.zeros
             buffers[buf] = fill(shape, dtype=dtype)
-        self._set_attr(QuantizerAttributeConfig(**_from_json(json.loads(p["attributes_json"]))))
-        self.set_mode(tuple(p["flags"]))
+        cache = {} if attribute_configs is None else attribute_configs
+        attr = cache.get(p["attributes_json"])
+        if attr is None:
+            attr = QuantizerAttributeConfig(**_from_json(json.loads(p["attributes_json"])))
+            cache[p["attributes_json"]] = attr
+        if attr is not self._attr:
+            self._set_attr(attr)
+        self._core.disabled, self._core.if_quant, self._core.if_calib = p["flags"]
         # nvidia-modelopt's block quantizers store amax flattened: load_state_dict reshapes it
         layout = p.get("file_amax_shape")
         self.__dict__["_file_amax_shape"] = None if layout is None else tuple(layout)
