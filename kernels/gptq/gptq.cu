@@ -102,7 +102,54 @@ __global__ void block_kernel(BlockArgs a, ElementQuant q) {
   }
 }
 
+// SparseGPT: one warp per row as block_kernel; lane 0 picks each group's mask when the loop
+// reaches the group (the same scan as the CPU) and shares it with the other lanes.
+__global__ void prune_block_kernel(PruneBlockArgs a) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  const int64_t n = a.ncols;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+       r < a.rows; r += warps) {
+    float* wr = a.w + r * a.ldw + a.col0;
+    float* er = a.err + r * n;
+    uint8_t* mr = a.mask + r * a.ldw + a.col0;
+    float loss = 0.0f;
+    uint32_t keep = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const float* h = a.hinv + (a.col0 + j) * a.ldh + a.col0;
+      const int t = static_cast<int>(j % a.m);
+      if (t == 0) {
+        if (lane == 0) keep = prune_group_keep(wr + j, h + j, a.ldh, a.m, a.n);
+        keep = __shfl_sync(kFullMask, keep, 0);
+      }
+      const bool kept = (keep >> t) & 1u;
+      const float x = wr[j];
+      const float y = kept ? x : 0.0f;
+      const float e = (x - y) / h[j];
+      __syncwarp();  // every lane has read x before lane 0 overwrites it
+      if (lane == 0) {
+        wr[j] = y;
+        er[j] = e;
+        mr[j] = kept ? 1 : 0;
+        if (!kept) loss += e * e;
+      }
+      if (!kept) {  // e == 0 for a kept weight: nothing to propagate (as on the CPU)
+        for (int64_t u = j + 1 + lane; u < n; u += kWarp) wr[u] -= e * h[u];
+      }
+      __syncwarp();
+    }
+    if (lane == 0 && a.row_loss != nullptr) a.row_loss[r] += 0.5f * loss;
+  }
+}
+
 }  // namespace
+
+void sparsegpt_block_cuda(const PruneBlockArgs& a, cudaStream_t stream) {
+  sparsegpt_check(a);
+  if (a.rows == 0 || a.ncols == 0) return;
+  prune_block_kernel<<<grid_for(a.rows * kWarp), kBlockThreads, 0, stream>>>(a);
+  MOPT_CHECK_LAUNCH();
+}
 
 void gptq_group_params_cuda(const GroupParamsArgs& a, cudaStream_t stream) {
   MOPT_CHECK(a.ld >= a.cols, "ld ", a.ld, " is smaller than cols ", a.cols);

@@ -70,6 +70,34 @@ struct BlockArgs {
 /// Validates the arguments; throws KernelError naming the problem.
 void gptq_check(const BlockArgs& a);
 
+/// Arguments of sparsegpt_block_*: SparseGPT's column loop (SPEC §5) on working columns
+/// [col0, col0 + ncols). At the first column of each group of m, the group's mask keeps the n
+/// weights with the largest |w| / U_jj (OBS error w^2 / U_jj^2, computed on the weights as
+/// updated so far); each column's pruned weights become zero, their error (w - q) / U_jj goes to
+/// `err` and to the remaining columns of the block through row j of U. The lazy update of the
+/// columns after the block is a GEMM left to the caller, as for GPTQ.
+struct PruneBlockArgs {
+  float* w = nullptr;  // [rows, ldw] working weights; the block's columns are overwritten
+  int64_t rows = 0;
+  int64_t ldw = 0;
+  int64_t col0 = 0;   // a multiple of m
+  int64_t ncols = 0;  // a multiple of m
+  const float* hinv = nullptr;  // [cols, ldh] upper Cholesky factor of the damped H^-1
+  int64_t ldh = 0;
+  float* err = nullptr;      // [rows, ncols] out: (w - q) / hinv[j, j]
+  uint8_t* mask = nullptr;   // [rows, ldw] out: 1 where a weight of the block is kept
+  int n = 2;                 // weights kept per group
+  int m = 4;                 // group size, at most sparsity::kMaxGroup
+  float* row_loss = nullptr; // optional [rows]: adds sum_j err^2 / 2 of this block
+};
+
+/// Validates the arguments; throws KernelError naming the problem.
+void sparsegpt_check(const PruneBlockArgs& a);
+/// CPU: one block of SparseGPT's column loop.
+void sparsegpt_block_cpu(const PruneBlockArgs& a);
+/// CUDA twin on `stream` (device pointers); bit-identical to the CPU version.
+void sparsegpt_block_cuda(const PruneBlockArgs& a, cudaStream_t stream);
+
 /// CPU: parameters of every (row, group).
 void gptq_group_params_cpu(const GroupParamsArgs& a);
 /// CPU: one block of the column loop.

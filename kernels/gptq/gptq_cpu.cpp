@@ -121,4 +121,49 @@ void gptq_block_cpu(const BlockArgs& a) {
   });
 }
 
+void sparsegpt_check(const PruneBlockArgs& a) {
+  MOPT_CHECK(a.rows >= 0 && a.ncols >= 0 && a.col0 >= 0, "negative size");
+  MOPT_CHECK(a.m >= 1 && a.m <= sparsity::kMaxGroup && a.n >= 1 && a.n <= a.m,
+             "N:M sparsity needs 1 <= N <= M <= ", sparsity::kMaxGroup, ", got ", a.n, ":", a.m);
+  MOPT_CHECK(a.col0 % a.m == 0 && a.ncols % a.m == 0, "the block [", a.col0, ", ",
+             a.col0 + a.ncols, ") must hold whole groups of ", a.m, " columns");
+  MOPT_CHECK(a.ldw >= a.col0 + a.ncols, "ldw ", a.ldw, " is smaller than the block end ",
+             a.col0 + a.ncols);
+  MOPT_CHECK(a.ldh >= a.col0 + a.ncols, "ldh ", a.ldh, " is smaller than the block end ",
+             a.col0 + a.ncols);
+  MOPT_CHECK(a.rows == 0 || a.ncols == 0 ||
+                 (a.w != nullptr && a.hinv != nullptr && a.err != nullptr && a.mask != nullptr),
+             "null data pointer");
+}
+
+void sparsegpt_block_cpu(const PruneBlockArgs& a) {
+  sparsegpt_check(a);
+  const int64_t n = a.ncols;
+  parallel_for(0, a.rows, rows_grain(n * n / 2 + n, kMinTaskWork), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* __restrict__ wr = a.w + r * a.ldw + a.col0;
+      float* __restrict__ er = a.err + r * n;
+      uint8_t* mr = a.mask + r * a.ldw + a.col0;
+      float loss = 0.0f;
+      uint32_t keep = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        const float* __restrict__ h = a.hinv + (a.col0 + j) * a.ldh + a.col0;
+        const int t = static_cast<int>(j % a.m);
+        if (t == 0) keep = prune_group_keep(wr + j, h + j, a.ldh, a.m, a.n);
+        const bool kept = (keep >> t) & 1u;
+        const float x = wr[j];
+        const float y = kept ? x : 0.0f;
+        const float e = (x - y) / h[j];
+        wr[j] = y;
+        er[j] = e;
+        mr[j] = kept ? 1 : 0;
+        if (kept) continue;  // e == 0: nothing to propagate
+        loss += e * e;
+        for (int64_t u = j + 1; u < n; ++u) wr[u] -= e * h[u];
+      }
+      if (a.row_loss != nullptr) a.row_loss[r] += 0.5f * loss;
+    }
+  });
+}
+
 }  // namespace mopt::kernels::gptq

@@ -9,6 +9,7 @@
 #include "common/macros.h"
 #include "fake_quant/fake_quant_math.h"
 #include "gptq/gptq.h"
+#include "sparsity/sparsity_math.h"
 
 namespace mopt::kernels::gptq {
 
@@ -85,6 +86,16 @@ MOPT_HOST_DEVICE GroupMax group_max(const float* v, int64_t n, int64_t stride) {
     if (a > m.amax) m = GroupMax{a, i};
   }
   return m;
+}
+
+/// SparseGPT: keep mask of the group of m working columns starting at wr[0], whose inverse-
+/// Hessian diagonal entries are hinv[t * (ldh + 1)], t in [0, m): the n weights with the largest
+/// |w| / U_tt (the order of the OBS error w^2 / U_tt^2).
+MOPT_HOST_DEVICE uint32_t prune_group_keep(const float* wr, const float* hinv_diag, int64_t ldh,
+                                           int m, int n) {
+  float score[sparsity::kMaxGroup];
+  for (int t = 0; t < m; ++t) score[t] = sparsity::nm_score(wr[t], 1.0f) / hinv_diag[t * (ldh + 1)];
+  return sparsity::nm_keep_bits(score, 1, m, n);
 }
 
 /// Smallest grain (rows per task) that gives a parallel task at least `min_work` operations.
