@@ -19,6 +19,7 @@ const char* kind_name(opt::ModeKind k) {
     case opt::ModeKind::kQuantize: return "quantize";
     case opt::ModeKind::kCalibrate: return "calibrate";
     case opt::ModeKind::kSparsity: return "sparsity";
+    case opt::ModeKind::kExport: return "export";
   }
   return "?";
 }
@@ -26,8 +27,9 @@ const char* kind_name(opt::ModeKind k) {
 opt::ModeKind kind_from_name(const std::string& s) {
   if (s == "quantize") return opt::ModeKind::kQuantize;
   if (s == "calibrate") return opt::ModeKind::kCalibrate;
+  if (s == "export") return opt::ModeKind::kExport;
   MOPT_CHECK_VALUE(s == "sparsity", "unknown mode kind '", s,
-                   "'; kinds: quantize, calibrate, sparsity");
+                   "'; kinds: quantize, calibrate, sparsity, export");
   return opt::ModeKind::kSparsity;
 }
 

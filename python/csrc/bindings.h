@@ -20,6 +20,7 @@ void bind_calib(pybind11::module_& m);
 void bind_algorithms(pybind11::module_& m);
 void bind_torch(pybind11::module_& m);
 void bind_opt(pybind11::module_& m);
+void bind_sparsity(pybind11::module_& m);
 
 /// Collects the C++ warnings raised while it lives and turns them into Python UserWarnings of the
 /// calling Python code (torch's own handler would point them at mopt's C++ sources).

@@ -60,4 +60,5 @@ PYBIND11_MODULE(_C, m) {
   mopt::python::bind_algorithms(m);
   mopt::python::bind_torch(m);
   mopt::python::bind_opt(m);
+  mopt::python::bind_sparsity(m);
 }

@@ -1,7 +1,9 @@
 #include "mopt/algorithms/gptq.h"
 
 #include <ATen/ops/arange.h>
-#include <ATen/ops/cholesky_inverse.h>
+#include <ATen/ops/eye.h>
+#include <ATen/ops/flip.h>
+#include <ATen/ops/linalg_solve_triangular.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linalg_cholesky_ex.h>
@@ -253,8 +255,9 @@ LayerUpdate GptqLayer::solve(const LayerState& state) {
 // Inverse Hessian
 
 GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percdamp, bool act_order,
-                                        const std::string& name) {
-  const std::string label = layer_label(name);
+                                        const std::string& name, const std::string& algorithm) {
+  const std::string label =
+      name.empty() ? algorithm : algorithm + " of layer '" + name + "'";
   MOPT_CHECK_VALUE(hessian.dim() == 2 && hessian.size(0) == hessian.size(1) && hessian.size(0) > 0,
                    label, ": the Hessian must be a non-empty square matrix, got shape ",
                    core::shape_str(hessian.sizes()));
@@ -267,7 +270,7 @@ GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percda
                    "layer are not finite (or overflow fp32)");
   const int64_t n = hessian.size(0);
   // fp64 for the factorizations: they square the condition number of a possibly ill-conditioned H.
-  at::Tensor h = hessian.to(at::kDouble).clone();
+  at::Tensor h = hessian.to(at::kDouble, /*non_blocking=*/false, /*copy=*/true);
   at::Tensor diag = h.diagonal();
   MOPT_CHECK_STATE(!diag.lt(0).any().item<bool>(), label,
                    ": the Hessian has a negative diagonal entry, so it is not X^T X of any input");
@@ -286,14 +289,19 @@ GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percda
   const double mean_diag = diag.mean().item<double>();
   double rel = percdamp;
   while (true) {
-    at::Tensor damped = h.clone();
-    damped.diagonal().add_(rel * mean_diag);
-    auto [lower, info] = at::linalg_cholesky_ex(damped, /*upper=*/false, /*check_errors=*/false);
+    // The upper factor U of H^-1 (U^T U = H^-1) from one factorization: with P the reversal,
+    // P H P = L L^T gives H^-1 = (P L^-T P)(P L^-1 P), and P L^-1 P is upper triangular with a
+    // positive diagonal, so it is U. (Cholesky of H, inverting it and factoring the inverse
+    // again gives the same U for about twice the work.)
+    at::Tensor flipped = h.flip({0, 1});
+    flipped.diagonal().add_(rel * mean_diag);
+    auto [lower, info] = at::linalg_cholesky_ex(flipped, /*upper=*/false, /*check_errors=*/false);
     if (info.item<int64_t>() == 0) {
-      const at::Tensor inv = at::cholesky_inverse(lower, /*upper=*/false);
-      auto [upper, info2] = at::linalg_cholesky_ex(inv, /*upper=*/true, /*check_errors=*/false);
-      if (info2.item<int64_t>() == 0 && all_finite(upper)) {
-        out.upper = upper.to(at::kFloat).contiguous();
+      const at::Tensor lower_inv =
+          at::linalg_solve_triangular(lower, at::eye(n, lower.options()), /*upper=*/false);
+      const at::Tensor upper = lower_inv.flip({0, 1}).to(at::kFloat).contiguous();
+      if (all_finite(upper)) {
+        out.upper = upper;
         out.percdamp = rel;
         return out;
       }

@@ -17,4 +17,9 @@ void gptq_block_cuda(const kernels::gptq::BlockArgs& a, const c10::Device& devic
   kernels::gptq::gptq_block_cuda(a, c10::cuda::getCurrentCUDAStream(device.index()));
 }
 
+void sparsegpt_block_cuda(const kernels::gptq::PruneBlockArgs& a, const c10::Device& device) {
+  const c10::cuda::CUDAGuard guard(device);
+  kernels::gptq::sparsegpt_block_cuda(a, c10::cuda::getCurrentCUDAStream(device.index()));
+}
+
 }  // namespace mopt::algorithms::detail

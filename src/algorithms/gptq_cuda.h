@@ -13,6 +13,8 @@ namespace mopt::algorithms::detail {
 void gptq_group_params_cuda(const kernels::gptq::GroupParamsArgs& a, const c10::Device& device);
 /// kernels::gptq::gptq_block_cuda on `device`'s current stream.
 void gptq_block_cuda(const kernels::gptq::BlockArgs& a, const c10::Device& device);
+/// kernels::gptq::sparsegpt_block_cuda on `device`'s current stream.
+void sparsegpt_block_cuda(const kernels::gptq::PruneBlockArgs& a, const c10::Device& device);
 #endif
 
 }  // namespace mopt::algorithms::detail

@@ -46,6 +46,8 @@ Registry& registry() {
     for (const char* sparse : {"sparse_magnitude", "sparsegpt", "wanda"}) {
       reg->modes.push_back({sparse, ModeKind::kSparsity, "prunes weights to an N:M pattern"});
     }
+    reg->modes.push_back({"export_sparse", ModeKind::kExport,
+                          "folds the sparsity masks into plain modules (mts.export)"});
     return reg;
   }();
   return *r;
@@ -239,6 +241,13 @@ void check_next_mode(const std::vector<std::string>& history, const std::string&
     case ModeKind::kCalibrate:
       MOPT_CHECK_VALUE(has_kind(history, ModeKind::kQuantize, nullptr), "mode '", next,
                        "' calibrates quantizers and needs 'quantize' before it");
+      break;
+    case ModeKind::kExport:
+      MOPT_CHECK_VALUE(has_kind(history, ModeKind::kSparsity, nullptr), "mode '", next,
+                       "' exports a sparsified model and needs a sparsity mode before it");
+      if (has_kind(history, ModeKind::kExport, &previous)) {
+        MOPT_CHECK_VALUE(false, "cannot apply '", next, "': the model was exported already");
+      }
       break;
     case ModeKind::kQuantize:
       break;

@@ -27,6 +27,12 @@ std::vector<Node> named_modules(torch::nn::Module& root);
 /// runs `setup`; on any error the module tree is put back as it was and the error re-raised.
 void convert_layers_then(torch::nn::Module& model, const std::function<void()>& setup);
 
+/// Converts every Linear/Conv layer as mopt::quantize does with every quantizer disabled (each
+/// layer computes as before, and a QuantModule input observer sees its input), runs `body`, then
+/// puts the module tree back exactly as it was, also when `body` throws. Weights and biases are
+/// shared with the original layers throughout.
+void with_observable_layers(torch::nn::Module& model, const std::function<void()>& body);
+
 /// Installs `fresh` in the place of the quantizer at `node` (its QuantModule slot or registry
 /// entry).
 void replace_quantizer(const Node& node, const std::shared_ptr<torch::nn::Module>& fresh);

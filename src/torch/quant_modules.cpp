@@ -31,6 +31,14 @@ void adopt_parameter(torch::OrderedDict<std::string, at::Tensor>& parameters, at
   slot = source;
 }
 
+// Carries a sparsity mask (mopt::sparsify's `_weight_mask` buffer) of `source` over to the
+// quantized layer that replaces it; the weight's gradient hook travels with the shared weight.
+void adopt_weight_mask(torch::nn::Module& target, const torch::nn::Module& source) {
+  if (const at::Tensor* mask = source.named_buffers(/*recurse=*/false).find("_weight_mask")) {
+    target.register_buffer("_weight_mask", *mask);
+  }
+}
+
 // "torch::nn::Conv2d(...)" -> "mopt::QuantConv2d(...)".
 std::string quant_pretty(const std::string& torch_repr) {
   const std::string prefix = "torch::nn::";
@@ -126,6 +134,7 @@ QuantLinearImpl::QuantLinearImpl(const torch::nn::LinearImpl& source)
     : torch::nn::LinearImpl(source.options) {
   adopt_parameter(parameters_, weight, "weight", source.weight);
   adopt_parameter(parameters_, bias, "bias", source.bias);
+  adopt_weight_mask(*this, source);
   train(source.is_training());
 }
 
@@ -205,6 +214,7 @@ QuantConvImpl<D, ConvImpl>::QuantConvImpl(const ConvImpl& source)
     : ConvImpl(conv_options_of<D>(source.options)) {
   adopt_parameter(this->parameters_, this->weight, "weight", source.weight);
   adopt_parameter(this->parameters_, this->bias, "bias", source.bias);
+  adopt_weight_mask(*this, source);
   this->train(source.is_training());
 }
 

@@ -469,6 +469,20 @@ void convert_layers_then(torch::nn::Module& model, const std::function<void()>& 
   }
 }
 
+void with_observable_layers(torch::nn::Module& model, const std::function<void()>& body) {
+  Conversion conversion;
+  try {
+    conversion.convert(model);
+    name_quantizers(model);
+    disable_quantizer(model, "*");
+    body();
+  } catch (...) {
+    conversion.rollback();
+    throw;
+  }
+  conversion.rollback();
+}
+
 void quantize(torch::nn::Module& model, const QuantizeConfig& config,
               const ForwardLoop& forward_loop) {
   config.validate();

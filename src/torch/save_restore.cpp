@@ -1,7 +1,10 @@
 #include "mopt/torch/save_restore.h"
 
 #include <ATen/core/grad_mode.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/reshape.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/linear.h>
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
 
@@ -14,6 +17,7 @@
 #include "mopt/core/error.h"
 #include "mopt/opt/safetensors.h"
 #include "mopt/torch/quantize.h"
+#include "mopt/torch/sparsify.h"
 #include "mopt/torch/tensor_quantizer.h"
 #include "torch/module_tree.h"
 
@@ -170,11 +174,11 @@ void check_mode(const torch::nn::Module& model, const std::string& mode) {
 }
 
 void record_mode(const torch::nn::Module& model, const std::string& mode,
-                 const std::string& config_json) {
+                 const std::string& config_json, const std::string& metadata_json) {
   opt::ModeState state = history_of(model);
   opt::check_next_mode(mode_names(state), mode);
   state.version = opt::kMoptVersion;
-  state.modes.push_back({mode, config_json, "{}"});
+  state.modes.push_back({mode, config_json, metadata_json});
   set_history(model, state);
 }
 
@@ -207,7 +211,8 @@ void save(torch::nn::Module& model, const std::string& path) {
 }
 
 void restore(torch::nn::Module& model, const std::string& path) {
-  MOPT_CHECK_VALUE(applied_modes(model).empty() && !is_quantized(model),
+  MOPT_CHECK_VALUE(applied_modes(model).empty() && !is_quantized(model) &&
+                       sparse_layers(model).empty(),
                    "cannot restore ", path, " onto a model that is already optimized; restore "
                    "into a fresh model");
   opt::SafetensorsFile file = opt::load_safetensors(path);
@@ -220,27 +225,61 @@ void restore(torch::nn::Module& model, const std::string& path) {
   std::map<std::string, at::Tensor> by_name(file.tensors.begin(), file.tensors.end());
 
   bool converts = false;
+  bool exported = false;
+  std::vector<std::string> sparse_names;  // layers a sparsity mode left with a mask
   for (const auto& m : state.modes) {
     const opt::ModeKind kind = opt::mode_info(m.mode).kind;
-    MOPT_CHECK_IMPLEMENTED(kind != opt::ModeKind::kSparsity, path, ": mode '", m.mode,
-                           "' is not implemented by this mopt's C++ API");
     converts = converts || kind == opt::ModeKind::kQuantize;
+    exported = exported || kind == opt::ModeKind::kExport;
+    if (kind == opt::ModeKind::kSparsity) {
+      const json metadata = core::parse_json(m.metadata_json, "mode metadata");
+      MOPT_CHECK_VALUE(metadata.contains("sparse_modules") && metadata["sparse_modules"].is_array(),
+                       path, ": the '", m.mode, "' mode has no list of sparse_modules");
+      for (const auto& n : metadata["sparse_modules"]) {
+        MOPT_CHECK_VALUE(n.is_string(), path, ": sparse_modules must hold layer names");
+        sparse_names.push_back(n.get<std::string>());
+      }
+    }
   }
+  if (exported) sparse_names.clear();  // the masks were folded into the weights
   auto load_all = [&] {
     for (const auto& m : state.modes) {
+      const opt::ModeKind kind = opt::mode_info(m.mode).kind;
+      if (kind != opt::ModeKind::kQuantize && kind != opt::ModeKind::kCalibrate) continue;
       const json metadata = core::parse_json(m.metadata_json, "mode metadata");
       apply_quantizer_state(model, metadata.contains("quantizer_state")
                                        ? metadata["quantizer_state"] : json(),
                             by_name, path);
     }
+    std::map<std::string, torch::nn::Module*> layers;
+    for (const Node& node : named_modules(model)) layers[node.name] = node.module;
+    std::vector<torch::nn::Module*> sparse;
+    for (const std::string& name : sparse_names) {
+      auto it = layers.find(name);
+      MOPT_CHECK_VALUE(it != layers.end(), path, ": the sparsity mode names layer '", name,
+                       "', which this model does not have");
+      torch::nn::Module* layer = it->second;
+      MOPT_CHECK_VALUE(dynamic_cast<torch::nn::LinearImpl*>(layer) ||
+                           dynamic_cast<torch::nn::Conv1dImpl*>(layer) ||
+                           dynamic_cast<torch::nn::Conv2dImpl*>(layer),
+                       path, ": the sparsity mode names '", name,
+                       "', which is not a Linear/Conv1d/Conv2d layer here");
+      sparse.push_back(layer);
+    }
     opt::TensorShapes expected, in_file;
-    const auto tensors = named_tensors(model);
-    for (const auto& [name, t] : tensors) expected.push_back({name, t.sizes().vec()});
+    const auto model_tensors = named_tensors(model);
+    for (const auto& [name, t] : model_tensors) expected.push_back({name, t.sizes().vec()});
+    for (size_t i = 0; i < sparse.size(); ++i) {
+      const at::Tensor* w = sparse[i]->named_parameters(false).find("weight");
+      if (w && !sparse[i]->named_buffers(false).find("_weight_mask")) {
+        expected.push_back({sparse_names[i] + "._weight_mask", w->sizes().vec()});
+      }
+    }
     for (const auto& [name, t] : file.tensors) {
       at::IntArrayRef shape = t.sizes();
       std::vector<int64_t> s = shape.vec();
       // a quantizer amax the file stores in another layout was reshaped into the quantizer
-      for (const auto& [mname, mt] : tensors) {
+      for (const auto& [mname, mt] : model_tensors) {
         if (mname == name && mt.numel() == t.numel() && name.size() > 6 &&
             name.compare(name.size() - 6, 6, "._amax") == 0) {
           s = mt.sizes().vec();
@@ -249,6 +288,12 @@ void restore(torch::nn::Module& model, const std::string& path) {
       in_file.push_back({name, s});
     }
     opt::check_tensors_match(expected, in_file, path);
+    // every name and shape matches: the masks (all ones until their values are copied below)
+    for (torch::nn::Module* layer : sparse) {
+      const at::Tensor* w = layer->named_parameters(false).find("weight");
+      set_weight_mask(*layer, at::ones(w->sizes(), w->options().dtype(at::kBool)));
+    }
+    const auto tensors = named_tensors(model);
     at::NoGradGuard no_grad;
     for (const auto& [name, t] : tensors) {
       const at::Tensor& src = by_name.at(name);

@@ -85,10 +85,11 @@ struct GptqHessianInverse {
 };
 
 /// Prepares H for the column loop (dead channels, act_order permutation, dampening with retries,
-/// Cholesky factorizations in fp64). RuntimeError naming `name` when H is not finite or not
-/// positive definite even with percdamp = 1.
+/// Cholesky factorizations in fp64). RuntimeError naming `algorithm` and the layer `name` when H
+/// is not finite or not positive definite even with percdamp = 1. SparseGPT uses it too.
 GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percdamp, bool act_order,
-                                        const std::string& name = "");
+                                        const std::string& name = "",
+                                        const std::string& algorithm = "GPTQ");
 
 /// Checks, before anything is changed, that GPTQ can follow the weight quantizer config for a
 /// weight [out_features, in_features]; the errors of gptq_quantize_weight otherwise.

@@ -35,6 +35,7 @@ enum class ModeKind {
   kQuantize,   // inserts quantizers (`quantize`)
   kCalibrate,  // updates quantizer state only (ModelOpt's `<algorithm>_calibrate` entries)
   kSparsity,   // prunes weights to a pattern (`sparse_magnitude`, `sparsegpt`, `wanda`)
+  kExport,     // folds an earlier mode into plain modules (`export_sparse`)
 };
 
 /// A registered mode.

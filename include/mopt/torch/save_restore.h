@@ -25,9 +25,10 @@ std::vector<std::string> applied_modes(const torch::nn::Module& model);
 /// Checks that `mode` may be applied to `model` next (opt::check_next_mode on its history).
 void check_mode(const torch::nn::Module& model, const std::string& mode);
 
-/// Records that `mode` with `config_json` was applied to `model` (mopt::quantize calls this).
+/// Records that `mode` with `config_json` (and `metadata_json`) was applied to `model`
+/// (mopt::quantize and mopt::sparsify call this).
 void record_mode(const torch::nn::Module& model, const std::string& mode,
-                 const std::string& config_json);
+                 const std::string& config_json, const std::string& metadata_json = "{}");
 
 /// The mode history of `model` with the quantize metadata (every quantizer's properties)
 /// brought up to date: Python's mto.modelopt_state.
