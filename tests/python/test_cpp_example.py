@@ -100,8 +100,10 @@ def test_example_quantizes_digits_mlp(installed_example, tmp_path):
 # One config per kind of quantizer state: per-channel INT8 with a static activation amax, INT4
 # blocks with AWQ's pre_quant_scale, NVFP4 (dynamic blocks, per-tensor amax), a W4A8
 # SequentialQuantizer, and a weight-only GPTQ config whose weights changed.
+# "mode+CFG" sparsifies (mts.sparsify) before quantizing: the masks travel to C++ and back.
 _PY_TO_CPP_CONFIGS = ["INT8_DEFAULT_CFG", "INT4_AWQ_CFG", "NVFP4_DEFAULT_CFG",
-                      "W4A8_AWQ_BETA_CFG", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"]
+                      "W4A8_AWQ_BETA_CFG", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG",
+                      "sparsegpt+INT8_DEFAULT_CFG", "wanda+NVFP4_DEFAULT_CFG"]
 
 
 @pytest.mark.parametrize("config", _PY_TO_CPP_CONFIGS)
@@ -120,9 +122,15 @@ def test_python_saved_model_restores_in_cpp(installed_example, tmp_path, config)
     def mlp() -> nn.Module:
         return nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 64))
 
+    import mopt.sparsity as mts
+
     torch.manual_seed(0)
     model = mlp()
     calib = [torch.randn(16, 128) for _ in range(4)]
+    sparse_mode, _, config = config.rpartition("+")
+    modes = ([sparse_mode] if sparse_mode else []) + ["quantize"]
+    if sparse_mode:
+        mts.sparsify(model, sparse_mode, {"forward_loop": lambda m: [m(x) for x in calib]})
     with contextlib.redirect_stdout(io.StringIO()):
         mtq.quantize(model, getattr(mtq, config), lambda m: [m(x) for x in calib])
     x = torch.randn(32, 128)
@@ -136,7 +144,7 @@ def test_python_saved_model_restores_in_cpp(installed_example, tmp_path, config)
     _, exe = installed_example
     out = _run([str(exe.parent / "restore_mlp"), str(state), str(inputs), str(outputs),
                 str(resaved)], env={**os.environ, "OMP_NUM_THREADS": "2"}).stdout
-    assert "modes: quantize" in out
+    assert f"modes: {' '.join(modes)}\n" in out
     (name, y), = _C.load_safetensors(str(outputs))[0]
     assert torch.equal(y, expected), (y - expected).abs().max()
 
@@ -144,4 +152,6 @@ def test_python_saved_model_restores_in_cpp(installed_example, tmp_path, config)
     mto.restore(fresh, resaved)
     with torch.no_grad():
         assert torch.equal(fresh(x), expected)
-    assert [m for m, _ in mto.modelopt_state(fresh)["modelopt_state_dict"]] == ["quantize"]
+    assert [m for m, _ in mto.modelopt_state(fresh)["modelopt_state_dict"]] == modes
+    if sparse_mode:
+        assert mts.is_sparse(fresh[0]) and torch.equal(fresh[0]._weight_mask, model[0]._weight_mask)

@@ -252,7 +252,13 @@ def _check_fresh(model: nn.Module) -> None:
     if is_converted(model):
         raise ValueError(f"mopt: cannot restore onto a model that is already optimized (modes "
                          f"{_applied_modes(model)}); restore into a fresh model")
+    from ..sparsity.module import SparseModule
+
     for name, m in model.named_modules():
+        if isinstance(m, SparseModule):
+            raise ValueError(f"mopt: cannot restore onto a model that is already optimized "
+                             f"('{name or type(m).__name__}' is sparsified); restore into a "
+                             "fresh model")
         if isinstance(m, (QuantModule, TensorQuantizer, SequentialQuantizer)):
             raise ValueError(f"mopt: cannot restore onto a model that is already optimized "
                              f"('{name or type(m).__name__}' is quantized); restore into a "

@@ -69,4 +69,5 @@ def get_mode_descriptor(name: str) -> ModeDescriptor:
 def _load_features() -> None:
     """Imports the packages that register modes."""
     from ..quantization import mode as _quantization_mode  # noqa: F401
+    from ..sparsity import mode as _sparsity_mode  # noqa: F401
 

@@ -14,7 +14,7 @@ from .config import QuantizeConfig
 from .conversion import apply_model_plugins, apply_quant_cfg_full, replace_quant_module
 from .model_calib import calibrate, calibration_steps
 from .nn.modules.tensor_quantizer import SequentialQuantizer, TensorQuantizer
-from .utils import ParameterBackup, matches, named_quantizers, quantized_modules
+from .utils import ParameterBackup, matches, stored_tensor, named_quantizers, quantized_modules
 
 __all__ = [
     "quantize",
@@ -132,7 +132,7 @@ def fold_weight(model: nn.Module, keep_attrs: bool = False) -> None:
             wq = getattr(module, "weight_quantizer", None)
             if wq is None or getattr(module, "weight", None) is None or not wq.is_enabled:
                 continue
-            module.weight.copy_(wq(module.weight))
+            stored_tensor(module, "weight").copy_(wq(module.weight))
             for q in (list(wq) if isinstance(wq, SequentialQuantizer) else [wq]):
                 q.pre_quant_scale = None
                 q.disable()

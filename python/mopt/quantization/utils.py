@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .. import _C
+from .nn.modules.quant_module import stored_tensor
 from .nn.modules.tensor_quantizer import SequentialQuantizer, TensorQuantizer
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "parent_of",
     "quantized_modules",
     "ParameterBackup",
+    "stored_tensor",
 ]
 
 
@@ -77,12 +79,12 @@ class ParameterBackup:
         backup = cls._active[-1]
         key = (id(module), name)
         if key not in backup._saved:
-            backup._saved[key] = (module, name, getattr(module, name).detach().clone())
+            backup._saved[key] = (module, name, stored_tensor(module, name).detach().clone())
 
     def restore(self) -> None:
         with torch.no_grad():
             for module, name, value in self._saved.values():
-                getattr(module, name).copy_(value)
+                stored_tensor(module, name).copy_(value)
         self._saved.clear()
 
     @contextlib.contextmanager

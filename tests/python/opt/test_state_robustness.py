@@ -369,12 +369,21 @@ def test_sparsity_after_quantize_in_the_history(good, tmp_path, sparse):
 
 
 @pytest.mark.parametrize("sparse", ["sparse_magnitude", "sparsegpt", "wanda"])
-def test_sparsity_modes_are_not_implemented_yet(good, tmp_path, sparse):
+def test_sparsity_mode_without_its_layer_list_is_refused(good, tmp_path, sparse):
     _, _, tensors, metadata, doc = good
     doc = copy.deepcopy(doc)
     doc["modelopt_state_dict"].insert(0, [sparse, {"config": {}, "metadata": {}}])
     path = _write(tmp_path / "s-q.safetensors", tensors, metadata, doc)
-    expect_error(path, NotImplementedError, f"mode '{sparse}' is known but not implemented")
+    expect_error(path, ValueError, "sparsity mode's metadata has no list of sparse_modules")
+
+
+def test_sparsity_mode_naming_missing_layers_is_refused(good, tmp_path):
+    _, _, tensors, metadata, doc = good
+    doc = copy.deepcopy(doc)
+    doc["modelopt_state_dict"].insert(0, ["sparsegpt", {"config": {}, "metadata": {
+        "sparse_modules": ["no.such.layer"], "pattern": "2:4 sparsity"}}])
+    path = _write(tmp_path / "s-q.safetensors", tensors, metadata, doc)
+    expect_error(path, ValueError, r"names layers this model does not have: \['no.such.layer'\]")
 
 
 def test_chaining_rules():
@@ -389,7 +398,12 @@ def test_chaining_rules():
         _C.check_next_mode([], "max_calibrate")
     with pytest.raises(ValueError, match="unknown mode 'nope'; known modes: quantize"):
         _C.check_next_mode(["quantize"], "nope")
+    with pytest.raises(ValueError, match="'export_sparse' exports a sparsified model and needs"):
+        _C.check_next_mode(["quantize"], "export_sparse")
+    with pytest.raises(ValueError, match="exported already"):
+        _C.check_next_mode(["wanda", "export_sparse"], "export_sparse")
     for history, mode in [([], "sparsegpt"), (["sparsegpt"], "quantize"),
+                          (["sparsegpt", "quantize"], "export_sparse"),
                           (["quantize"], "quantize"), (["quantize"], "gptq_calibrate")]:
         _C.check_next_mode(history, mode)
     # and mtq.quantize itself refuses nothing after a quantize

@@ -19,7 +19,7 @@ from torch import nn
 from ... import _C
 from ..nn.modules.quant_module import QuantModule
 from ..nn.modules.tensor_quantizer import SequentialQuantizer, TensorQuantizer
-from ..utils import ParameterBackup
+from ..utils import ParameterBackup, stored_tensor
 from .collect import collect_and_load
 
 __all__ = [
@@ -182,7 +182,7 @@ def apply_update(module: nn.Module, update: dict) -> None:
     if update["weight"] is not None:
         ParameterBackup.save(module, "weight")
         with torch.no_grad():
-            module.weight.copy_(update["weight"])
+            stored_tensor(module, "weight").copy_(update["weight"])
     if update["pre_quant_scale"] is not None:
         iq.pre_quant_scale = update["pre_quant_scale"]
     if update["input_amax"] is not None and iq.is_enabled and iq.is_static:

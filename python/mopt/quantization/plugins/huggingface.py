@@ -78,6 +78,12 @@ class QuantConv1D(QuantLinear):
 
     @property
     def weight(self) -> torch.Tensor:
+        w = self._stored_weight_view()
+        mask = self._buffers.get("_weight_mask")  # a sparsified Conv1D (mopt.sparsity)
+        return w if mask is None else w * mask.t()
+
+    def _stored_weight_view(self) -> torch.Tensor:
+        """The stored parameter as [out, in] (a view, for in-place writes)."""
         param = self._parameters.get("weight")
         if param is None:
             raise AttributeError(f"{type(self).__name__} has no weight parameter")

@@ -16,9 +16,24 @@ __all__ = [
     "QuantModule",
     "QuantInputBase",
     "QuantLinearConvBase",
+    "stored_tensor",
 ]
 
 QUANT_DESC_8BIT_PER_CHANNEL = QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW
+
+
+def stored_tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """The parameter or buffer `name` as stored, for in-place writes: a sparse layer's ``weight``
+    attribute is the masked product (mopt.sparsity), its stored parameter the dense tensor."""
+    if name == "weight" and hasattr(module, "_stored_weight_view"):
+        return module._stored_weight_view()  # GPT-2 QuantConv1D: [out, in] view of [in, out]
+    if getattr(type(module), name, None) is None:  # not a property
+        t = module._parameters.get(name)
+        if t is None:
+            t = module._buffers.get(name)
+        if t is not None:
+            return t
+    return getattr(module, name)
 
 
 class _QuantModuleRegistryCls:
@@ -33,6 +48,7 @@ class _QuantModuleRegistryCls:
     def __init__(self) -> None:
         self._by_type: dict[type, type] = {}
         self._names: dict[type, str] = {}
+        self._stacked_cache: dict[tuple[type, type], type] = {}
 
     def register(self, cls_to_name: dict[type, str]) -> Callable[[type], type]:
         def decorator(quant_cls: type) -> type:
@@ -68,7 +84,21 @@ class _QuantModuleRegistryCls:
                 if name == key:
                     return orig
             return None
-        return key if key in self._by_type else None
+        if key in self._by_type:
+            return key
+        # a sparse layer (mopt.sparsity) quantizes as the dense class it wraps
+        dense = getattr(key, "_mopt_dense_cls", None)
+        return dense if dense in self._by_type else None
+
+    def _stacked(self, sparse_cls: type, quant_cls: type) -> type:
+        """The class of a quantized sparse layer: the sparse mixin (masked weight) over the
+        quantized class; folding its mask (mts.export) leaves the quantized class."""
+        stacked = self._stacked_cache.get((sparse_cls, quant_cls))
+        if stacked is None:
+            stacked = type(quant_cls.__name__, (sparse_cls, quant_cls),
+                           {"__module__": quant_cls.__module__, "_mopt_dense_cls": quant_cls})
+            self._stacked_cache[(sparse_cls, quant_cls)] = stacked
+        return stacked
 
     def __contains__(self, key: type | str) -> bool:
         return self._resolve(key) is not None
@@ -77,6 +107,8 @@ class _QuantModuleRegistryCls:
         orig = self._resolve(key)
         if orig is None:
             raise KeyError(f"{key!r} is not registered in QuantModuleRegistry")
+        if isinstance(key, type) and key is not orig:
+            return self._stacked(key, self._by_type[orig])
         return self._by_type[orig]
 
     def get(self, key: type | str, default=None):
@@ -95,7 +127,7 @@ class _QuantModuleRegistryCls:
         """Turns `module` (whose exact type is registered) into its quantized class in place:
         parameters, buffers and hooks stay; quantizers are added by ``_setup()``."""
         orig = type(module)
-        quant_cls = self._by_type[orig]
+        quant_cls = self[orig]
         module.__class__ = quant_cls
         module._mopt_original_cls = orig
         try:
@@ -154,7 +186,7 @@ class QuantModule(nn.Module):
         if wq is None or not isinstance(weight, torch.Tensor) or not wq.is_enabled:
             return
         with torch.no_grad():
-            weight.copy_(wq(weight))
+            stored_tensor(self, "weight").copy_(wq(weight))
         for q in (list(wq) if isinstance(wq, SequentialQuantizer) else [wq]):
             q.disable()
             if not keep_attrs:
