@@ -99,6 +99,7 @@ test-sanitize: deps $(BUILD_SANITIZE)/build.ninja
 
 demo: build-demo
 	$(PY) -m mopt ptq --model default --configs all --out out/demo --overwrite
+	$(PY) -m mopt sparsify --model default --out out/demo_sparsify --overwrite
 
 # nvidia-modelopt (pure Python) is what compare_modelopt.py measures against; constraints.txt
 # keeps it from resolving another torch. If it does not install, the script says why.

@@ -1,10 +1,12 @@
 """The ``mopt`` command line (also ``python -m mopt``).
 
     mopt ptq --model default --configs int8,fp8 --out out/ptq
+    mopt sparsify --model default --modes magnitude,sparsegpt --pattern 2:4 --out out/sparsify
 
-quantizes a fresh copy of the model per config and prints one table (see mopt.ptq and
-docs/llm_ptq.md). Printing is this module's job: the table and progress lines that mopt.ptq logs
-at INFO go to stdout, its warnings and errors to stderr.
+quantizes (sparsifies) a fresh copy of the model per config (mode) and prints one table (see
+mopt.ptq, docs/llm_ptq.md; mopt.ptq.sparsify, docs/mopt_sparsify.md). Printing is this module's
+job: the table and progress lines that mopt.ptq logs at INFO go to stdout, its warnings and errors
+to stderr.
 """
 
 from __future__ import annotations
@@ -45,75 +47,119 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated short names (e.g. int8,int8_sq,fp8,int4_awq) or 'all'; "
         "see --list-configs",
     )
+    _add_run_arguments(ptq, "ptq_plot.png")
     ptq.add_argument(
+        "--eval-rows", type=int, default=64, help="WikiText-2 rows to embed (--model minilm)"
+    )
+    ptq.add_argument(
+        "--list-configs",
+        action="store_true",
+        help="list the config short names and whether each can run, then exit",
+    )
+
+    sparsify = sub.add_parser(
+        "sparsify",
+        help="N:M weight sparsity of an LLM with several methods, one table",
+        description=(
+            "Sparsify a fresh copy of the model per mode (Wanda and SparseGPT calibrate on "
+            "--calib-text), optionally quantize it after (--quantize), and report perplexity on "
+            "--eval-text, its change against the dense model, the measured sparsity of the "
+            "sparsified layers and the time each step took. Writes results.json and "
+            "sparsify_plot.png to --out. Every argument is checked before the model is loaded; "
+            "exit status 0 when every mode ran, 1 when one failed, 2 for bad input (nothing "
+            "written)."
+        ),
+    )
+    sparsify.add_argument(
+        "--model",
+        default="default",
+        help="'default' (shipped stories260K), a llama2.c .bin checkpoint or a Hugging Face "
+        "model folder",
+    )
+    sparsify.add_argument(
+        "--modes",
+        default=None,
+        help="comma-separated: magnitude, wanda, sparsegpt, sparsegpt_mask_only (SparseGPT's "
+        "mask without its weight update) (default: magnitude,wanda,sparsegpt)",
+    )
+    sparsify.add_argument(
+        "--pattern",
+        default="2:4",
+        help="N:M: keep N nonzero weights in every M consecutive input weights (default 2:4)",
+    )
+    sparsify.add_argument(
+        "--quantize",
+        default=None,
+        metavar="CONFIG",
+        help="a mopt ptq config short name (e.g. fp8) applied after each mode, adding the "
+        "rows <mode>+CONFIG and CONFIG alone on the dense model",
+    )
+    _add_run_arguments(sparsify, "sparsify_plot.png")
+    return parser
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, plot_name: str) -> None:
+    """The options ptq and sparsify share: texts, output folder, sizes, device and threads."""
+    parser.add_argument(
         "--calib-text",
         default=None,
         help="UTF-8 text file for calibration (default: shipped TinyStories text "
         "after the evaluation slice)",
     )
-    ptq.add_argument(
+    parser.add_argument(
         "--eval-text",
         default=None,
         help="UTF-8 text file to evaluate on, used whole (default: the first 20,000 "
         "characters of the shipped TinyStories validation text)",
     )
-    ptq.add_argument(
+    parser.add_argument(
         "--out",
         default=None,
-        help="folder for results.json and ptq_plot.png, created (and checked writable) before "
+        help=f"folder for results.json and {plot_name}, created (and checked writable) before "
         "the run; a folder that already holds them from an earlier run is refused unless "
         "--overwrite",
     )
-    ptq.add_argument(
+    parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the results.json and ptq_plot.png of an earlier run in --out (an old "
+        help=f"replace the results.json and {plot_name} of an earlier run in --out (an old "
         "plot is removed when no plot is written); other files there are kept",
     )
-    ptq.add_argument(
+    parser.add_argument(
         "--tokenizer",
         default=None,
         help="tokenizer for a llama2.c checkpoint (tokenizer.bin format) or a "
         "Hugging Face tokenizer folder",
     )
-    ptq.add_argument(
+    parser.add_argument(
         "--seq-len",
         type=int,
         default=None,
         help="evaluation window (default: min(model maximum, 512))",
     )
-    ptq.add_argument(
+    parser.add_argument(
         "--calib-samples", type=int, default=16, help="calibration windows (default 16)"
     )
-    ptq.add_argument(
+    parser.add_argument(
         "--calib-seq-len",
         type=int,
         default=None,
         help="calibration window length (default: --seq-len)",
     )
-    ptq.add_argument(
+    parser.add_argument(
         "--batch-size", type=int, default=8, help="evaluation windows per batch (default 8)"
     )
-    ptq.add_argument(
+    parser.add_argument(
         "--threads",
         default="auto",
         help="CPU threads for torch: a number, 'torch' (torch's own choice) or 'auto' (default: 1 "
         "for models under 10M parameters, whose ops are too small to split across threads, "
         "else torch's choice)",
     )
-    ptq.add_argument("--device", default="cpu", help="device to run on (cpu, cuda, cuda:1, ...)")
-    ptq.add_argument(
-        "--eval-rows", type=int, default=64, help="WikiText-2 rows to embed (--model minilm)"
-    )
-    ptq.add_argument("--seed", type=int, default=0, help="seed of the calibration sampling")
-    ptq.add_argument("--no-progress", action="store_true", help="no progress bars")
-    ptq.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
-    ptq.add_argument(
-        "--list-configs",
-        action="store_true",
-        help="list the config short names and whether each can run, then exit",
-    )
-    return parser
+    parser.add_argument("--device", default="cpu", help="device to run on (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sampling")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
 
 
 def _list_configs() -> int:
@@ -131,18 +177,7 @@ def _ptq(args: argparse.Namespace) -> int:
 
     if args.list_configs:
         return _list_configs()
-    threads = args.threads
-    if threads == "torch":
-        threads = None
-    elif threads != "auto":
-        try:
-            threads = int(threads)
-        except ValueError:
-            threads = 0
-        if threads <= 0:
-            raise ValueError(
-                f"--threads must be a positive number, 'auto' or 'torch', got {args.threads!r}"
-            )
+    threads = _threads(args)
     results = run_ptq(
         model=args.model,
         configs=args.configs,
@@ -171,6 +206,63 @@ def _ptq(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _threads(args: argparse.Namespace) -> int | str | None:
+    """--threads as run_ptq / run_sparsify take it."""
+    threads = args.threads
+    if threads == "torch":
+        return None
+    if threads == "auto":
+        return threads
+    try:
+        threads = int(threads)
+    except ValueError:
+        threads = 0
+    if threads <= 0:
+        raise ValueError(
+            f"--threads must be a positive number, 'auto' or 'torch', got {args.threads!r}"
+        )
+    return threads
+
+
+def _sparsify(args: argparse.Namespace) -> int:
+    from .ptq.sparsify import run_sparsify
+
+    results = run_sparsify(
+        model=args.model,
+        modes=args.modes,
+        pattern=args.pattern,
+        quantize=args.quantize,
+        calib_text=args.calib_text,
+        eval_text=args.eval_text,
+        out_dir=args.out,
+        tokenizer=args.tokenizer,
+        seq_len=args.seq_len,
+        calib_samples=args.calib_samples,
+        calib_seq_len=args.calib_seq_len,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+        plot=not args.no_plot,
+        device=args.device,
+        threads=_threads(args),
+        overwrite=args.overwrite,
+    )
+    # As ptq with --configs all: a default mode this build lacks is listed, not an error.
+    explicit = args.modes is not None or args.quantize is not None
+    failed = [
+        r
+        for r in results["rows"]
+        if r["status"] == "failed" or (explicit and r["status"] == "not available")
+    ]
+    return 1 if failed else 0
+
+
+_COMMANDS = {"ptq": _ptq, "sparsify": _sparsify}
+# The logger whose INFO records each command prints (sparsify runs in mopt.ptq.sparsify and writes
+# through mopt.ptq.report, so it shows the same tree).
+_LOGGERS = {"ptq": "mopt.ptq", "sparsify": "mopt.ptq"}
+
+
 class _ConsoleHandler(logging.Handler):
     """INFO records as plain lines on stdout; warnings and errors on stderr, prefixed with the
     command. The stream is looked up per record, so redirections (and pytest's capture) apply."""
@@ -194,8 +286,8 @@ class _ConsoleHandler(logging.Handler):
 
 @contextlib.contextmanager
 def _console_logging(command: str) -> Iterator[None]:
-    """Shows the `mopt.<command>` logger's INFO records for the duration of the command."""
-    logger = logging.getLogger(f"mopt.{command}")
+    """Shows the command's logger's INFO records (_LOGGERS) for the duration of the command."""
+    logger = logging.getLogger(_LOGGERS.get(command, f"mopt.{command}"))
     handler = _ConsoleHandler(command)
     previous_level = logger.level
     logger.addHandler(handler)
@@ -215,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         with _console_logging(args.command):
-            return _ptq(args)
+            return _COMMANDS[args.command](args)
     except (FileNotFoundError, ValueError, NotImplementedError, TypeError) as e:
         _error(args.command, e)  # bad input, found before anything was written
         return 2

@@ -5,6 +5,9 @@ results.json: ``metric`` ("perplexity" or "cosine"), ``setup`` (the model, texts
 run used), ``weight_bytes_definition``, ``date``, ``machine`` and ``rows`` (one dict per
 ``PtqResult``: ``config``, ``status``, ``metric`` and the other fields below).
 
+``output_folder``, ``write_outputs``, ``machine_description`` and ``format_number`` are generic:
+``mopt sparsify`` (mopt.ptq.sparsify) writes its own rows, table and plot through them.
+
 The output folder (``--out``): ``output_folder`` checks it before anything is loaded: it creates
 it (removing what it created again if the run then fails), checks it can be written, and refuses
 a folder that holds the outputs of an earlier run (``OUTPUT_FILES``) unless `overwrite` is given.
@@ -39,6 +42,9 @@ __all__ = [
     "write_results",
     "row_line",
     "output_folder",
+    "write_outputs",
+    "machine_description",
+    "format_number",
     "OUTPUT_FILES",
 ]
 
@@ -78,10 +84,17 @@ def results_dict(rows: list[PtqResult], metric: str, setup: dict) -> dict:
             " every other parameter and the float baseline at 16 bits; tied parameters once"
         ),
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU, torch {torch.__version__}, "
-        f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
+        "machine": machine_description(),
         "rows": [dataclasses.asdict(r) for r in rows],
     }
+
+
+def machine_description() -> str:
+    """The ``machine`` entry of results.json: architecture, CPUs, torch version and GPU."""
+    return (
+        f"{platform.machine()} {os.cpu_count()} CPU, torch {torch.__version__}, "
+        f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}"
+    )
 
 
 def _os_reason(e: OSError) -> str:
@@ -90,7 +103,9 @@ def _os_reason(e: OSError) -> str:
 
 @contextlib.contextmanager
 def output_folder(
-    out_dir: str | os.PathLike | None, overwrite: bool = False
+    out_dir: str | os.PathLike | None,
+    overwrite: bool = False,
+    output_files: tuple[str, ...] = OUTPUT_FILES,
 ) -> Iterator[pathlib.Path | None]:
     """Checks and creates the output folder `out_dir` on entry (None: no folder, yields None),
     before the caller loads or computes anything; the folders it created are removed again when
@@ -98,7 +113,7 @@ def output_folder(
 
     Raises ValueError (the ``mopt`` CLI's usage error, rc 2) when `out_dir` is a file or lies
     under one, cannot be created or written, or already holds the outputs of an earlier run
-    (results.json or ptq_plot.png) and `overwrite` is False.
+    (`output_files`: results.json or ptq_plot.png for ptq) and `overwrite` is False.
     """
     if out_dir is None:
         yield None
@@ -109,7 +124,7 @@ def output_folder(
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output folder (--out) {str(out)!r} is a file, not a folder")
     if out.is_dir() and not overwrite:
-        found = [name for name in OUTPUT_FILES if (out / name).exists()]
+        found = [name for name in output_files if (out / name).exists()]
         if found:
             raise ValueError(
                 f"the output folder (--out) {str(out)!r} already holds {' and '.join(found)} of "
@@ -159,44 +174,69 @@ def write_results(
     plot: bool,
     log: Callable[[str], None],
 ) -> None:
-    """Logs the table; with `out_dir`, writes results.json and the plot there and records their
-    paths in `results`. Both are written to temporary files first and then replace the folder's
-    outputs together; a plot not written this time is removed (no stale plot beside a new
-    results.json). A failing plot is a warning, never a lost run."""
+    """Logs the ptq table; with `out_dir`, writes results.json and ptq_plot.png there (see
+    ``write_outputs``)."""
+    write_outputs(
+        results,
+        format_table(rows, metric),
+        out_dir,
+        PLOT_PNG,
+        (lambda path: plot_results(rows, path, metric)) if plot else None,
+        log,
+    )
+
+
+def write_outputs(
+    results: dict,
+    table: str,
+    out_dir: str | os.PathLike | None,
+    plot_name: str,
+    plot: Callable[[pathlib.Path], pathlib.Path | None] | None,
+    log: Callable[[str], None],
+) -> None:
+    """Logs `table`; with `out_dir`, writes results.json and the plot `plot_name` there and
+    records their paths in `results`. `plot(path)` draws the PNG at `path` and returns it (None:
+    nothing drawn); `plot` None writes no plot. Both are written to temporary files first and
+    then replace the folder's outputs together; a plot not written this time is removed (no stale
+    plot beside a new results.json). A failing plot is a warning, never a lost run."""
     log("")
-    log(format_table(rows, metric))
+    log(table)
     if out_dir is None:
         return
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp_json, tmp_png = out / (RESULTS_JSON + ".tmp"), out / (".tmp." + PLOT_PNG)
+    tmp_json, tmp_png = out / (RESULTS_JSON + ".tmp"), out / (".tmp." + plot_name)
     try:
         png = None
-        if plot:
+        if plot is not None:
             try:
-                png = plot_results(rows, tmp_png, metric)
+                png = plot(tmp_png)
             except Exception as e:  # noqa: BLE001 - the results matter more than their plot
                 logger.warning("the plot failed, none written: %s: %s", type(e).__name__, e)
                 png = None
         tmp_json.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
         if png is not None:
-            os.replace(tmp_png, out / PLOT_PNG)
+            os.replace(tmp_png, out / plot_name)
         else:
-            (out / PLOT_PNG).unlink(missing_ok=True)
+            (out / plot_name).unlink(missing_ok=True)
         os.replace(tmp_json, out / RESULTS_JSON)
     finally:
         tmp_json.unlink(missing_ok=True)
         tmp_png.unlink(missing_ok=True)
     results["results_json"] = str(out / RESULTS_JSON)
-    if plot:
-        results["plot"] = str(out / PLOT_PNG) if png is not None else None
+    if plot is not None:
+        results["plot"] = str(out / plot_name) if png is not None else None
     log(f"results: {out / RESULTS_JSON}")
     if results.get("plot"):
         log(f"plot: {results['plot']}")
 
 
-def _fmt(v: float | None, spec: str, empty: str = "-") -> str:
+def format_number(v: float | None, spec: str, empty: str = "-") -> str:
+    """`v` formatted with `spec`; `empty` for None or NaN (a table cell without a value)."""
     return empty if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+_fmt = format_number
 
 
 def row_line(r: PtqResult, metric: str) -> str:
