@@ -23,6 +23,14 @@ struct Node {
 /// named_modules. Works on a root that is not owned by a shared_ptr.
 std::vector<Node> named_modules(torch::nn::Module& root);
 
+/// `dict.find(name)` copied out while `dict` (often the temporary that named_parameters(false) /
+/// named_buffers(false) return) is alive; an undefined tensor when absent.
+inline at::Tensor find_tensor(const torch::OrderedDict<std::string, at::Tensor>& dict,
+                              const std::string& name) {
+  const at::Tensor* t = dict.find(name);
+  return t != nullptr ? *t : at::Tensor();
+}
+
 /// Converts every Linear/Conv layer of `model` as mopt::quantize does, names the quantizers, then
 /// runs `setup`; on any error the module tree is put back as it was and the error re-raised.
 void convert_layers_then(torch::nn::Module& model, const std::function<void()>& setup);

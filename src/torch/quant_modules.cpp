@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "mopt/core/error.h"
+#include "torch/module_tree.h"
 
 namespace mopt {
 namespace {
@@ -34,9 +35,8 @@ void adopt_parameter(torch::OrderedDict<std::string, at::Tensor>& parameters, at
 // Carries a sparsity mask (mopt::sparsify's `_weight_mask` buffer) of `source` over to the
 // quantized layer that replaces it; the weight's gradient hook travels with the shared weight.
 void adopt_weight_mask(torch::nn::Module& target, const torch::nn::Module& source) {
-  if (const at::Tensor* mask = source.named_buffers(/*recurse=*/false).find("_weight_mask")) {
-    target.register_buffer("_weight_mask", *mask);
-  }
+  const at::Tensor mask = find_tensor(source.named_buffers(/*recurse=*/false), "_weight_mask");
+  if (mask.defined()) target.register_buffer("_weight_mask", mask);
 }
 
 // "torch::nn::Conv2d(...)" -> "mopt::QuantConv2d(...)".

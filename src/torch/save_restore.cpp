@@ -270,9 +270,9 @@ void restore(torch::nn::Module& model, const std::string& path) {
     const auto model_tensors = named_tensors(model);
     for (const auto& [name, t] : model_tensors) expected.push_back({name, t.sizes().vec()});
     for (size_t i = 0; i < sparse.size(); ++i) {
-      const at::Tensor* w = sparse[i]->named_parameters(false).find("weight");
-      if (w && !sparse[i]->named_buffers(false).find("_weight_mask")) {
-        expected.push_back({sparse_names[i] + "._weight_mask", w->sizes().vec()});
+      const at::Tensor w = find_tensor(sparse[i]->named_parameters(false), "weight");
+      if (w.defined() && !find_tensor(sparse[i]->named_buffers(false), "_weight_mask").defined()) {
+        expected.push_back({sparse_names[i] + "._weight_mask", w.sizes().vec()});
       }
     }
     for (const auto& [name, t] : file.tensors) {
@@ -290,8 +290,8 @@ void restore(torch::nn::Module& model, const std::string& path) {
     opt::check_tensors_match(expected, in_file, path);
     // every name and shape matches: the masks (all ones until their values are copied below)
     for (torch::nn::Module* layer : sparse) {
-      const at::Tensor* w = layer->named_parameters(false).find("weight");
-      set_weight_mask(*layer, at::ones(w->sizes(), w->options().dtype(at::kBool)));
+      const at::Tensor w = find_tensor(layer->named_parameters(false), "weight");
+      set_weight_mask(*layer, at::ones(w.sizes(), w.options().dtype(at::kBool)));
     }
     const auto tensors = named_tensors(model);
     at::NoGradGuard no_grad;

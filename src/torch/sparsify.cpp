@@ -34,10 +34,9 @@ const char* type_name(const torch::nn::Module& m) {
 }
 
 at::Tensor layer_weight(torch::nn::Module& m) {
-  at::Tensor* w = m.named_parameters(/*recurse=*/false).find("weight");
-  MOPT_CHECK_VALUE(w != nullptr && w->defined(), "sparsify: layer '", m.name(),
-                   "' has no weight");
-  return *w;
+  const at::Tensor w = find_tensor(m.named_parameters(/*recurse=*/false), "weight");
+  MOPT_CHECK_VALUE(w.defined(), "sparsify: layer '", m.name(), "' has no weight");
+  return w;
 }
 
 template <size_t D, typename Impl>
@@ -140,9 +139,10 @@ void set_weight_mask(torch::nn::Module& layer, const at::Tensor& mask) {
     at::NoGradGuard no_grad;
     weight.mul_(m);
   }
-  if (at::Tensor* existing = layer.named_buffers(false).find("_weight_mask")) {
+  at::Tensor existing = find_tensor(layer.named_buffers(false), "_weight_mask");
+  if (existing.defined()) {
     at::NoGradGuard no_grad;
-    existing->copy_(m);
+    existing.copy_(m);
     return;  // its gradient hook is installed already
   }
   layer.register_buffer("_weight_mask", m);
@@ -155,7 +155,8 @@ void set_weight_mask(torch::nn::Module& layer, const at::Tensor& mask) {
 std::vector<std::string> sparse_layers(torch::nn::Module& model) {
   std::vector<std::string> out;
   for (const Node& node : named_modules(model)) {
-    if (type_name(*node.module) && node.module->named_buffers(false).find("_weight_mask")) {
+    if (type_name(*node.module) &&
+        find_tensor(node.module->named_buffers(false), "_weight_mask").defined()) {
       out.push_back(node.name);
     }
   }
@@ -189,7 +190,8 @@ void sparsify(torch::nn::Module& model, const SparsifyConfig& config,
       if (fnmatch(node.name, pattern_str)) on = value;
     }
     if (!on) continue;
-    MOPT_CHECK_VALUE(!node.module->named_buffers(false).find("_weight_mask"), "sparsify: layer '",
+    MOPT_CHECK_VALUE(!find_tensor(node.module->named_buffers(false), "_weight_mask").defined(),
+                     "sparsify: layer '",
                      node.name, "' is sparsified already");
     at::Tensor w = layer_weight(*node.module);
     const WeightLayout layout = layout_of(*node.module);

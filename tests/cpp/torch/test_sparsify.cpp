@@ -31,7 +31,9 @@ bool holds(const torch::Tensor& w, int64_t n, int64_t m) {
 }
 
 torch::Tensor mask_of(torch::nn::Module& layer) {
-  return *layer.named_buffers(false).find("_weight_mask");
+  const auto buffers = layer.named_buffers(false);  // find() points into this dict
+  const at::Tensor* mask = buffers.find("_weight_mask");
+  return mask != nullptr ? *mask : torch::Tensor();
 }
 
 std::string temp_path(const std::string& name) {
