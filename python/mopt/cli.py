@@ -181,21 +181,9 @@ def _ptq(args: argparse.Namespace) -> int:
     results = run_ptq(
         model=args.model,
         configs=args.configs,
-        calib_text=args.calib_text,
-        eval_text=args.eval_text,
-        out_dir=args.out,
-        tokenizer=args.tokenizer,
-        seq_len=args.seq_len,
-        calib_samples=args.calib_samples,
-        calib_seq_len=args.calib_seq_len,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.no_progress,
-        plot=not args.no_plot,
-        device=args.device,
         threads=threads,
         eval_rows=args.eval_rows,
-        overwrite=args.overwrite,
+        **_shared_run_args(args),
     )
     explicit = args.configs.strip() != "all"
     failed = [
@@ -204,6 +192,25 @@ def _ptq(args: argparse.Namespace) -> int:
         if r["status"] == "failed" or (explicit and r["status"] == "not available")
     ]
     return 1 if failed else 0
+
+
+def _shared_run_args(args: argparse.Namespace) -> dict:
+    """The arguments run_ptq and run_sparsify take alike, from the options both commands have."""
+    return {
+        "calib_text": args.calib_text,
+        "eval_text": args.eval_text,
+        "out_dir": args.out,
+        "tokenizer": args.tokenizer,
+        "seq_len": args.seq_len,
+        "calib_samples": args.calib_samples,
+        "calib_seq_len": args.calib_seq_len,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "progress": not args.no_progress,
+        "plot": not args.no_plot,
+        "device": args.device,
+        "overwrite": args.overwrite,
+    }
 
 
 def _threads(args: argparse.Namespace) -> int | str | None:
@@ -232,20 +239,8 @@ def _sparsify(args: argparse.Namespace) -> int:
         modes=args.modes,
         pattern=args.pattern,
         quantize=args.quantize,
-        calib_text=args.calib_text,
-        eval_text=args.eval_text,
-        out_dir=args.out,
-        tokenizer=args.tokenizer,
-        seq_len=args.seq_len,
-        calib_samples=args.calib_samples,
-        calib_seq_len=args.calib_seq_len,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.no_progress,
-        plot=not args.no_plot,
-        device=args.device,
         threads=_threads(args),
-        overwrite=args.overwrite,
+        **_shared_run_args(args),
     )
     # As ptq with --configs all: a default mode this build lacks is listed, not an error.
     explicit = args.modes is not None or args.quantize is not None

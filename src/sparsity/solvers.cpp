@@ -187,7 +187,9 @@ SparsityLayer::SparsityLayer(at::Tensor weight, WeightLayout layout, ConvGeometr
     : weight_(std::move(weight)), layout_(layout), geometry_(std::move(geometry)),
       pattern_(pattern), name_(std::move(name)) {
   check_layer(weight_, layout_, pattern_, name_);
-  cols_ = weight_matrix(weight_, layout_).size(1);
+  // weight_matrix's column count, without materializing a convolution's permuted copy
+  cols_ = layout_ == WeightLayout::kTransposed ? weight_.size(0)
+                                               : weight_.numel() / weight_.size(0);
   if (layout_ == WeightLayout::kConv) {
     const size_t dims = static_cast<size_t>(weight_.dim() - 2);
     const auto& g = geometry_;

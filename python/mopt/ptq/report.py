@@ -284,9 +284,9 @@ def format_table(rows: list[PtqResult], metric: str = "perplexity") -> str:
     return "\n".join(lines)
 
 
-def plot_results(rows: list[PtqResult], path: str | os.PathLike, metric: str = "perplexity"):
-    """PNG of the metric change against effective bits, one labelled point per config. Returns
-    the path, or None (with a warning logged) when matplotlib is missing."""
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (with a warning logged) when matplotlib is
+    not installed."""
     try:
         import matplotlib
 
@@ -294,6 +294,15 @@ def plot_results(rows: list[PtqResult], path: str | os.PathLike, metric: str = "
         import matplotlib.pyplot as plt
     except ImportError:
         logger.warning("matplotlib is not installed; no plot written")
+        return None
+    return plt
+
+
+def plot_results(rows: list[PtqResult], path: str | os.PathLike, metric: str = "perplexity"):
+    """PNG of the metric change against effective bits, one labelled point per config. Returns
+    the path, or None (with a warning logged) when matplotlib is missing."""
+    plt = pyplot()
+    if plt is None:
         return None
     pts = [
         r

@@ -87,6 +87,30 @@ def _try_config(entry: PtqConfig, base: nn.Module, forward_loop, evaluate) -> Pt
     return res
 
 
+def _check_run_numbers(counts: list[tuple[str, object]], seq_len, calib_seq_len, seed,
+                       threads) -> None:
+    """The numeric arguments run_ptq and run_sparsify share: positive counts, optional window
+    lengths, a 64-bit seed and a thread setting; ValueError naming the first bad one."""
+    for name, value in counts:
+        _check_count(name, value)
+    for name, value in (("seq_len", seq_len), ("calib_seq_len", calib_seq_len)):
+        if value is not None:
+            _check_count(name, value)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    max_threads = 4 * (os.cpu_count() or 1)
+    if threads not in (None, "auto") and (
+        isinstance(threads, bool)
+        or not isinstance(threads, int)
+        or threads <= 0
+        or threads > max_threads
+    ):
+        raise ValueError(
+            f"threads must be a positive int (at most {max_threads}, 4 per CPU), 'auto' or None, "
+            f"got {threads!r}"
+        )
+
+
 def run_ptq(
     model: str = "default",
     configs: str | Sequence[str] = "all",
@@ -130,29 +154,10 @@ def run_ptq(
     """
     log = log or (lambda s: None)
     device = _check_device(device)
-    for name, value in (
-        ("calib_samples", calib_samples),
-        ("eval_rows", eval_rows),
-        ("batch_size", batch_size),
-        ("calib_batch_size", calib_batch_size),
-    ):
-        _check_count(name, value)
-    for name, value in (("seq_len", seq_len), ("calib_seq_len", calib_seq_len)):
-        if value is not None:
-            _check_count(name, value)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
-    max_threads = 4 * (os.cpu_count() or 1)
-    if threads not in (None, "auto") and (
-        isinstance(threads, bool)
-        or not isinstance(threads, int)
-        or threads <= 0
-        or threads > max_threads
-    ):
-        raise ValueError(
-            f"threads must be a positive int (at most {max_threads}, 4 per CPU), 'auto' or None, "
-            f"got {threads!r}"
-        )
+    _check_run_numbers(
+        [("calib_samples", calib_samples), ("eval_rows", eval_rows), ("batch_size", batch_size),
+         ("calib_batch_size", calib_batch_size)],
+        seq_len, calib_seq_len, seed, threads)
     entries = resolve_configs(configs)
     with output_folder(out_dir, overwrite) as out:
         if model == "minilm":

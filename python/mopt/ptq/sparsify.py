@@ -46,9 +46,10 @@ from .report import (
     format_number,
     machine_description,
     output_folder,
+    pyplot,
     write_outputs,
 )
-from .run import _check_count, _check_device, _cpu_threads, _first_line, _quantize_timed
+from .run import _check_device, _check_run_numbers, _cpu_threads, _first_line, _quantize_timed
 
 __all__ = [
     "DEFAULT_MODES",
@@ -343,28 +344,10 @@ def run_sparsify(
     entries = resolve_modes(modes)
     n, m = parse_pattern(pattern)
     quant = _resolve_quantize(quantize)
-    for name, value in (
-        ("calib_samples", calib_samples),
-        ("batch_size", batch_size),
-        ("calib_batch_size", calib_batch_size),
-    ):
-        _check_count(name, value)
-    for name, value in (("seq_len", seq_len), ("calib_seq_len", calib_seq_len)):
-        if value is not None:
-            _check_count(name, value)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
-    max_threads = 4 * (os.cpu_count() or 1)
-    if threads not in (None, "auto") and (
-        isinstance(threads, bool)
-        or not isinstance(threads, int)
-        or threads <= 0
-        or threads > max_threads
-    ):
-        raise ValueError(
-            f"threads must be a positive int (at most {max_threads}, 4 per CPU), 'auto' or None, "
-            f"got {threads!r}"
-        )
+    _check_run_numbers(
+        [("calib_samples", calib_samples), ("batch_size", batch_size),
+         ("calib_batch_size", calib_batch_size)],
+        seq_len, calib_seq_len, seed, threads)
     if model == "minilm":
         raise ValueError("mopt sparsify evaluates a causal LM; 'minilm' is a ptq-only model")
     from .. import data as mdata
@@ -523,13 +506,8 @@ def format_sparsify_table(rows: list[SparsifyResult]) -> str:
 def plot_sparsify(rows: list[SparsifyResult], path: str | os.PathLike):
     """PNG of the perplexity change against dense, one bar per row that ran, labelled with the
     measured sparsity. Returns the path, or None (with a warning logged) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed; no plot written")
+    plt = pyplot()
+    if plt is None:
         return None
     pts = [
         r
