@@ -37,7 +37,7 @@ py::dict quantizer_state_to_py(const opt::QuantizerState& s) {
   py::dict out;
   out["sequential"] = s.sequential;
   out["num_quantizers"] = s.num_quantizers;
-  out["attributes_json"] = s.attributes.to_json();
+  out["attributes_json"] = s.attributes_json.empty() ? s.attributes.to_json() : s.attributes_json;
   out["flags"] = py::make_tuple(s.flags.disabled, s.flags.quant, s.flags.calib);
   py::dict buffers;
   for (const auto& [buf, spec] : s.buffers) {
@@ -122,8 +122,24 @@ void bind_opt(py::module_& m) {
       "The state document for [(mode, config JSON, metadata JSON)].");
   m.def(
       "state_from_json",
-      [](const std::string& text, const std::string& source) {
-        const opt::ModeState state = opt::state_from_json(text, source);
+      [](const std::string& text, const std::string& source, bool with_quantizer_states) {
+        py::list quantizer_states;
+        opt::ModeState state;
+        if (with_quantizer_states) {
+          opt::ModeStateWithQuantizers read = opt::state_from_json_with_quantizers(text, source);
+          state = std::move(read.state);
+          for (const auto& states : read.quantizer_states) {
+            if (!states) {
+              quantizer_states.append(py::none());
+              continue;
+            }
+            py::dict parsed;
+            for (const auto& [name, s] : *states) parsed[py::str(name)] = quantizer_state_to_py(s);
+            quantizer_states.append(parsed);
+          }
+        } else {
+          state = opt::state_from_json(text, source);
+        }
         py::list modes;
         for (const auto& e : state.modes) {
           modes.append(py::make_tuple(e.mode, e.config_json, e.metadata_json));
@@ -132,11 +148,14 @@ void bind_opt(py::module_& m) {
         out["modes"] = modes;
         out["version"] = state.version;
         out["format_version"] = state.format_version;
+        if (with_quantizer_states) out["quantizer_states"] = quantizer_states;
         return out;
       },
-      py::arg("text"), py::arg("source"),
+      py::arg("text"), py::arg("source"), py::arg("with_quantizer_states") = false,
       "Parses and checks a state document: {modes: [(mode, config JSON, metadata JSON)], "
-      "version, format_version (0: written by nvidia-modelopt)}.");
+      "version, format_version (0: written by nvidia-modelopt)}; with_quantizer_states adds "
+      "quantizer_states: per mode, parse_quantizer_states of its metadata's quantizer_state "
+      "(None where it has none), read from the same parse.");
   m.def(
       "quantizer_state_json",
       [](const QuantizerCore& core, const std::map<std::string, std::optional<at::Tensor>>& bufs) {

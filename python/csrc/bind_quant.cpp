@@ -107,12 +107,18 @@ void bind_quantizer_core(py::module_& m) {
                                   python_factory(calibrator_factory));
            }),
            py::arg("cfg_json"), py::arg("calibrator_factory") = py::none())
+      .def("copy_attributes_from", &QuantizerCore::copy_attributes_from, py::arg("other"),
+           "set_attributes from another core that never collected (a restore's prototype): its "
+           "resolved format and calibrator are reused instead of derived again.")
       .def(
           "set_attributes",
           [](QuantizerCore& c, const std::string& cfg_json, const py::object& factory) {
             c.set_attributes(parse_quantizer_config_cached(cfg_json), python_factory(factory));
           },
           py::arg("cfg_json"), py::arg("calibrator_factory") = py::none())
+      .def("copy_attributes_from", &QuantizerCore::copy_attributes_from, py::arg("other"),
+           "set_attributes from another core that never collected (a restore's prototype): its "
+           "resolved format and calibrator are reused instead of derived again.")
       // copy.deepcopy of a quantized model copies the core with a clone of its calibrator;
       // pickling (torch.save of a whole model) keeps attributes, flags, name and calibrator. A
       // custom calibrator's factory is given back by the owning module (TensorQuantizer).

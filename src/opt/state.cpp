@@ -270,8 +270,12 @@ std::string state_to_json(const ModeState& state) {
   return doc.dump();
 }
 
-ModeState state_from_json(const std::string& text, const std::string& source) {
-  const json doc = core::parse_json(text, (source + ": the mode state").c_str());
+namespace {
+
+// state_from_json on a parsed document; `metadata` (when given) receives each mode's metadata
+// object, in order.
+ModeState read_state_document(const json& doc, const std::string& source,
+                              std::vector<const json*>* metadata) {
   MOPT_CHECK_VALUE(doc.is_object(), source, ": the mode state must be a JSON object, got ",
                    doc.type_name());
   ModeState state;
@@ -314,8 +318,16 @@ ModeState state_from_json(const std::string& text, const std::string& source) {
     }
     history.push_back(mode);
     state.modes.push_back({mode, body["config"].dump(), body["metadata"].dump()});
+    if (metadata != nullptr) metadata->push_back(&body["metadata"]);
   }
   return state;
+}
+
+}  // namespace
+
+ModeState state_from_json(const std::string& text, const std::string& source) {
+  const json doc = core::parse_json(text, (source + ": the mode state").c_str());
+  return read_state_document(doc, source, nullptr);
 }
 
 std::string quantizer_state_json(const QuantizerCore& core,
@@ -347,7 +359,10 @@ std::string sequential_quantizer_state_json(int64_t n) {
 
 namespace {
 
-QuantizerState parse_one_quantizer_state(const std::string& name, const json& j) {
+// The properties of one quantizer state (everything but its buffers): flags, attributes (and
+// their JSON), and `export_shape` for nvidia-modelopt's flattened block amax.
+QuantizerState parse_quantizer_properties(const std::string& name, const json& j,
+                                          std::optional<std::vector<int64_t>>& export_shape) {
   const std::string what = "quantizer state of '" + name + "'";
   MOPT_CHECK_VALUE(j.is_object(), what, " must be an object, got ", j.type_name());
   QuantizerState state;
@@ -379,7 +394,7 @@ QuantizerState parse_one_quantizer_state(const std::string& name, const json& j)
   // nvidia-modelopt's static block quantizer (INT4 / FP8 blocks after calibration) also keeps an
   // axis for its internal per-row view and stores amax flattened to (rows * blocks, 1), with
   // the (rows, blocks) shape it exports; mopt's block amax is (rows, blocks, 1).
-  std::optional<std::vector<int64_t>> export_shape;
+  export_shape.reset();
   if (j.contains("_is_static_block_scale_quantizer") &&
       j["_is_static_block_scale_quantizer"] == true) {
     used.insert("_is_static_block_scale_quantizer");
@@ -421,13 +436,22 @@ QuantizerState parse_one_quantizer_state(const std::string& name, const json& j)
   }
   if (j.contains("_quant_max_bound")) {
     // ModelOpt's copy of the format's largest magnitude: it must be the one mopt derives.
-    const double bound = QuantizerCore(state.attributes).maxbound();
+    const double bound = quantizer_maxbound(state.attributes);
     MOPT_CHECK_IMPLEMENTED(j["_quant_max_bound"].is_number() &&
                                j["_quant_max_bound"].get<double>() == bound,
                            what, ": '_quant_max_bound' = ", j["_quant_max_bound"].dump(),
                            " differs from the format's maximum ", bound,
                            "; mopt does not support a custom bound");
   }
+  state.attributes_json = state.attributes.to_json();
+  return state;
+}
+
+// The buffers of one quantizer state (`_pytorch_state_metadata`) into `state`.
+void parse_quantizer_buffers(const std::string& name, const json& j,
+                             const std::optional<std::vector<int64_t>>& export_shape,
+                             QuantizerState& state) {
+  const std::string what = "quantizer state of '" + name + "'";
   if (j.contains("_pytorch_state_metadata")) {
     const json& meta = j["_pytorch_state_metadata"];
     MOPT_CHECK_VALUE(meta.is_object(), what, ": '_pytorch_state_metadata' must be an object");
@@ -464,7 +488,24 @@ QuantizerState parse_one_quantizer_state(const std::string& name, const json& j)
       }
     }
   }
+}
+
+QuantizerState parse_one_quantizer_state(const std::string& name, const json& j) {
+  std::optional<std::vector<int64_t>> export_shape;
+  QuantizerState state = parse_quantizer_properties(name, j, export_shape);
+  if (!state.sequential) parse_quantizer_buffers(name, j, export_shape, state);
   return state;
+}
+
+// True when two quantizer states (objects) hold the same keys in the same order with equal
+// values, their buffers (`_pytorch_state_metadata`) aside.
+bool same_properties(const json& a, const json& b) {
+  if (!a.is_object() || !b.is_object() || a.size() != b.size()) return false;
+  for (auto ia = a.begin(), ib = b.begin(); ia != a.end(); ++ia, ++ib) {
+    if (ia.key() != ib.key()) return false;
+    if (ia.key() != "_pytorch_state_metadata" && *ia != *ib) return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -474,15 +515,68 @@ QuantizerState parse_quantizer_state(const std::string& name, const std::string&
   return parse_one_quantizer_state(name, core::parse_json(text, what.c_str()));
 }
 
-std::vector<std::pair<std::string, QuantizerState>> parse_quantizer_states(
-    const std::string& text) {
-  const json j = core::parse_json(text, "quantizer_state");
+namespace {
+
+std::vector<std::pair<std::string, QuantizerState>> parse_states_object(const json& j) {
   MOPT_CHECK_VALUE(j.is_object(), "quantizer_state must be an object of quantizer states, got ",
                    j.type_name());
+  // A model's quantizers share a handful of property sets: each distinct one is parsed once
+  // (the first quantizer holding it names any error), the others copy it and read only their
+  // buffers. Bounded, so that a state of all-different quantizers stays linear.
+  struct Known {
+    const json* state;
+    QuantizerState properties;
+    std::optional<std::vector<int64_t>> export_shape;
+  };
+  constexpr size_t kMaxKnown = 16;
+  std::vector<Known> known;
   std::vector<std::pair<std::string, QuantizerState>> out;
   out.reserve(j.size());
   for (const auto& [name, state] : j.items()) {
-    out.emplace_back(name, parse_one_quantizer_state(name, state));
+    const Known* like = nullptr;
+    for (const Known& k : known) {
+      if (same_properties(*k.state, state)) {
+        like = &k;
+        break;
+      }
+    }
+    if (like != nullptr) {
+      QuantizerState parsed = like->properties;
+      parse_quantizer_buffers(name, state, like->export_shape, parsed);
+      out.emplace_back(name, std::move(parsed));
+      continue;
+    }
+    std::optional<std::vector<int64_t>> export_shape;
+    QuantizerState properties = parse_quantizer_properties(name, state, export_shape);
+    QuantizerState parsed = properties;
+    if (!parsed.sequential) parse_quantizer_buffers(name, state, export_shape, parsed);
+    if (!properties.sequential && known.size() < kMaxKnown) {
+      known.push_back({&state, std::move(properties), export_shape});
+    }
+    out.emplace_back(name, std::move(parsed));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, QuantizerState>> parse_quantizer_states(
+    const std::string& text) {
+  return parse_states_object(core::parse_json(text, "quantizer_state"));
+}
+
+ModeStateWithQuantizers state_from_json_with_quantizers(const std::string& text,
+                                                         const std::string& source) {
+  const json doc = core::parse_json(text, (source + ": the mode state").c_str());
+  std::vector<const json*> metadata;
+  ModeStateWithQuantizers out;
+  out.state = read_state_document(doc, source, &metadata);
+  for (const json* m : metadata) {
+    if (m->contains("quantizer_state")) {
+      out.quantizer_states.emplace_back(parse_states_object((*m)["quantizer_state"]));
+    } else {
+      out.quantizer_states.emplace_back(std::nullopt);
+    }
   }
   return out;
 }

@@ -77,8 +77,10 @@ bool same_calibration(const QuantizerAttributeConfig& a, const QuantizerAttribut
     only.block_sizes = c.block_sizes;
     return only.to_json();
   };
+  // block sizes compare by their normalized JSON, built only when both have some
   return a.calibrator == b.calibrator && a.num_bits == b.num_bits && a.axis == b.axis &&
-         a.is_unsigned == b.is_unsigned && block_json(a) == block_json(b);
+         a.is_unsigned == b.is_unsigned &&
+         ((!a.block_sizes && !b.block_sizes) || block_json(a) == block_json(b));
 }
 
 bool defined(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
@@ -141,6 +143,25 @@ void QuantizerCore::set_attributes(const QuantizerAttributeConfig& attributes,
   if (renew) rebuild_calibrator();
 }
 
+void QuantizerCore::copy_attributes_from(const QuantizerCore& other) {
+  if (this == &other) return;
+  if (other.attr_.calibrator == "custom") {  // the factory decides; build it as set_attributes does
+    set_attributes(other.attr_, other.factory_);
+    return;
+  }
+  const bool renew = attr_json_.empty() || !same_calibration(attr_, other.attr_);
+  attr_ = other.attr_;
+  attr_json_ = other.attr_json_;
+  disabled_json_ = other.disabled_json_;
+  format_ = other.format_;
+  flags_.disabled = !attr_.enable;
+  if (other.factory_) factory_ = other.factory_;
+  if (renew) {
+    batch_min_ = at::Tensor();
+    calibrator_ = other.calibrator_ ? other.calibrator_->clone() : nullptr;
+  }
+}
+
 void QuantizerCore::rebuild_calibrator() {
   batch_min_ = at::Tensor();
   const NumBits& n = attr_.num_bits;
@@ -154,11 +175,13 @@ void QuantizerCore::rebuild_calibrator() {
   }
 }
 
-double QuantizerCore::maxbound() const {
-  const NumBits& n = attr_.num_bits;
+double quantizer_maxbound(const QuantizerAttributeConfig& attributes) {
+  const NumBits& n = attributes.num_bits;
   if (n.is_float) return minifloat_max_value(n.exponent, n.mantissa);
-  return static_cast<double>((int64_t{1} << (n.bits - 1 + (attr_.is_unsigned ? 1 : 0))) - 1);
+  return static_cast<double>((int64_t{1} << (n.bits - 1 + (attributes.is_unsigned ? 1 : 0))) - 1);
 }
+
+double QuantizerCore::maxbound() const { return quantizer_maxbound(attr_); }
 
 std::vector<int64_t> QuantizerCore::kept_axes(int64_t ndim) const {
   return quantizer_amax_axes(attr_, ndim);

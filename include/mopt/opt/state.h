@@ -95,6 +95,7 @@ struct QuantizerState {
   bool sequential = false;     // a SequentialQuantizer: only num_quantizers is set
   int64_t num_quantizers = 0;
   QuantizerAttributeConfig attributes;
+  std::string attributes_json;  // attributes.to_json()
   QuantizerFlags flags;
   std::map<std::string, BufferSpec> buffers;
   /// Set when the file stores `_amax` in another layout of the same values (nvidia-modelopt's
@@ -117,6 +118,17 @@ QuantizerState parse_quantizer_state(const std::string& name, const std::string&
 /// Reads a whole `quantizer_state` object ({name: properties}) in its order.
 std::vector<std::pair<std::string, QuantizerState>> parse_quantizer_states(
     const std::string& json);
+/// A state document read for a restore: state_from_json, plus the quantizer_state of every mode
+/// whose metadata has one, parsed as parse_quantizer_states does, from the same parse of the
+/// text.
+struct ModeStateWithQuantizers {
+  ModeState state;
+  /// One per mode, in order: its quantizer states, or nullopt when its metadata has none.
+  std::vector<std::optional<std::vector<std::pair<std::string, QuantizerState>>>>
+      quantizer_states;
+};
+ModeStateWithQuantizers state_from_json_with_quantizers(const std::string& json,
+                                                         const std::string& source);
 
 // -- checks before a restore touches the model -------------------------------------------------
 

@@ -27,6 +27,10 @@ struct QuantizerFlags {
   bool calib = false;
 };
 
+/// Largest quantized magnitude of `attributes`' format: 2^(b-1+unsigned)-1, or the minifloat
+/// maximum (what QuantizerCore::maxbound returns, without building a quantizer).
+double quantizer_maxbound(const QuantizerAttributeConfig& attributes);
+
 /// A quantizer's attributes, flags and calibrator, and what it does with a tensor.
 class QuantizerCore {
  public:
@@ -46,6 +50,11 @@ class QuantizerCore {
   /// block_sizes). NotImplementedError for a format without kernels, before anything changes.
   void set_attributes(const QuantizerAttributeConfig& attributes,
                       CalibratorFactory factory = nullptr);
+  /// set_attributes with `other`'s attributes, taking what `other` derived from them (format,
+  /// JSON forms) instead of deriving it again; a calibrator to rebuild is a clone of `other`'s,
+  /// so `other` must never have collected (a restore applies one prototype per distinct
+  /// attribute set this way). Flags other than `disabled` and the name are kept.
+  void copy_attributes_from(const QuantizerCore& other);
   const QuantizerAttributeConfig& attributes() const { return attr_; }
   /// The normalized JSON of the attributes (the quantize_tensor operator's config argument).
   const std::string& attributes_json() const { return attr_json_; }

@@ -191,7 +191,9 @@ def _is_pickle_container(path: str) -> bool:
     return head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05")
 
 
-def _read(f: str | os.PathLike | BinaryIO) -> _Checkpoint:
+def _read(f: str | os.PathLike | BinaryIO, quantizer_states: bool = False) -> _Checkpoint:
+    """The checkpoint in `f`; `quantizer_states` also parses each mode's quantizer_state (what
+    a restore applies) from the same parse of the state."""
     if hasattr(f, "read"):
         import tempfile
 
@@ -199,7 +201,7 @@ def _read(f: str | os.PathLike | BinaryIO) -> _Checkpoint:
             path = os.path.join(tmp, "state")
             with open(path, "wb") as dst:
                 dst.write(f.read())
-            ckpt = _read(path)
+            ckpt = _read(path, quantizer_states)
         ckpt.source = getattr(f, "name", "<stream>")
         return ckpt
     path = os.fspath(f)
@@ -211,7 +213,7 @@ def _read(f: str | os.PathLike | BinaryIO) -> _Checkpoint:
         # tensors inside the metadata (SmoothQuant's _amax_for_smoothing statistic) are set aside
         state, tensors = split_modelopt_checkpoint(load_pickled_checkpoint(path), path,
                                                    tensors={})
-        parsed = _C.state_from_json(json.dumps(state), path)
+        parsed = _C.state_from_json(json.dumps(state), path, quantizer_states)
         named = None if tensors is None else list(tensors.items())
         return _Checkpoint(parsed, named, path)
     tensors, metadata = _C.load_safetensors(path)
@@ -220,7 +222,7 @@ def _read(f: str | os.PathLike | BinaryIO) -> _Checkpoint:
         raise ValueError(f"mopt: {path} is a safetensors file without a mode state "
                          f"(__metadata__ has no '{key}'): it was not written by mto.save; load "
                          "plain weights with model.load_state_dict")
-    return _Checkpoint(_C.state_from_json(metadata[key], path), tensors, path)
+    return _Checkpoint(_C.state_from_json(metadata[key], path, quantizer_states), tensors, path)
 
 
 def load_modelopt_state(modelopt_state_path: str | os.PathLike) -> dict[str, Any]:
@@ -240,7 +242,7 @@ def _as_dict(parsed: dict) -> dict[str, Any]:
 def _parse_state(modelopt_state: dict, source: str) -> dict:
     from .modelopt_files import to_plain
 
-    return _C.state_from_json(json.dumps(to_plain(modelopt_state, tensors={})), source)
+    return _C.state_from_json(json.dumps(to_plain(modelopt_state, tensors={})), source, True)
 
 
 def _check_fresh(model: nn.Module) -> None:
@@ -265,6 +267,16 @@ def _check_fresh(model: nn.Module) -> None:
                              "fresh model")
 
 
+class _ParsedMetadata(dict):
+    """A mode's metadata as restore functions get it: the dict, plus its quantizer_state as C++
+    parsed it while reading the state (``parsed_quantizer_states``: ``_C.parse_quantizer_states``
+    of it, or None), so a restore does not serialize and parse it again."""
+
+    def __init__(self, metadata: dict, parsed_quantizer_states: dict | None) -> None:
+        super().__init__(metadata)
+        self.parsed_quantizer_states = parsed_quantizer_states
+
+
 def _replay(model: nn.Module, parsed: dict, undo: list) -> dict[str, list[int]]:
     """Replays the modes; returns the file tensors to reshape (name -> shape in the model) where
     the file stores the same values in another layout (nvidia-modelopt's block amax)."""
@@ -272,8 +284,10 @@ def _replay(model: nn.Module, parsed: dict, undo: list) -> dict[str, list[int]]:
                for mode, c, m in parsed["modes"]]
     descriptors = [get_mode_descriptor(mode) for mode, _ in entries]  # all known before touching
     reshapes: dict[str, list[int]] = {}
-    for descriptor, (_, state) in zip(descriptors, entries):
-        reshapes.update(descriptor.restore(model, state["config"], state["metadata"], undo) or {})
+    quantizer_states = parsed.get("quantizer_states") or [None] * len(entries)
+    for descriptor, (_, state), states in zip(descriptors, entries, quantizer_states):
+        metadata = _ParsedMetadata(state["metadata"], states)
+        reshapes.update(descriptor.restore(model, state["config"], metadata, undo) or {})
     model.__dict__[_STATE_KEY] = entries
     model.__dict__[_VERSION_KEY] = [parsed["version"]]
     undo.append(lambda: (model.__dict__.pop(_STATE_KEY, None),
@@ -291,6 +305,18 @@ def _plain_loading(model: nn.Module) -> bool:
         if type(m)._load_from_state_dict not in plain:
             return False
         if m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks:
+            return False
+    return True
+
+
+def _same_names_and_shapes(targets: dict, tensors: list[tuple[str, torch.Tensor]]) -> bool:
+    """True when the file's tensors are exactly the model's tensors, name for name and shape for
+    shape (the common case, decided without building the lists an error message needs)."""
+    if len(targets) != len(tensors) or len({k for k, _ in tensors}) != len(tensors):
+        return False
+    for k, v in tensors:
+        t = targets.get(k)
+        if not isinstance(t, torch.Tensor) or t.shape != v.shape:
             return False
     return True
 
@@ -319,7 +345,7 @@ def restore_from_modelopt_state(model: nn.Module, modelopt_state: dict | None = 
         raise ValueError("mopt: give exactly one of modelopt_state and modelopt_state_path")
     _check_fresh(model)
     if modelopt_state_path is not None:
-        parsed = _read(modelopt_state_path).state
+        parsed = _read(modelopt_state_path, quantizer_states=True).state
     else:
         if not isinstance(modelopt_state, dict):
             raise TypeError(f"mopt: modelopt_state must be a dict, got "
@@ -341,7 +367,7 @@ def restore(model: nn.Module, f: str | os.PathLike | BinaryIO) -> nn.Module:
     layout and version, mode names and order, quantizer names and properties, tensor names and
     shapes, amax values); on any error the model is left as it was."""
     _check_fresh(model)
-    ckpt = _read(f)
+    ckpt = _read(f, quantizer_states=True)
     if ckpt.tensors is None:
         raise ValueError(f"mopt: {ckpt.source} holds only a mode state (no model tensors); use "
                          "mto.restore_from_modelopt_state and load the weights yourself")
@@ -352,8 +378,11 @@ def restore(model: nn.Module, f: str | os.PathLike | BinaryIO) -> nn.Module:
         tensors = [(k, v.reshape(reshapes[k]) if k in reshapes and v.numel() == _numel(reshapes[k])
                     else v) for k, v in ckpt.tensors]
         targets = model.state_dict(keep_vars=True)
-        expected = [(k, list(v.shape)) for k, v in targets.items() if isinstance(v, torch.Tensor)]
-        _C.check_tensors_match(expected, [(k, list(v.shape)) for k, v in tensors], ckpt.source)
+        if not _same_names_and_shapes(targets, tensors):  # C++ lists the differences
+            expected = [(k, list(v.shape)) for k, v in targets.items()
+                        if isinstance(v, torch.Tensor)]
+            _C.check_tensors_match(expected, [(k, list(v.shape)) for k, v in tensors],
+                                   ckpt.source)
         if _plain_loading(model):
             # names and shapes match exactly and every amax was checked: what load_state_dict
             # would do is one copy per tensor, without its per-module walk

@@ -42,14 +42,17 @@ def restore_quantizer_state(model: nn.Module, metadata: dict, undo: list) -> dic
     states = metadata.get("quantizer_state")
     if not isinstance(states, dict):
         raise ValueError("mopt: the quantize mode's metadata has no quantizer_state")
-    parsed = _C.parse_quantizer_states(json.dumps(states))
+    parsed = getattr(metadata, "parsed_quantizer_states", None)  # parsed with the state file
+    if parsed is None:
+        parsed = _C.parse_quantizer_states(json.dumps(states))
+    quantizers = _quantizers(model)
     # SequentialQuantizers first: their children are quantizers of the state too.
-    present = dict(model.named_modules())
+    replaced = False
     for name, p in parsed.items():
         if not p["sequential"]:
             continue
-        module = present.get(name)
-        if not isinstance(module, (TensorQuantizer, SequentialQuantizer)):
+        module = quantizers.get(name)
+        if module is None:
             continue  # reported by the name check below
         if isinstance(module, SequentialQuantizer) and len(module) == p["num_quantizers"]:
             continue
@@ -59,17 +62,26 @@ def restore_quantizer_state(model: nn.Module, metadata: dict, undo: list) -> dic
         parent, attr = parent_of(model, name)
         setattr(parent, attr, new)
         undo.append(lambda parent=parent, attr=attr, old=module: setattr(parent, attr, old))
-    names = [(n, []) for n, m in model.named_modules()
-             if isinstance(m, (TensorQuantizer, SequentialQuantizer))]
-    _C.check_tensors_match(names, [(n, []) for n in parsed], "quantizer_state")
+        replaced = True
+    if replaced:
+        quantizers = _quantizers(model)
+    _C.check_tensors_match([(n, []) for n in quantizers], [(n, []) for n in parsed],
+                           "quantizer_state")
     reshapes = {}
     attribute_configs: dict[str, object] = {}  # immutable: quantizers with equal ones share it
-    for name, q in model.named_modules():
+    for name, q in quantizers.items():
         if isinstance(q, TensorQuantizer):
-            _apply(q, parsed[name], undo, attribute_configs)
-            if parsed[name]["file_amax_shape"] is not None:
-                reshapes[f"{name}._amax"] = parsed[name]["buffers"]["_amax"][1]
+            p = parsed[name]
+            _apply(q, p, undo, attribute_configs)
+            if p["file_amax_shape"] is not None:
+                reshapes[f"{name}._amax"] = p["buffers"]["_amax"][1]
     return reshapes
+
+
+def _quantizers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every TensorQuantizer and SequentialQuantizer of `model` by full name, in module order."""
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, (TensorQuantizer, SequentialQuantizer))}
 
 
 def _apply(q: TensorQuantizer, p: dict, undo: list, attribute_configs: dict) -> None:

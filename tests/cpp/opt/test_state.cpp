@@ -173,6 +173,74 @@ TEST(OptQuantizerState, RefusesWhatMoptCannotRun) {
   for (char c : msg) EXPECT_LT(static_cast<unsigned char>(c), 0x80);
 }
 
+// A whole quantizer_state parses each distinct property set once and copies it: every
+// quantizer still gets its own buffers and flags, and the same result as parsed alone.
+TEST(OptQuantizerState, StatesSharingPropertiesKeepTheirOwnBuffers) {
+  json states = json::object();
+  for (int i = 0; i < 4; ++i) {
+    json j = json::parse(kModeloptInt4);
+    j["_pytorch_state_metadata"]["buffers"]["_amax"]["shape"] = {128 * (i + 1), 1};
+    j["_amax_shape_for_export"] = {64 * (i + 1), -1};
+    states["layer" + std::to_string(i) + ".weight_quantizer"] = j;
+  }
+  json other = json::parse(kModeloptInt4);
+  other["_disabled"] = true;  // another property set, between equal ones
+  states["x.input_quantizer"] = other;
+  states["y.weight_quantizer"] = states["layer0.weight_quantizer"];
+  states["z"] = json::parse(sequential_quantizer_state_json(2));
+  const auto parsed = parse_quantizer_states(states.dump());
+  ASSERT_EQ(parsed.size(), 7u);
+  for (const auto& [name, s] : parsed) {
+    const QuantizerState alone = parse_quantizer_state(name, states[name].dump());
+    EXPECT_EQ(s.sequential, alone.sequential) << name;
+    EXPECT_EQ(s.attributes.to_json(), alone.attributes.to_json()) << name;
+    EXPECT_EQ(s.attributes_json, alone.attributes_json) << name;
+    EXPECT_EQ(s.flags.disabled, alone.flags.disabled) << name;
+    EXPECT_EQ(s.file_amax_shape, alone.file_amax_shape) << name;
+    ASSERT_EQ(s.buffers.size(), alone.buffers.size()) << name;
+    for (const auto& [buf, spec] : alone.buffers) EXPECT_EQ(s.buffers.at(buf).shape, spec.shape);
+  }
+  EXPECT_EQ(parsed[2].second.buffers.at("_amax").shape, (std::vector<int64_t>{192, 2, 1}));
+  EXPECT_TRUE(parsed[4].second.flags.disabled);
+  EXPECT_TRUE(parsed[6].second.sequential);
+  // a buffer error in a quantizer that shares its properties names that quantizer
+  states["layer3.weight_quantizer"]["_pytorch_state_metadata"]["buffers"]["_amax"]["shape"] = {
+      7, 1};
+  const std::string msg =
+      error_of<c10::ValueError>([&] { parse_quantizer_states(states.dump()); });
+  EXPECT_NE(msg.find("layer3.weight_quantizer"), std::string::npos) << msg;
+}
+
+// A restore's prototype core hands its attributes to a quantizer: the same attributes, JSON,
+// format and calibrator kind as set_attributes gives, while the quantizer keeps its own name
+// and quant/calib flags.
+TEST(OptQuantizerState, CopyAttributesFromMatchesSetAttributes) {
+  const auto hist = QuantizerAttributeConfig::from_json(
+      R"({"num_bits": 8, "axis": null, "calibrator": "histogram"})");
+  const auto block = QuantizerAttributeConfig::from_json(
+      R"({"num_bits": 4, "block_sizes": {"-1": 32}, "enable": false})");
+  for (const auto& attributes : {hist, block}) {
+    const QuantizerCore prototype(attributes);
+    QuantizerCore expected, copied;
+    expected.set_name("q");
+    copied.set_name("q");
+    copied.disable_quant();
+    expected.disable_quant();
+    expected.set_attributes(attributes);
+    copied.copy_attributes_from(prototype);
+    EXPECT_EQ(copied.attributes_json(), expected.attributes_json());
+    EXPECT_EQ(copied.format().name, expected.format().name);
+    EXPECT_EQ(copied.flags().disabled, expected.flags().disabled);
+    EXPECT_EQ(copied.flags().quant, expected.flags().quant);
+    EXPECT_EQ(copied.name(), "q");
+    ASSERT_EQ(copied.calibrator() == nullptr, expected.calibrator() == nullptr);
+    if (copied.calibrator()) {
+      EXPECT_EQ(typeid(*copied.calibrator()), typeid(*expected.calibrator()));
+      EXPECT_NE(copied.calibrator().get(), prototype.calibrator().get());  // its own
+    }
+  }
+}
+
 TEST(OptChecks, TensorMismatchesAreListed) {
   const TensorShapes model = {{"0.weight", {8, 4}}, {"0.bias", {8}}, {"1.weight", {2, 8}}};
   const TensorShapes file = {{"0.weight", {8, 6}}, {"0.bias", {8}}, {"2.weight", {2, 8}}};

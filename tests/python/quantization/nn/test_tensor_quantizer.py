@@ -33,6 +33,23 @@ def test_per_tensor_calibrate_then_quantize():
     torch.testing.assert_close(q(x), _ref.fake_quant_int(x, expected_amax, 8), rtol=0, atol=0)
 
 
+def test_quantizers_of_one_config_calibrate_independently():
+    # new quantizers start as copies of one prototype core per config: what one collects, its
+    # flags and name must not reach another built from the same config
+    cfg = mtq.QuantizerAttributeConfig(num_bits=8, axis=0)
+    a, b = TensorQuantizer(cfg), TensorQuantizer(cfg)
+    a.name, b.name = "a", "b"
+    _calibrate(a, torch.randn(3, 8) * 5)
+    x = torch.randn(3, 8)
+    _calibrate(b, x)
+    torch.testing.assert_close(b.amax, _ref.amax(x, keep_axes=[0]), rtol=0, atol=0)
+    assert not torch.equal(a.amax, b.amax)
+    a.disable()
+    assert b.is_enabled and a.name == "a" and b.name == "b"
+    c = TensorQuantizer(cfg)  # built after the others calibrated: starts empty
+    assert c.amax is None and c.is_enabled
+
+
 @pytest.mark.parametrize("axis,keep", [(0, [0]), (-1, [2]), ((0, 2), [0, 2])])
 def test_per_channel_axis(axis, keep):
     q = TensorQuantizer({"num_bits": 4, "axis": axis, "narrow_range": True})

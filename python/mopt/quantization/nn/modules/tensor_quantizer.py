@@ -40,6 +40,27 @@ def _default_attributes() -> QuantizerAttributeConfig:
     return _DEFAULT_ATTRIBUTES[0]
 
 
+# attributes JSON -> a core built from it that never collects: new quantizers start as copies
+# (a C++ copy is several times cheaper than resolving the attributes again, and conversion and
+# restore build hundreds of quantizers from a handful of configs). Bounded: cleared when full.
+_PROTOTYPE_CORES: dict[str, Any] = {}
+_MAX_PROTOTYPES = 64
+
+
+def _new_core(attr: QuantizerAttributeConfig) -> Any:
+    """A fresh C++ core for `attr` (a Python calibrator class gets its own factory)."""
+    factory = _calibrator_factory(attr)
+    key = attr.to_json()
+    if factory is not None:
+        return _C.QuantizerCore(key, factory)
+    prototype = _PROTOTYPE_CORES.get(key)
+    if prototype is None:
+        if len(_PROTOTYPE_CORES) >= _MAX_PROTOTYPES:
+            _PROTOTYPE_CORES.clear()
+        prototype = _PROTOTYPE_CORES[key] = _C.QuantizerCore(key, None)
+    return prototype.__copy__()
+
+
 def _calibrator_factory(attr: QuantizerAttributeConfig):
     """A factory for a Python calibrator class given as ``(cls, args, kwargs)`` (or a callable);
     None for the built-in calibrators, which the core builds itself."""
@@ -73,9 +94,10 @@ class TensorQuantizer(nn.Module):
             quant_attribute_cfg = _default_attributes()
         elif isinstance(quant_attribute_cfg, dict):
             quant_attribute_cfg = QuantizerAttributeConfig(**quant_attribute_cfg)
-        self._attr = quant_attribute_cfg
-        self._core = _C.QuantizerCore(quant_attribute_cfg.to_json(),
-                                      _calibrator_factory(quant_attribute_cfg))
+        # neither is a Module, Parameter or Tensor: plain attributes, set without
+        # nn.Module.__setattr__'s checks (models hold hundreds of quantizers)
+        self.__dict__["_attr"] = quant_attribute_cfg
+        self.__dict__["_core"] = _new_core(quant_attribute_cfg)
         self._core.if_quant = if_quant
         self._core.if_calib = if_calib
         self._refresh()
@@ -372,7 +394,8 @@ class TensorQuantizer(nn.Module):
                            attribute_configs: dict | None = None) -> None:
         """Applies a state parsed by ``_C.parse_quantizer_state``: attributes, mode flags and
         placeholder buffers of the recorded shapes and dtypes. `attribute_configs` caches the
-        (immutable) attribute configs by their JSON across the quantizers of one restore."""
+        (immutable) attribute configs, with a prototype core, by their JSON across the
+        quantizers of one restore."""
         if p["sequential"]:
             raise ValueError(f"mopt: quantizer '{self.name}': the state is a SequentialQuantizer's")
         buffers = {}
@@ -384,12 +407,16 @@ class TensorQuantizer(nn.Module):
             fill = torch.ones if buf == "_pre_quant_scale" else torch.zeros
             buffers[buf] = fill(shape, dtype=dtype)
         cache = {} if attribute_configs is None else attribute_configs
-        attr = cache.get(p["attributes_json"])
-        if attr is None:
+        entry = cache.get(p["attributes_json"])
+        if entry is None:
             attr = QuantizerAttributeConfig(**_from_json(json.loads(p["attributes_json"])))
-            cache[p["attributes_json"]] = attr
-        if attr is not self._attr:
-            self._set_attr(attr)
+            # a core that never collects: the quantizers of this state copy what it derived
+            entry = (attr, _new_core(attr))
+            cache[p["attributes_json"]] = entry
+        attr, prototype = entry
+        if attr is not self._attr:  # _set_attr without its refresh: done once, below
+            self._core.copy_attributes_from(prototype)
+            self.__dict__["_attr"] = attr
         self._core.disabled, self._core.if_quant, self._core.if_calib = p["flags"]
         # nvidia-modelopt's block quantizers store amax flattened: load_state_dict reshapes it
         layout = p.get("file_amax_shape")
@@ -397,8 +424,9 @@ class TensorQuantizer(nn.Module):
         if not properties_only:
             for buf in ("_amax", "_pre_quant_scale"):
                 self._buffers.pop(buf, None)
-                if buf in buffers:
-                    self.register_buffer(buf, buffers[buf])
+                if buf in buffers:  # register_buffer's effect for a name known to be valid
+                    self._buffers[buf] = buffers[buf]
+                    self._non_persistent_buffers_set.discard(buf)
         self._refresh()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
