@@ -12,7 +12,7 @@ PY ?= python3
 TORCH_VERSION := 2.13.0
 BUILD ?= build
 JOBS ?= $(shell nproc)
-APT_PACKAGES := libgtest-dev libfmt-dev nlohmann-json3-dev ccache
+APT_PACKAGES := libgtest-dev libfmt-dev nlohmann-json3-dev ccache dataset-fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTHONPATH_DEV := $(CURDIR)/python
 export PYTHONPATH := $(PYTHONPATH_DEV)$(if $(PYTHONPATH),:$(PYTHONPATH))

@@ -5,6 +5,8 @@
 #include "mopt/algorithms/awq.h"
 #include "mopt/algorithms/gptq.h"
 #include "mopt/algorithms/smoothquant.h"
+#include "mopt/cache/metrics.h"
+#include "mopt/cache/policy.h"
 #include "mopt/calib/histogram_calibrator.h"
 #include "mopt/calib/max_calibrator.h"
 #include "mopt/calib/mse_calibrator.h"

@@ -21,6 +21,8 @@ void bind_algorithms(pybind11::module_& m);
 void bind_torch(pybind11::module_& m);
 void bind_opt(pybind11::module_& m);
 void bind_sparsity(pybind11::module_& m);
+void bind_cache_metrics(pybind11::module_& m);
+void bind_cache(pybind11::module_& m);
 
 /// Collects the C++ warnings raised while it lives and turns them into Python UserWarnings of the
 /// calling Python code (torch's own handler would point them at mopt's C++ sources).

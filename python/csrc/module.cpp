@@ -61,4 +61,6 @@ PYBIND11_MODULE(_C, m) {
   mopt::python::bind_torch(m);
   mopt::python::bind_opt(m);
   mopt::python::bind_sparsity(m);
+  mopt::python::bind_cache_metrics(m);
+  mopt::python::bind_cache(m);
 }

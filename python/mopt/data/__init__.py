@@ -3,6 +3,11 @@
 * ``stories260K.bin``: a 260K-parameter Llama model trained on TinyStories (llama2.c format).
 * ``tok512.bin``: its 512-token BPE tokenizer (llama2.c format).
 * ``tinystories_val_slice.txt``: the first 150,000 characters of the TinyStories validation split.
+* ``ddpm_fashion_unet.pt``: a U-Net DDPM noise predictor trained on Fashion-MNIST.
+* ``ddpm_mnist.pth``: a plain-CNN DDPM noise predictor trained on MNIST.
+* ``mnist-t10k-*-ubyte.gz``: the real MNIST test set (10,000 images and labels, idx format).
+* ``fid_classifier_*.safetensors``: the small classifiers whose features ``mopt.cache_diffusion``
+  scores sample fidelity with (trained by this project, tools/train_fid_classifier.py).
 
 Sources and licenses: LICENSE and NOTICE in this folder.
 """
@@ -10,7 +15,11 @@ Sources and licenses: LICENSE and NOTICE in this folder.
 from __future__ import annotations
 
 import functools
+import gzip
 import pathlib
+import struct
+
+import numpy as np
 
 __all__ = [
     "DATA_DIR",
@@ -19,6 +28,10 @@ __all__ = [
     "default_eval_text",
     "default_calib_text",
     "files",
+    "read_idx",
+    "mnist_test_set",
+    "fashion_mnist",
+    "FASHION_MNIST_DIR",
 ]
 
 DATA_DIR = pathlib.Path(__file__).resolve().parent
@@ -33,7 +46,21 @@ _FILES = {
     "tok512.bin": "tok512 tokenizer, llama2.c format",
     "tinystories_val_slice.txt": "first 150,000 characters of the TinyStories validation split",
     "wikitext2_test_slice.txt": "first 2,175 lines (400 paragraph rows) of the WikiText-2 test split",
+    "ddpm_fashion_unet.pt": "U-Net DDPM noise predictor trained on Fashion-MNIST (1000 steps)",
+    "ddpm_mnist.pth": "plain-CNN DDPM noise predictor trained on MNIST (1000 steps)",
+    "mnist-t10k-images-idx3-ubyte.gz": "the MNIST test images (10,000 x 28 x 28, idx format)",
+    "mnist-t10k-labels-idx1-ubyte.gz": "the MNIST test labels (10,000, idx format)",
+    "fid_classifier_fashion.safetensors": (
+        "Fashion-MNIST classifier (trained by mopt) and its features' statistics on the test set"
+    ),
+    "fid_classifier_mnist.safetensors": (
+        "MNIST classifier (trained by mopt) and its features' statistics on MNIST test images "
+        "5000-9999"
+    ),
 }
+
+# Where the Debian package dataset-fashion-mnist installs Fashion-MNIST (not shipped with mopt).
+FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
 
 def files() -> dict[str, str]:
@@ -74,3 +101,54 @@ def default_calib_text() -> str:
     """Calibration text: the shipped validation characters after the evaluation text (disjoint
     from it), normalized the same way."""
     return _normalize(_validation_slice()[EVAL_CHARS:])
+
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path) -> np.ndarray:
+    """Reads an idx file (the MNIST format, gzip-compressed or not) into a numpy array."""
+    path = pathlib.Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"{str(path)!r} is not an idx file (header {data[:4].hex()!r})")
+    dtype, ndim = np.dtype(_IDX_DTYPES[data[2]]), data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"idx file {str(path)!r} is truncated inside its header")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        raise ValueError(
+            f"idx file {str(path)!r} has {len(data)} bytes, expected {expected} for shape {shape}"
+        )
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    return array.astype(dtype.newbyteorder("="))
+
+
+@functools.lru_cache(maxsize=1)
+def mnist_test_set() -> tuple[np.ndarray, np.ndarray]:
+    """The shipped MNIST test set: uint8 images (10000, 28, 28) and uint8 labels (10000,)."""
+    images = read_idx(path_of("mnist-t10k-images-idx3-ubyte.gz"))
+    labels = read_idx(path_of("mnist-t10k-labels-idx1-ubyte.gz"))
+    return images, labels
+
+
+def fashion_mnist(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST ``split`` ("train": 60,000, "test": 10,000) from the Debian package
+    dataset-fashion-mnist: uint8 images (N, 28, 28) and uint8 labels (N,). FileNotFoundError
+    naming the package when it is not installed."""
+    if split not in ("train", "test"):
+        raise ValueError(f"fashion_mnist: split must be 'train' or 'test', got {split!r}")
+    prefix = "train" if split == "train" else "t10k"
+    images_path = FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz"
+    labels_path = FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz"
+    for p in (images_path, labels_path):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"Fashion-MNIST file {str(p)!r} not found; install the Debian package "
+                "dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"
+            )
+    return read_idx(images_path), read_idx(labels_path)
