@@ -37,7 +37,8 @@ struct NmMaskParams {
 /// Validates the arguments of nm_mask_*; throws KernelError naming the problem.
 void nm_mask_check(const NmMaskParams& p);
 
-/// CPU: parallel over rows, with loops vectorized across groups for M = 2, 4 and 8.
+/// CPU: parallel over rows, with loops vectorized across groups for M = 2, 4 and 8 (with AVX2 and
+/// no column factor: ranking the magnitude bits as integers in 16 or 32-bit lanes).
 void nm_mask_cpu(const NmMaskParams& p);
 /// CUDA twin on `stream` (device pointers); the same mask as the CPU.
 void nm_mask_cuda(const NmMaskParams& p, cudaStream_t stream);

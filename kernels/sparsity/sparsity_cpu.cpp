@@ -3,6 +3,7 @@
 #include <bit>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/cpu_isa.h"
@@ -125,10 +126,209 @@ MOPT_TARGET_AVX2 bool mask_rows_avx2(const NmMaskParams& p, int64_t r0, int64_t 
   return mask_rows_impl<T, kFactor>(p, r0, r1);
 }
 
+// ---------------------------------------------------------------------------------------------
+// N:M mask by magnitude alone (no column factor) for M = 2, 4 and 8, AVX2 only. Written with
+// 32-byte vectors (GCC/Clang vector extensions) and lane shuffles, which a scalar loop cannot
+// express; SSE2 has no 32-byte vectors (GCC lowers a shuffle across two 16-byte halves to scalar
+// code), so the baseline copy keeps the float loops above.
+
+#if MOPT_CPU_DISPATCH_AVX2 && defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define MOPT_NM_MAGNITUDE_AVX2 1
+#endif
+#endif
+#ifndef MOPT_NM_MAGNITUDE_AVX2
+#define MOPT_NM_MAGNITUDE_AVX2 0
+#endif
+
+#if MOPT_NM_MAGNITUDE_AVX2
+
+typedef int8_t I8x32 __attribute__((vector_size(32)));
+typedef int16_t I16x16 __attribute__((vector_size(32)));
+typedef int32_t I32x8 __attribute__((vector_size(32)));
+
+// Elements per iteration: 32 mask bytes, one vector store.
+constexpr int kMagnitudeBlock = 32;
+
+// Ranking key of an element: its magnitude bits, in its own width.
+template <typename T>
+struct MagnitudeKeys {
+  using Key = int16_t;  // fp16, bf16
+  using Vec = I16x16;
+};
+template <>
+struct MagnitudeKeys<float> {
+  using Key = int32_t;
+  using Vec = I32x8;
+};
+
+// Lane l of the result: lane l + D of v, rotated within l's group of M lanes.
+template <int M, int D, typename Vec, std::size_t... L>
+MOPT_TARGET_AVX2 MOPT_ALWAYS_INLINE Vec rotate_groups(Vec v, std::index_sequence<L...>) {
+  return __builtin_shufflevector(v, v, static_cast<int>((L & ~(M - 1)) | ((L + D) & (M - 1)))...);
+}
+
+// 1 in the lanes where rotate_groups<M, D> wrapped round the group (so brought an element that
+// comes earlier in the group), else 0.
+template <int M, int D, typename Key, typename Vec, std::size_t... L>
+MOPT_TARGET_AVX2 MOPT_ALWAYS_INLINE Vec wrapped_lanes(std::index_sequence<L...>) {
+  return Vec{static_cast<Key>(static_cast<int>(L % M) + D >= M)...};
+}
+
+// 0 or -1 in each lane: -1 when the element D places further round the lane's group beats the
+// lane's element.
+template <int M, int D, typename Key, typename Vec>
+MOPT_TARGET_AVX2 MOPT_ALWAYS_INLINE Vec beaten_by(Vec k) {
+  constexpr auto lanes = std::make_index_sequence<sizeof(Vec) / sizeof(Key)>();
+  return rotate_groups<M, D>(k, lanes) > k - wrapped_lanes<M, D, Key, Vec>(lanes);
+}
+
+// Number of rotations D < M - D, whose beaten_by<M - D> minus_rank_plus_derived derives.
+template <int M>
+constexpr int kDerivedRanks = (M - 1) / 2;
+
+// Sum over D = 1..M-1 of beaten_by<D>, which is minus the rank of each lane (the number of
+// elements of its group that beat it), plus kDerivedRanks<M>. Exactly one of two elements beats
+// the other, so beaten_by<M - D> is ~beaten_by<D> rotated by M - D: for D < M - D a shuffle and a
+// subtraction (~x = -1 - x, the -1 left out) stand in for a subtraction, a comparison and an
+// addition.
+template <int M, typename Key, typename Vec, int D = 1>
+MOPT_TARGET_AVX2 MOPT_ALWAYS_INLINE Vec minus_rank_plus_derived(Vec k) {
+  constexpr auto lanes = std::make_index_sequence<sizeof(Vec) / sizeof(Key)>();
+  const Vec beaten = beaten_by<M, D, Key, Vec>(k);
+  Vec sum = beaten;
+  if constexpr (D < M - D) sum -= rotate_groups<M, M - D>(beaten, lanes);
+  if constexpr (D + 1 <= M - D - 1) sum += minus_rank_plus_derived<M, Key, Vec, D + 1>(k);
+  return sum;
+}
+
+// The same 32 bytes as another vector type (no instruction).
+template <typename To, typename From>
+MOPT_TARGET_AVX2 MOPT_ALWAYS_INLINE To lanes_as(From v) {
+  static_assert(sizeof(To) == sizeof(From), "a reinterpretation");
+  To to;
+  std::memcpy(&to, &v, sizeof(to));
+  return to;
+}
+
+// Lanes 0, 2, 4, ... of a then b (the low halves of lanes twice as wide).
+template <typename Vec, std::size_t... L>
+MOPT_TARGET_AVX2 MOPT_ALWAYS_INLINE Vec even_lanes(Vec a, Vec b, std::index_sequence<L...>) {
+  return __builtin_shufflevector(a, b, static_cast<int>(2 * L)...);
+}
+
+// Mask bytes (0 or 1) of kMagnitudeBlock elements from their keep lanes (-1 or 0, so any byte of
+// a lane is the lane's truth value).
+MOPT_TARGET_AVX2 MOPT_ALWAYS_INLINE I8x32 mask_bytes(const I16x16 (&keep)[2]) {
+  const I8x32 truth = even_lanes(lanes_as<I8x32>(keep[0]), lanes_as<I8x32>(keep[1]),
+                                 std::make_index_sequence<32>());
+  return truth & 1;
+}
+MOPT_TARGET_AVX2 MOPT_ALWAYS_INLINE I8x32 mask_bytes(const I32x8 (&keep)[4]) {
+  constexpr auto lanes = std::make_index_sequence<16>();
+  const I16x16 half[2] = {even_lanes(lanes_as<I16x16>(keep[0]), lanes_as<I16x16>(keep[1]), lanes),
+                          even_lanes(lanes_as<I16x16>(keep[2]), lanes_as<I16x16>(keep[3]), lanes)};
+  return mask_bytes(half);
+}
+
+// Masks `count` elements (whole groups of M) of w by |w|; returns their largest magnitude bits.
+//
+// The magnitude bits (sign cleared) of finite IEEE values, read as integers, order exactly as
+// the magnitudes do (a larger exponent, or the same exponent and a larger mantissa, is the larger
+// number, subnormals included) and are equal exactly when the magnitudes are (+0 and -0 both give
+// 0). The fp32 scores |w| * 1 of the float loops are these magnitudes exactly (bf16 and fp16
+// widen to fp32 exactly), so ranking the bits picks the same mask, ties included, with no
+// conversion and in the element's own width: 16 lanes per operation for bf16 and fp16. Only Inf
+// and NaN rank otherwise (a float NaN compares false); the caller redoes a range whose returned
+// bits reach kNonFiniteMagnitudeOf<T>. (Under flush-denormal mode, torch.set_flush_denormal, the
+// float loops would score fp32/bf16 subnormals as 0; the bits keep ordering them by value, as the
+// CUDA kernel does.)
+//
+// A vector holds whole groups. Rotating it within each group by D = 1..M-1 brings every other
+// element j of the group in front of element i once. j beats i when k_j > k_i, or k_j == k_i and
+// j < i (the earlier one wins a tie), i.e. when k_j > k_i - [j < i], and j < i exactly when the
+// rotation wrapped; keys are >= 0, so k_i - 1 does not overflow. The number of elements that beat
+// i is its rank in nm_keep_bits, and the mask keeps rank < n.
+template <int M, typename T>
+MOPT_TARGET_AVX2 MOPT_ALWAYS_INLINE uint32_t mask_magnitude_avx2(const T* __restrict__ w,
+                                                                 int64_t count, int n,
+                                                                 uint8_t* __restrict__ out) {
+  using Key = typename MagnitudeKeys<T>::Key;
+  using Vec = typename MagnitudeKeys<T>::Vec;
+  constexpr int kLanes = sizeof(Vec) / sizeof(Key);
+  constexpr int kVecs = kMagnitudeBlock / kLanes;
+  static_assert(kLanes % M == 0, "a vector holds whole groups");
+  static_assert(sizeof(T) == sizeof(Key), "one key per element");
+  constexpr Key kSignClear = static_cast<Key>(~(Key{1} << (8 * sizeof(Key) - 1)));
+  // rank < n, with minus_rank_plus_derived = -rank + kDerivedRanks.
+  const Key threshold = static_cast<Key>(kDerivedRanks<M> - n);
+  Vec max_key{};
+  int64_t e = 0;
+  for (; e + kMagnitudeBlock <= count; e += kMagnitudeBlock) {
+    Vec keep[kVecs];
+#pragma GCC unroll 4
+    for (int v = 0; v < kVecs; ++v) {
+      Vec k;
+      std::memcpy(&k, w + e + v * kLanes, sizeof(Vec));
+      k &= kSignClear;
+      max_key = k > max_key ? k : max_key;
+      keep[v] = minus_rank_plus_derived<M, Key, Vec>(k) > threshold;
+    }
+    const I8x32 bytes = mask_bytes(keep);
+    std::memcpy(out + e, &bytes, sizeof(bytes));
+  }
+  Key largest = 0;
+  for (int l = 0; l < kLanes; ++l) largest = std::max(largest, max_key[l]);
+  // The groups after the last block, one at a time with the same comparisons.
+  for (; e < count; e += M) {
+    Key k[M];
+    for (int i = 0; i < M; ++i) {
+      k[i] = static_cast<Key>(magnitude_bits(w[e + i]));
+      largest = std::max(largest, k[i]);
+    }
+    for (int i = 0; i < M; ++i) {
+      int rank = 0;
+      for (int j = 0; j < M; ++j) rank += j < i ? k[j] >= k[i] : (j > i && k[j] > k[i]);
+      out[e + i] = static_cast<uint8_t>(rank < n);
+    }
+  }
+  return static_cast<uint32_t>(largest);
+}
+
+// mask_rows<T, false> for AVX2; returns true when one of rows [r0, r1) holds a NaN or Inf.
+template <typename T>
+MOPT_TARGET_AVX2 bool mask_rows_magnitude_avx2(const NmMaskParams& p, int64_t r0, int64_t r1) {
+  // Groups never straddle rows, so rows [r0, r1) are one run of whole groups.
+  const int64_t begin = r0 * p.cols, count = (r1 - r0) * p.cols;
+  const T* w = static_cast<const T*>(p.w) + begin;
+  uint8_t* out = p.mask + begin;
+  uint32_t largest = 0;
+  switch (p.m) {
+    case 2:
+      largest = mask_magnitude_avx2<2, T>(w, count, p.n, out);
+      break;
+    case 4:
+      largest = mask_magnitude_avx2<4, T>(w, count, p.n, out);
+      break;
+    case 8:
+      largest = mask_magnitude_avx2<8, T>(w, count, p.n, out);
+      break;
+    default:
+      return mask_rows_impl<T, false>(p, r0, r1);
+  }
+  // A NaN or Inf: the float loops give the range the mask they always did, and report it.
+  return largest >= kNonFiniteMagnitudeOf<T> && mask_rows_impl<T, false>(p, r0, r1);
+}
+
+#endif  // MOPT_NM_MAGNITUDE_AVX2
+
 template <typename T, bool kFactor>
 bool mask_rows(const NmMaskParams& p, int64_t r0, int64_t r1) {
-  return cpu_has_avx2() ? mask_rows_avx2<T, kFactor>(p, r0, r1)
-                        : mask_rows_baseline<T, kFactor>(p, r0, r1);
+  if (!cpu_has_avx2()) return mask_rows_baseline<T, kFactor>(p, r0, r1);
+#if MOPT_NM_MAGNITUDE_AVX2
+  if constexpr (!kFactor) return mask_rows_magnitude_avx2<T>(p, r0, r1);
+#endif
+  return mask_rows_avx2<T, kFactor>(p, r0, r1);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/dtype.h"
 #include "common/macros.h"
@@ -39,6 +40,11 @@ MOPT_HOST_DEVICE uint32_t magnitude_bits(BFloat16 v) { return v.bits & 0x7fffu; 
 
 /// magnitude_bits of an fp32 value at or above this are Inf or NaN.
 constexpr uint32_t kNonFiniteMagnitude = 0x7f800000u;
+/// magnitude_bits of a stored T at or above this are Inf or NaN (all exponent bits set).
+template <typename T>
+constexpr uint32_t kNonFiniteMagnitudeOf = std::is_same_v<T, Half>       ? 0x7c00u
+                                           : std::is_same_v<T, BFloat16> ? 0x7f80u
+                                                                         : kNonFiniteMagnitude;
 
 /// Score of weight w with column factor f (|w| * f); f = 1 for magnitude.
 MOPT_HOST_DEVICE float nm_score(float w, float f) { return (w < 0.0f ? -w : w) * f; }

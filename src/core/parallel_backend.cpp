@@ -1,5 +1,7 @@
 // Routes the kernel layer's parallel_for through ATen's thread pool, so CPU kernels use the
 // threads torch.set_num_threads allows and never oversubscribe next to torch's own ops.
+// CMakeLists.txt compiles this file with OpenMP: under ATen's OpenMP backend at::parallel_for is a
+// header template that runs its body serially in code compiled without it.
 #include <ATen/Parallel.h>
 
 #include "common/parallel.h"

@@ -176,19 +176,24 @@ TEST(NmMask, SmallExample) {
   EXPECT_EQ(run_mask(w, &f, 1, 8, 2, 4), (std::vector<uint8_t>{1, 1, 0, 0, 1, 0, 0, 1}));
 }
 
-// The fixed-M loops (M = 2, 4, 8) must pick exactly what nm_keep_bits picks, NaN scores included
-// (the kernel's contract excludes NaN, but the two paths must not disagree even then).
-TEST(NmMask, FixedGroupLoopsMatchSharedRoutine) {
+// The fixed-M loops (M = 2, 4, 8) must pick exactly what nm_keep_bits picks, NaN and Inf scores
+// included (the kernel's contract excludes them, but the paths must not disagree even then).
+template <typename T>
+void check_fixed_loops_match_shared_routine() {
   for (int m : {2, 4, 8}) {
     const int64_t rows = 9, cols = m * 70;
     auto v = test::random_values(rows * cols, 40 + m);
     for (size_t i = 0; i < v.size(); i += 13) v[i] = std::numeric_limits<float>::quiet_NaN();
+    for (size_t i = 7; i < v.size(); i += 29) v[i] = -std::numeric_limits<float>::infinity();
     for (size_t i = 5; i < v.size(); i += 17) v[i] = v[i - 1];  // ties
+    const auto w = make_weights<T>(v);
     for (int n = 1; n <= m; ++n) {
-      const auto mask = run_mask(v, nullptr, rows, cols, n, m);
+      const auto mask = run_mask(w.stored, nullptr, rows, cols, n, m);
       float s[sparsity::kMaxGroup];
       for (int64_t g = 0; g < rows * cols / m; ++g) {
-        for (int i = 0; i < m; ++i) s[i] = sparsity::nm_score(v[g * m + i], 1.0f);
+        for (int i = 0; i < m; ++i) {
+          s[i] = sparsity::nm_score(load_float(&w.stored[g * m + i]), 1.0f);
+        }
         const uint32_t keep = sparsity::nm_keep_bits(s, 1, m, n);
         for (int i = 0; i < m; ++i) {
           ASSERT_EQ(mask[g * m + i], (keep >> i) & 1u) << n << ":" << m << " group " << g;
@@ -196,6 +201,55 @@ TEST(NmMask, FixedGroupLoopsMatchSharedRoutine) {
       }
     }
   }
+}
+
+TEST(NmMask, FixedGroupLoopsMatchSharedRoutine) {
+  check_fixed_loops_match_shared_routine<float>();
+  check_fixed_loops_match_shared_routine<Half>();
+  check_fixed_loops_match_shared_routine<BFloat16>();
+}
+
+// Without a column factor the AVX2 loops rank the stored magnitude bits as integers. Edge values
+// where that could part from ranking the values: +x and -x, +0 and -0, neighbours one unit in the
+// last place apart, the smallest subnormals, the smallest normal and the largest finite values,
+// drawn from so few codes that most groups hold ties.
+template <typename T>
+void check_edge_values(const uint32_t (&codes)[8], uint32_t sign_bit) {
+  const int64_t rows = 33, cols = 16 * 37;  // 33 * 592 = 32 * 610 + 16: a partial block
+  std::mt19937 gen(21);
+  std::vector<T> stored(rows * cols);
+  std::vector<double> values(rows * cols);
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const uint32_t bits = codes[gen() % 8] | (gen() % 2 == 0 ? 0u : sign_bit);
+    if constexpr (sizeof(T) == 4) {
+      std::memcpy(&stored[i], &bits, sizeof(T));
+    } else {
+      const uint16_t half_bits = static_cast<uint16_t>(bits);
+      std::memcpy(&stored[i], &half_bits, sizeof(T));
+    }
+    values[i] = load_float(&stored[i]);
+  }
+  for (int m : {2, 4, 8, 16}) {
+    for (int n = 1; n <= m; n += (m == 16 ? 5 : 1)) {
+      SCOPED_TRACE(testing::Message() << n << ":" << m);
+      const auto expected = ref_nm_mask(values, nullptr, rows, cols, n, m);
+      ASSERT_EQ(run_mask(stored, nullptr, rows, cols, n, m), expected);
+      set_cpu_avx2_allowed(false);
+      const auto baseline = run_mask(stored, nullptr, rows, cols, n, m);
+      set_cpu_avx2_allowed(true);
+      ASSERT_EQ(baseline, expected);
+    }
+  }
+}
+
+TEST(NmMask, EdgeValuesRankAsValues) {
+  check_edge_values<float>({0x00000000u, 0x00000001u, 0x00000002u, 0x00800000u, 0x3f800000u,
+                            0x3f800001u, 0x7f7ffffeu, 0x7f7fffffu},
+                           0x80000000u);
+  check_edge_values<Half>({0x0000u, 0x0001u, 0x0002u, 0x0400u, 0x3c00u, 0x3c01u, 0x7bfeu, 0x7bffu},
+                          0x8000u);
+  check_edge_values<BFloat16>(
+      {0x0000u, 0x0001u, 0x0002u, 0x0080u, 0x3f80u, 0x3f81u, 0x7f7eu, 0x7f7fu}, 0x8000u);
 }
 
 TEST(NmMask, ReportsNonFiniteWeights) {
