@@ -67,6 +67,11 @@ void bind_cache(py::module_& m) {
   }, py::arg("config_json"), "The normalized JSON of a cache policy config (ValueError if bad).");
   m.def("relative_l1_change", &cache::relative_l1_change, py::arg("a"), py::arg("b"),
         "mean|a - b| / mean|b| in float64.");
+  m.def("epsilon_to_sample", &cache::epsilon_to_sample, py::arg("eps"), py::arg("x"),
+        py::arg("alpha_bar"),
+        "x0 = (x - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar): the denoised-sample estimate.");
+  m.def("sample_to_epsilon", &cache::sample_to_epsilon, py::arg("x0"), py::arg("x"),
+        py::arg("alpha_bar"), "eps = (x - sqrt(alpha_bar) x0) / sqrt(1 - alpha_bar).");
   m.def("taylor_forecast", &cache::taylor_forecast, py::arg("values"), py::arg("steps"),
         py::arg("step"),
         "Newton-form forecast at call `step` from 1 to 3 computed features at calls `steps`.");

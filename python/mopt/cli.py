@@ -2,6 +2,7 @@
 
     mopt ptq --model default --configs int8,fp8 --out out/ptq
     mopt sparsify --model default --modes magnitude,sparsegpt --pattern 2:4 --out out/sparsify
+    mopt cache --model default --budget-psnr 33 --quantize int8 --out out/cache
 
 quantizes (sparsifies) a fresh copy of the model per config (mode) and prints one table (see
 mopt.ptq, docs/llm_ptq.md; mopt.ptq.sparsify, docs/mopt_sparsify.md). Printing is this module's
@@ -95,6 +96,55 @@ def build_parser() -> argparse.ArgumentParser:
         "rows <mode>+CONFIG and CONFIG alone on the dense model",
     )
     _add_run_arguments(sparsify, "sparsify_plot.png")
+
+    cache = sub.add_parser(
+        "cache",
+        help="cache a diffusion denoiser's steps to a PSNR budget, one table",
+        description=(
+            "Calibrate the cheapest cache policy (whole denoiser calls, and one U-Net block) "
+            "that keeps the samples of the calibration seeds within --budget-psnr of uncached "
+            "sampling, then measure it on evaluation seeds calibration never saw: denoiser "
+            "calls, FLOPs ratio, wall-clock speedup, PSNR / SSIM against uncached samples and a "
+            "classifier-feature Frechet distance to real images; plain reuse at equal calls as "
+            "the baseline; optionally the same on a quantized denoiser (--quantize). Writes "
+            "results.json and cache_samples.png to --out. Exit status 0 when every row ran, 1 "
+            "when one failed, 2 for bad input (nothing written)."
+        ),
+    )
+    cache.add_argument(
+        "--model",
+        default="default",
+        help="'default' or 'fashion' (the shipped Fashion-MNIST U-Net DDPM), 'mnist' (the "
+        "shipped plain-CNN MNIST DDPM), or a checkpoint file of either format",
+    )
+    cache.add_argument("--budget-psnr", type=float, default=33.0,
+                       help="fidelity budget in dB against uncached samples (default 33)")
+    cache.add_argument("--quantize", default=None, metavar="CONFIG",
+                       help="a mopt ptq config short name (e.g. int8, fp8): adds the quantized "
+                       "denoiser, uncached and cached")
+    cache.add_argument("--samples", type=int, default=16,
+                       help="evaluation samples (default 16, seeds 1000, 1001, ... in 8s)")
+    cache.add_argument("--calib-seeds", type=int, default=3,
+                       help="calibration seeds 0..N-1, 8 samples each (default 3)")
+    cache.add_argument("--block", default="default",
+                       help="submodule to cache block-level ('none' for no block row; default: "
+                       "the U-Net's deep path 'inner', none for the plain CNN)")
+    cache.add_argument("--steps", type=int, default=None,
+                       help="sampling steps (default: all of the model's training steps)")
+    cache.add_argument("--orders", default="0,1,2",
+                       help="forecast orders calibration tries (0 reuse, 1-2 Taylor; default "
+                       "0,1,2)")
+    cache.add_argument("--families", default="interval,profile",
+                       help="schedule families calibration tries (default interval,profile)")
+    cache.add_argument("--spaces", default="output,sample",
+                       help="what a step-level cache may keep and forecast: the prediction "
+                       "('output') and/or its denoised-sample estimate x0 ('sample'); default "
+                       "both")
+    cache.add_argument("--out", default=None, help="folder for results.json and cache_samples.png")
+    cache.add_argument("--overwrite", action="store_true",
+                       help="replace the results.json and cache_samples.png of an earlier run")
+    cache.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    cache.add_argument("--no-plot", action="store_true", help="do not write the PNG grid")
     return parser
 
 
@@ -252,10 +302,39 @@ def _sparsify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-_COMMANDS = {"ptq": _ptq, "sparsify": _sparsify}
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from .cache_diffusion.run import run_cache
+
+    results = run_cache(
+        model=args.model,
+        budget_psnr=args.budget_psnr,
+        quantize=args.quantize,
+        samples=args.samples,
+        calib_seeds=args.calib_seeds,
+        block=None if args.block == "none" else args.block,
+        steps=args.steps,
+        orders=_int_list(args.orders, "--orders"),
+        families=[f.strip() for f in args.families.split(",") if f.strip()],
+        spaces=[f.strip() for f in args.spaces.split(",") if f.strip()],
+        out_dir=args.out,
+        overwrite=args.overwrite,
+        plot=not args.no_plot,
+        threads=args.threads,
+    )
+    return 1 if any(r["status"] == "failed" for r in results["rows"]) else 0
+
+
+_COMMANDS = {"ptq": _ptq, "sparsify": _sparsify, "cache": _cache}
 # The logger whose INFO records each command prints (sparsify runs in mopt.ptq.sparsify and writes
 # through mopt.ptq.report, so it shows the same tree).
-_LOGGERS = {"ptq": "mopt.ptq", "sparsify": "mopt.ptq"}
+_LOGGERS = {"ptq": "mopt.ptq", "sparsify": "mopt.ptq", "cache": "mopt.cache_diffusion"}
 
 
 class _ConsoleHandler(logging.Handler):

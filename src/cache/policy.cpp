@@ -135,6 +135,35 @@ double relative_l1_change(const at::Tensor& a, const at::Tensor& b) {
   return diff / base;
 }
 
+namespace {
+
+void check_reparameterization(const char* what, const at::Tensor& value, const at::Tensor& x,
+                              double alpha_bar) {
+  MOPT_CHECK_VALUE(std::isfinite(alpha_bar) && alpha_bar > 0.0 && alpha_bar < 1.0, what,
+                   ": alpha_bar must lie in (0, 1), got ", alpha_bar);
+  MOPT_CHECK_VALUE(value.defined() && x.defined() && value.is_floating_point() &&
+                       x.is_floating_point(),
+                   what, ": needs floating tensors");
+  MOPT_CHECK_VALUE(value.sizes() == x.sizes(), what, ": the prediction has shape ", value.sizes(),
+                   " but the denoiser input has shape ", x.sizes());
+}
+
+}  // namespace
+
+at::Tensor epsilon_to_sample(const at::Tensor& eps, const at::Tensor& x, double alpha_bar) {
+  check_reparameterization("epsilon_to_sample", eps, x, alpha_bar);
+  const at::Tensor e = widened(eps.detach());
+  const at::Tensor xs = widened(x.detach()).to(e.scalar_type());
+  return ((xs - e * std::sqrt(1.0 - alpha_bar)) / std::sqrt(alpha_bar)).to(eps.scalar_type());
+}
+
+at::Tensor sample_to_epsilon(const at::Tensor& x0, const at::Tensor& x, double alpha_bar) {
+  check_reparameterization("sample_to_epsilon", x0, x, alpha_bar);
+  const at::Tensor s = widened(x0.detach());
+  const at::Tensor xs = widened(x.detach()).to(s.scalar_type());
+  return ((xs - s * std::sqrt(alpha_bar)) / std::sqrt(1.0 - alpha_bar)).to(x0.scalar_type());
+}
+
 at::Tensor taylor_forecast(const std::vector<at::Tensor>& values, const std::vector<int64_t>& steps,
                            int64_t step) {
   MOPT_CHECK_VALUE(!values.empty() && values.size() <= 3 && values.size() == steps.size(),

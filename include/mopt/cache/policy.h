@@ -133,6 +133,18 @@ double relative_l1_change(const at::Tensor& a, const at::Tensor& b);
 at::Tensor taylor_forecast(const std::vector<at::Tensor>& values,
                            const std::vector<int64_t>& steps, int64_t step);
 
+/// The denoised-sample estimate of an epsilon-predicting denoiser at a step whose input `x` has
+/// noise level `alpha_bar` (the cumulative product of the schedule's alphas, in (0, 1)):
+/// x0 = (x - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar), in eps's dtype (computed in at least
+/// float32). A step-level cache can keep and forecast x0 instead of eps ("sample" space): x0
+/// changes slowly where eps follows the noise injected at every ancestral step.
+/// ValueError for an alpha_bar outside (0, 1), different shapes or non-floating tensors.
+at::Tensor epsilon_to_sample(const at::Tensor& eps, const at::Tensor& x, double alpha_bar);
+
+/// The inverse of epsilon_to_sample: eps = (x - sqrt(alpha_bar) x0) / sqrt(1 - alpha_bar), the
+/// prediction a cached (or forecast) x0 stands for at a step with input `x`.
+at::Tensor sample_to_epsilon(const at::Tensor& x0, const at::Tensor& x, double alpha_bar);
+
 /// How fast a block's features change over a pipeline run, measured on an uncached run to place
 /// recomputes (mtc.calibrate). Keeps only the last three features (bounded memory): at each call
 /// it records the norms of the first, second and third differences of the features over calls,

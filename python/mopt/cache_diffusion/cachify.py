@@ -40,6 +40,7 @@ __all__ = [
     "stats",
     "denoiser_of",
     "block_layout",
+    "noise_schedule",
 ]
 
 _DENOISER_ATTRS = ("denoiser", "unet", "transformer")
@@ -74,6 +75,32 @@ def block_layout(denoiser: nn.Module) -> tuple[str, list[str]]:
             "Joint" in type(b).__name__ for b in blocks)
         return ("sd3" if joint else "dit"), [f"transformer_blocks.{i}" for i in range(len(blocks))]
     return "generic", [n for n, _ in denoiser.named_modules() if n]
+
+
+def noise_schedule(pipe_or_model: Any):
+    """step -> alpha_bar of the k-th denoiser call of a pipeline run, read from the pipeline's
+    ``alphas_cumprod`` and ``timesteps`` (mopt's DDPMPipeline) or its ``scheduler``'s (diffusers)
+    at call time. ValueError for a bare denoiser, a pipeline without a schedule, or a scheduler
+    whose model does not predict epsilon."""
+    if isinstance(pipe_or_model, nn.Module):
+        raise ValueError("mopt: forecast_space 'sample' needs the pipeline's noise schedule; "
+                         "prepare the pipeline, not its bare denoiser")
+    scheduler = getattr(pipe_or_model, "scheduler", None)
+    source = next((s for s in (pipe_or_model, scheduler) if s is not None
+                   and hasattr(s, "alphas_cumprod") and hasattr(s, "timesteps")), None)
+    if source is None:
+        raise ValueError(f"mopt: forecast_space 'sample' needs the noise schedule "
+                         f"(alphas_cumprod and timesteps) on {type(pipe_or_model).__name__} or "
+                         "its scheduler")
+    prediction = getattr(getattr(scheduler, "config", None), "prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ValueError(f"mopt: forecast_space 'sample' converts epsilon predictions; this "
+                         f"scheduler's prediction_type is {prediction!r}")
+
+    def alpha_bar(step: int) -> float:
+        return float(source.alphas_cumprod[int(source.timesteps[step])])
+
+    return alpha_bar
 
 
 def _matches(pattern: Any, name: str) -> bool:
@@ -145,7 +172,10 @@ def prepare(pipe_or_model: Any, config_list: Any) -> None:
             raise ValueError(f"mopt: cache config probe '{entry['probe']}' names no submodule of "
                              f"{type(denoiser).__name__}")
     states = [(name, CacheState(name or "<denoiser>", entry["policy"],
-                                entry.get("select_cache_step_func"), entry["probe"]))
+                                entry.get("select_cache_step_func"), entry["probe"],
+                                entry["forecast_space"],
+                                noise_schedule(pipe_or_model)
+                                if entry["forecast_space"] == "sample" else None))
               for name, entry in plan]  # policies parsed (ValueError) before any change
     for (name, entry), (_, state) in zip(plan, states):
         make_cached(modules[name], state)

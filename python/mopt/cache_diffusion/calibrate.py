@@ -5,7 +5,9 @@
    features change, call by call (1st-3rd differences, three feature sets kept at a time).
 2. For every candidate family (a uniform interval, or recompute calls placed by
    ``_C.cache_schedule_from_profile`` at equal quantiles of the error density of a Taylor order)
-   and every order (0: reuse, 1 and 2: forecast), a bisection finds the fewest recomputes whose
+   and every order (0: reuse, 1 and 2: forecast), in every space of a step-level cache (the
+   prediction itself, or its denoised-sample estimate x0: ``forecast_space``; each space has its
+   own profile), a bisection finds the fewest recomputes whose
    samples stay within the budget (PSNR in dB against the uncached samples of the same seed,
    ``_C.psnr_db``; every calibration seed must meet it).
 3. The cheapest candidate wins; it is checked on ``eval_seeds`` (seeds calibration did not see)
@@ -25,7 +27,7 @@ import torch
 
 from .. import _C
 from . import cachify
-from .module import cache_state
+from .module import _first_tensor, cache_state
 
 __all__ = ["CalibrationResult", "calibrate", "default_sample_fn"]
 
@@ -47,7 +49,8 @@ class CalibrationResult:
     recomputes: int  # of the winner, per run
     psnr_calib: float  # worst calibration seed
     psnr_eval: float | None  # worst evaluation seed (None without eval_seeds)
-    candidates: list[dict]  # every evaluated candidate: family, order, recomputes, psnr
+    candidates: list[dict]  # every evaluated candidate: family, space, order, recomputes, psnr
+    forecast_space: str = "output"  # of the winner: "output" or "sample" (x0)
 
     @property
     def call_ratio(self) -> float:
@@ -72,27 +75,44 @@ def _targets(pipe: Any) -> list[torch.nn.Module]:
     return [m for _, m in den.named_modules() if cache_state(m) is not None]
 
 
-def _profile(pipe: Any, entry: dict, seeds: Sequence[int], sample_fn: SampleFn):
-    """Uncached samples per seed and the summed change profile of the cached target(s)."""
+def _profile(pipe: Any, entry: dict, seeds: Sequence[int], sample_fn: SampleFn,
+             alpha_bar: Callable[[int], float] | None):
+    """Uncached samples per seed and the summed change profiles of the cached target(s): of
+    their outputs ("output") and, with `alpha_bar`, of the denoised-sample estimate x0 of the
+    whole denoiser's prediction ("sample")."""
     cachify.prepare(pipe, [{**entry, "select_cache_step_func": lambda step: False}])
     targets = _targets(pipe)
     cachify.remove(pipe)  # the entry matched: profile the same modules, uncached
-    merged = _C.CacheChangeProfile()
+    merged = {"output": _C.CacheChangeProfile()}
+    if alpha_bar is not None:
+        merged["sample"] = _C.CacheChangeProfile()
     references = []
+
+    def tensors(out):
+        return [x for x in torch.utils._pytree.tree_leaves(out) if isinstance(x, torch.Tensor)]
+
+    def hook(mod, args, kwargs, out, profiles):
+        profiles["output"].add(tensors(out))
+        if "sample" in profiles:
+            x = _first_tensor(args, kwargs)
+            ab = float(alpha_bar(len(profiles["sample"])))
+            profiles["sample"].add([_C.epsilon_to_sample(t, x, ab) if t.shape == x.shape else t
+                                    for t in tensors(out)])
+
     for seed in seeds:
-        profiles = [_C.CacheChangeProfile() for _ in targets]
+        per_target = [{k: _C.CacheChangeProfile() for k in merged} for _ in targets]
         handles = [m.register_forward_hook(
-            lambda mod, args, out, p=p: p.add(
-                [x for x in torch.utils._pytree.tree_leaves(out) if isinstance(x, torch.Tensor)]))
-            for m, p in zip(targets, profiles)]
+            lambda mod, args, kwargs, out, p=p: hook(mod, args, kwargs, out, p), with_kwargs=True)
+            for m, p in zip(targets, per_target)]
         try:
             with torch.no_grad():
                 references.append(sample_fn(pipe, seed))
         finally:
             for h in handles:
                 h.remove()
-        for p in profiles:
-            merged.merge(p)
+        for p in per_target:
+            for k, prof in p.items():
+                merged[k].merge(prof)
     return references, merged, len(targets)
 
 
@@ -116,14 +136,17 @@ def _evaluate(pipe: Any, entry: dict, policy: dict, seeds: Sequence[int],
 def calibrate(pipe_or_sampler: Any, budget: Any = 33.0, calib_seeds: Sequence[int] = (0,), *,
               config: dict | None = None, sample_fn: SampleFn | None = None,
               orders: Sequence[int] = (0, 1, 2), families: Sequence[str] = ("interval", "profile"),
-              warmup: int = 1, eval_seeds: Sequence[int] | None = None,
-              apply: bool = True) -> CalibrationResult:
+              spaces: Sequence[str] | None = None, warmup: int = 1,
+              eval_seeds: Sequence[int] | None = None, apply: bool = True) -> CalibrationResult:
     """Finds the policy with the fewest recomputes whose samples stay within `budget` (PSNR dB
     against uncached samples of the same seeds) on every seed of `calib_seeds`, for the cached
     target of `config` (a config entry without policy: {"level": "step"}, the default, caches
     whole denoiser calls; {"wildcard_or_filter_func": ...} blocks). `sample_fn(pipe, seed)`
     returns samples (default: mopt's DDPMPipeline, 8 per seed). With `apply` the pipeline is
-    left prepared with the winner; otherwise uncached."""
+    left prepared with the winner; otherwise uncached. `spaces`: what a step-level cache keeps
+    and forecasts, "output" (the prediction) and/or "sample" (its denoised-sample estimate x0;
+    see the config key forecast_space); default both where the pipeline exposes its noise
+    schedule and the target is the whole denoiser, else "output"."""
     target = _budget_db(budget)
     if not calib_seeds:
         raise ValueError("mopt: calibrate needs at least one calibration seed")
@@ -137,68 +160,86 @@ def calibrate(pipe_or_sampler: Any, budget: Any = 33.0, calib_seeds: Sequence[in
         if f not in ("interval", "profile"):
             raise ValueError(f"mopt: calibrate's families are 'interval' and 'profile', got {f!r}")
     entry = dict(config or {"level": "step"})
-    if "policy" in entry or "select_cache_step_func" in entry:
+    if "policy" in entry or "select_cache_step_func" in entry or "forecast_space" in entry:
         raise ValueError("mopt: calibrate chooses the policy: give the config entry without "
-                         "'policy' or 'select_cache_step_func'")
+                         "'policy', 'select_cache_step_func' or 'forecast_space'")
+    step_level = entry.get("level", "block") == "step"
+    if spaces is None:
+        spaces = ["output"]
+        if step_level:
+            try:
+                cachify.noise_schedule(pipe_or_sampler)
+                spaces.append("sample")
+            except ValueError:
+                pass
+    spaces = list(spaces)
+    if not spaces or any(sp not in ("output", "sample") for sp in spaces):
+        raise ValueError(f"mopt: calibrate's spaces are 'output' and 'sample', got {spaces}")
+    if "sample" in spaces and not step_level:
+        raise ValueError("mopt: calibrate's 'sample' space needs a level 'step' config")
+    alpha_bar = cachify.noise_schedule(pipe_or_sampler) if "sample" in spaces else None
     if cachify.cached_blocks(pipe_or_sampler):
         raise ValueError("mopt: the pipeline is cached already; call mtc.cachify.remove first")
     sample_fn = sample_fn or default_sample_fn
     # several cached blocks: their profiles are summed call by call (each makes every call)
-    references, profile, _ = _profile(pipe_or_sampler, entry, calib_seeds, sample_fn)
-    num_steps = len(profile)
+    references, profiles, _ = _profile(pipe_or_sampler, entry, calib_seeds, sample_fn,
+                                       alpha_bar)
+    num_steps = len(profiles["output"])
     candidates: list[dict] = []
 
-    def policy_for(family: str, order: int, recomputes: int) -> dict:
+    def policy_for(family: str, space: str, order: int, recomputes: int) -> dict:
         if family == "interval":
             return {"interval": max(1, num_steps // recomputes), "order": order,
                     "warmup": warmup}
-        steps = _C.cache_schedule_from_profile(profile, recomputes, order, warmup)
+        steps = _C.cache_schedule_from_profile(profiles[space], recomputes, order, warmup)
         return {"recompute_steps": list(steps), "num_steps": num_steps, "order": order,
                 "warmup": warmup}
 
-    def meets(family: str, order: int, count: int):
-        policy = policy_for(family, order, count)
-        psnr, recomputes = _evaluate(pipe_or_sampler, entry, policy, calib_seeds, references,
-                                     sample_fn)
-        candidates.append({"family": family, "order": order, "recomputes": recomputes,
-                           "psnr": psnr})
-        return (recomputes, psnr, policy) if psnr >= target else None
+    def meets(family: str, space: str, order: int, count: int):
+        policy = policy_for(family, space, order, count)
+        psnr, recomputes = _evaluate(pipe_or_sampler, {**entry, "forecast_space": space}, policy,
+                                     calib_seeds, references, sample_fn)
+        candidates.append({"family": family, "space": space, "order": order,
+                           "recomputes": recomputes, "psnr": psnr})
+        return (recomputes, psnr, policy, space) if psnr >= target else None
 
     best = None
-    for family in families:
-        for order in orders:
-            # galloping search from few recomputes (cheap runs) up, then bisection: the runs
-            # that cost the most, with many recomputes, are only made when needed
-            lo, count, found = max(1, warmup) - 1, max(1, warmup, 4), None
-            while found is None:
-                found = meets(family, order, count)
-                if found is None:
-                    if count >= num_steps:
-                        break
-                    lo, count = count, min(num_steps, 2 * count)
-            hi = count - 1
-            while found is not None and lo + 1 <= hi:
-                mid = (lo + 1 + hi) // 2
-                attempt = meets(family, order, mid)
-                if attempt is not None:
-                    found, hi = attempt, mid - 1
-                else:
-                    lo = mid
-            if found is not None and (best is None or found[0] < best[0]):
-                best = found
+    for family, space, order in [(f, sp, o) for sp in spaces for f in families for o in orders]:
+        # galloping search from few recomputes (cheap runs) up, then bisection: the runs
+        # that cost the most, with many recomputes, are only made when needed
+        lo, count, found = max(1, warmup) - 1, max(1, warmup, 4), None
+        while found is None:
+            found = meets(family, space, order, count)
+            if found is None:
+                if count >= num_steps:
+                    break
+                lo, count = count, min(num_steps, 2 * count)
+        hi = count - 1
+        while found is not None and lo + 1 <= hi:
+            mid = (lo + 1 + hi) // 2
+            attempt = meets(family, space, order, mid)
+            if attempt is not None:
+                found, hi = attempt, mid - 1
+            else:
+                lo = mid
+        if found is not None and (best is None or found[0] < best[0]):
+            best = found
     if best is None:  # cannot happen: every call recomputing reproduces the uncached samples
         raise RuntimeError("mopt: no cache policy met the budget, not even recomputing every "
                            "call; the pipeline is not deterministic for a seed")
-    recomputes, psnr, policy = best
+    recomputes, psnr, policy, space = best
     config_list = [{**entry, "policy": policy}]
+    if step_level:
+        config_list[0]["forecast_space"] = space
     psnr_eval = None
     if eval_seeds:
         refs = []
         for seed in eval_seeds:
             with torch.no_grad():
                 refs.append(sample_fn(pipe_or_sampler, seed))
-        psnr_eval, _ = _evaluate(pipe_or_sampler, entry, policy, eval_seeds, refs, sample_fn)
+        psnr_eval, _ = _evaluate(pipe_or_sampler, config_list[0], policy, eval_seeds, refs,
+                                 sample_fn)
     if apply:
         cachify.prepare(pipe_or_sampler, config_list)
     return CalibrationResult(config_list, policy, num_steps, recomputes, psnr, psnr_eval,
-                             candidates)
+                             candidates, space)

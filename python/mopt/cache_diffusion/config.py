@@ -15,6 +15,11 @@ keys, all optional:
 * ``"probe"``: what the adaptive decision measures: ``"input"`` (default: the block's first
   tensor argument) or the name of a submodule that runs before the block in the same forward
   (its output, as FirstBlockCache uses the first block's).
+* ``"forecast_space"``: what a level ``"step"`` cache keeps, reuses and forecasts: ``"output"``
+  (default: the denoiser's prediction) or ``"sample"`` (the denoised-sample estimate x0 of an
+  epsilon prediction, converted back to eps at each reused step with the step's noise level; the
+  pipeline must expose its noise schedule: ``alphas_cumprod`` and ``timesteps``, on itself or on
+  its ``scheduler``).
 
 The defaults below are ModelOpt's schedules for the three block layouts; each carries the layout
 it was written for (``.layout``), and ``prepare`` refuses it for a denoiser of another layout.
@@ -33,7 +38,8 @@ __all__ = [
     "normalize_config_list",
 ]
 
-_ENTRY_KEYS = {"wildcard_or_filter_func", "select_cache_step_func", "policy", "level", "probe"}
+_ENTRY_KEYS = {"wildcard_or_filter_func", "select_cache_step_func", "policy", "level", "probe",
+               "forecast_space"}
 
 
 class CacheConfigList(list):
@@ -103,5 +109,13 @@ def normalize_config_list(config_list: Any) -> list[dict]:
         if not isinstance(probe, str) or not probe:
             raise ValueError(f"mopt: cache config entry {i}: probe must be 'input' or a module "
                              "name")
-        out.append({**entry, "level": level, "policy": policy, "probe": probe})
+        space = entry.get("forecast_space", "output")
+        if space not in ("output", "sample"):
+            raise ValueError(f"mopt: cache config entry {i}: forecast_space must be 'output' or "
+                             f"'sample', got {space!r}")
+        if space == "sample" and level != "step":
+            raise ValueError(f"mopt: cache config entry {i}: forecast_space 'sample' converts "
+                             "the whole denoiser's prediction; it needs level 'step'")
+        out.append({**entry, "level": level, "policy": policy, "probe": probe,
+                    "forecast_space": space})
     return out

@@ -36,8 +36,19 @@ class CacheState:
     enabled, and what the adaptive decision probes."""
 
     def __init__(self, name: str, policy: dict, select: Callable[[int], bool] | None,
-                 probe: str) -> None:
+                 probe: str, space: str = "output",
+                 alpha_bar: Callable[[int], float] | None = None) -> None:
+        if space not in ("output", "sample"):
+            raise ValueError(f"mopt: cached block '{name}': forecast_space must be 'output' or "
+                             f"'sample', got {space!r}")
+        if space == "sample" and alpha_bar is None:
+            raise ValueError(f"mopt: cached block '{name}': forecast_space 'sample' needs the "
+                             "noise level of every step")
         self.name = name
+        # "sample": keep and forecast the denoised-sample estimate x0 of an epsilon prediction
+        # (C++ epsilon_to_sample / sample_to_epsilon at the step's alpha_bar) instead of eps
+        self.space = space
+        self.alpha_bar = alpha_bar
         self.policy_config = dict(policy)
         self.policy = _C.CachePolicy(json.dumps(policy))
         self.select = select
@@ -50,7 +61,8 @@ class CacheState:
         self._leaves: list = []  # their leaves (tensors replaced on reuse)
 
     def __deepcopy__(self, memo: dict) -> "CacheState":
-        new = CacheState(self.name, self.policy_config, self.select, self.probe)
+        new = CacheState(self.name, self.policy_config, self.select, self.probe, self.space,
+                         self.alpha_bar)
         new.enabled = self.enabled
         return new
 
@@ -86,15 +98,28 @@ class CacheState:
             return run()
         probe = self._probe(args, kwargs) if self.policy_config.get("decision") == "adaptive" \
             else None
-        reuse = None if self.select is None else bool(self.select(self.policy.step))
+        step = self.policy.step
+        reuse = None if self.select is None else bool(self.select(step))
+        convert = None
+        if self.space == "sample":
+            x = _first_tensor(args, kwargs)
+            alpha_bar = float(self.alpha_bar(step))
+            # the prediction leaves (those shaped as the input) move between eps and x0
+            convert = (lambda t, f: f(t, x, alpha_bar) if isinstance(t, torch.Tensor)
+                       and t.shape == x.shape else t)
         if self.policy.decide(probe, reuse):
             out = run()
             leaves, spec = pytree.tree_flatten(out)
             self._spec, self._leaves = spec, leaves
-            self.policy.store([x for x in leaves if isinstance(x, torch.Tensor)])
+            kept = [x for x in leaves if isinstance(x, torch.Tensor)]
+            if convert is not None:
+                kept = [convert(t, _C.epsilon_to_sample) for t in kept]
+            self.policy.store(kept)
             return out
         tensors = iter(self.policy.reuse())
         leaves = [next(tensors) if isinstance(x, torch.Tensor) else x for x in self._leaves]
+        if convert is not None:
+            leaves = [convert(t, _C.sample_to_epsilon) for t in leaves]
         return pytree.tree_unflatten(leaves, self._spec)
 
     def stats(self) -> dict:

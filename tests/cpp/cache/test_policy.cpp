@@ -188,6 +188,30 @@ TEST(CachePolicy, ConfigAndCallOrderErrors) {
   EXPECT_THROW(relative_l1_change(torch::ones({2}), torch::ones({3})), c10::ValueError);
 }
 
+// x0 from eps and back: the DDPM forward process x = sqrt(ab) x0 + sqrt(1 - ab) eps inverted, in
+// float64 against the formula, both directions, and half precision widened.
+TEST(CacheSpaces, EpsilonAndSampleAreInverseReparameterizations) {
+  const double ab = 0.37;
+  const at::Tensor x0 = torch::randn({2, 1, 5, 5}, torch::kDouble);
+  const at::Tensor eps = torch::randn({2, 1, 5, 5}, torch::kDouble);
+  const at::Tensor x = x0 * std::sqrt(ab) + eps * std::sqrt(1.0 - ab);
+  EXPECT_TRUE(torch::allclose(epsilon_to_sample(eps, x, ab), x0, 1e-12, 1e-12));
+  EXPECT_TRUE(torch::allclose(sample_to_epsilon(x0, x, ab), eps, 1e-12, 1e-12));
+  const at::Tensor h = epsilon_to_sample(eps.to(at::kHalf), x.to(at::kHalf), ab);
+  EXPECT_EQ(h.scalar_type(), at::kHalf);
+  EXPECT_TRUE(torch::allclose(h.to(at::kDouble), x0, 2e-2, 2e-2));
+}
+
+TEST(CacheSpaces, BadNoiseLevelOrShapeIsAValueError) {
+  const at::Tensor a = torch::ones({3});
+  for (double ab : {0.0, 1.0, -0.5, std::nan("")}) {
+    EXPECT_THROW(epsilon_to_sample(a, a, ab), c10::ValueError) << ab;
+    EXPECT_THROW(sample_to_epsilon(a, a, ab), c10::ValueError) << ab;
+  }
+  EXPECT_THROW(epsilon_to_sample(a, torch::ones({4}), 0.5), c10::ValueError);
+  EXPECT_THROW(sample_to_epsilon(torch::ones({3}, torch::kLong), a, 0.5), c10::ValueError);
+}
+
 TEST(CacheSchedule, ProfileMeasuresDifferencesOfTheFeatures) {
   ChangeProfile p;
   for (int s = 0; s < 6; ++s) p.add({torch::full({3}, 10.0 + 2.0 * s)});  // a line
