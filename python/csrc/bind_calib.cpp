@@ -8,6 +8,7 @@
 
 #include "bindings.h"
 #include "mopt/calib/histogram_calibrator.h"
+#include "mopt/calib/step_calibrator.h"
 #include "mopt/calib/max_calibrator.h"
 #include "mopt/calib/mse_calibrator.h"
 #include "mopt/core/error.h"
@@ -192,6 +193,35 @@ void bind_calib(py::module_& m) {
                       t[5].cast<std::vector<at::Tensor>>());
         return c;
       }));
+
+  py::class_<StepAmaxCalibrator, Calibrator, py::smart_holder> step_cls(m, "StepAmaxCalibrator",
+      "Per-step amax for a model a sampler calls once per step: call i folds into step i mod "
+      "num_steps (by 'max' or 'mean'); compute_amax is a percentile (0-100) over the steps.");
+  step_cls
+      .def(py::init([](const py::object& num_bits, const py::object& axis, bool is_unsigned,
+                       int64_t num_steps, double percentile, const std::string& collect) {
+             const NumBits nb = num_bits_from_py(num_bits);
+             return std::make_shared<StepAmaxCalibrator>(nb.bits, axis_from_py(axis),
+                                                         is_unsigned, num_steps, percentile,
+                                                         parse_step_collect(collect));
+           }),
+           py::arg("num_bits") = 8, py::arg("axis") = py::none(), py::arg("unsigned") = false,
+           py::arg("num_steps") = 1, py::arg("percentile") = 50.0, py::arg("collect") = "max")
+      .def("compute_amax", [](const StepAmaxCalibrator& c) { return c.compute_amax(); },
+           "The percentile of the per-step amaxes, or None when nothing was collected.")
+      .def_property_readonly("step_amaxes", &StepAmaxCalibrator::step_amaxes,
+                             "Each step's combined amax (None for steps not reached).")
+      .def_property_readonly("calls", &StepAmaxCalibrator::calls)
+      .def_property_readonly("num_steps", &StepAmaxCalibrator::num_steps)
+      .def_property_readonly("percentile", &StepAmaxCalibrator::percentile)
+      .def("__repr__", [](const StepAmaxCalibrator& c) {
+        return "StepAmaxCalibrator(num_bits=" + std::to_string(c.num_bits()) +
+               ", axis=" + py::repr(axis_to_py(c.axis())).cast<std::string>() +
+               ", num_steps=" + std::to_string(c.num_steps()) +
+               ", percentile=" + std::to_string(c.percentile()) + ", collect='" +
+               step_collect_name(c.collect_method()) + "')";
+      });
+  bind_common(step_cls);
 
   py::class_<HistogramCalibrator, Calibrator, py::smart_holder> hist_cls(m, "HistogramCalibrator",
       "Streams histograms of |x| (one per channel of `axis`) and turns them into amax by "

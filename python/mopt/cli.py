@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--quantize", default=None, metavar="CONFIG",
                        help="a mopt ptq config short name (e.g. int8, fp8): adds the quantized "
                        "denoiser, uncached and cached")
+    cache.add_argument("--quant-percentile", type=float, default=None, metavar="P",
+                       help="calibrate --quantize with step_percentile: each activation amax is "
+                       "the P-th percentile (0-100) over the sampling steps of the per-step amax "
+                       "(default: the config's own algorithm, max)")
+    cache.add_argument("--quant-collect", default="max", choices=("max", "mean"),
+                       help="how the calls of one step combine for --quant-percentile")
     cache.add_argument("--samples", type=int, default=16,
                        help="evaluation samples (default 16, seeds 1000, 1001, ... in 8s)")
     cache.add_argument("--calib-seeds", type=int, default=3,
@@ -316,6 +322,8 @@ def _cache(args: argparse.Namespace) -> int:
         model=args.model,
         budget_psnr=args.budget_psnr,
         quantize=args.quantize,
+        quant_percentile=args.quant_percentile,
+        quant_collect=args.quant_collect,
         samples=args.samples,
         calib_seeds=args.calib_seeds,
         block=None if args.block == "none" else args.block,

@@ -69,6 +69,14 @@ class Options {
     return v.get<bool>();
   }
 
+  std::string text(const char* key, const std::string& fallback) {
+    accepted_.push_back(key);
+    if (!has(key)) return fallback;
+    const json& v = obj_[key];
+    MOPT_CHECK_TYPE(v.is_string(), method_, " ", key, " must be a str, got ", v.dump());
+    return v.get<std::string>();
+  }
+
   std::optional<bool> optional_boolean(const char* key) {
     accepted_.push_back(key);
     if (!has(key)) return std::nullopt;
@@ -209,6 +217,18 @@ CalibrationOptions parse_options(const std::string& method, const json& obj) {
     out = histogram_options(o, method, HistogramMethod::kPercentile);
   } else if (method == "histogram_mse") {
     out = histogram_options(o, method, HistogramMethod::kMse);
+  } else if (method == "step_percentile") {
+    StepPercentileCalibration sp;
+    MOPT_CHECK_VALUE(o.has("num_steps"), "algorithm 'step_percentile' needs num_steps: the "
+                     "model calls of one sampling run (its forward loop makes whole runs)");
+    sp.num_steps = positive(o.integer("num_steps", 0), method, "num_steps");
+    sp.percentile = o.number("percentile", 50.0);
+    MOPT_CHECK_VALUE(std::isfinite(sp.percentile) && sp.percentile >= 0.0 &&
+                         sp.percentile <= 100.0,
+                     "step_percentile percentile must be a number in [0, 100], got ",
+                     sp.percentile);
+    sp.collect = parse_step_collect(o.text("collect", "max"));
+    out = sp;
   }
   o.check_consumed();
   return out;
@@ -265,7 +285,7 @@ json histogram_json(const HistogramCalibration& h) {
 const std::vector<std::string>& calibration_methods() {
   static const std::vector<std::string> names = {
       "awq_clip", "awq_full", "awq_lite", "entropy", "gptq", "histogram_mse", "max",
-      "mse", "percentile", "smoothquant"};
+      "mse", "percentile", "smoothquant", "step_percentile"};
   return names;
 }
 
@@ -330,6 +350,10 @@ std::string CalibrationStep::options_json() const {
           j["stop_multiplier"] = o.stop_multiplier;
         } else if constexpr (std::is_same_v<T, HistogramCalibration>) {
           j = histogram_json(o);
+        } else if constexpr (std::is_same_v<T, StepPercentileCalibration>) {
+          j["num_steps"] = o.num_steps;
+          j["percentile"] = o.percentile;
+          j["collect"] = step_collect_name(o.collect);
         } else if constexpr (std::is_same_v<T, ExternalCalibration>) {
           j = json::parse(o.options_json);
         }

@@ -18,6 +18,7 @@
 #include "mopt/algorithms/layer_solver.h"
 #include "mopt/algorithms/smoothquant.h"
 #include "mopt/calib/histogram_calibrator.h"
+#include "mopt/calib/step_calibrator.h"
 #include "mopt/core/error.h"
 #include "mopt/torch/quantize.h"
 #include "torch/module_tree.h"
@@ -716,6 +717,26 @@ void histogram_calibrate(torch::nn::Module& model, const ForwardLoop& loop,
   max_calibrate(model, loop);
 }
 
+// Activation quantizers take a percentile of their per-step amaxes; weights keep max calibration.
+void step_percentile_calibrate(torch::nn::Module& model, const ForwardLoop& loop,
+                               const algorithms::StepPercentileCalibration& opts) {
+  std::vector<TensorQuantizerImpl*> targets;
+  for (auto& [name, q] : named_quantizers(model)) {
+    if (!needs_calibration(*q) || weight_quantizer_name(name)) continue;
+    if (!q->core().format().info->histogram_calibration) continue;  // block scales keep max
+    targets.push_back(q.get());
+  }
+  std::vector<std::shared_ptr<Calibrator>> calibrators;
+  for (auto* q : targets) {
+    calibrators.push_back(std::make_shared<StepAmaxCalibrator>(
+        q->num_bits().bits, q->calibrator()->axis(), q->is_unsigned(), opts.num_steps,
+        opts.percentile, opts.collect));
+  }
+  CalibratorSwap swap;
+  for (size_t i = 0; i < targets.size(); ++i) swap.swap(targets[i], calibrators[i]);
+  max_calibrate(model, loop);
+}
+
 void mse_calibrate(torch::nn::Module& model, const ForwardLoop& loop,
                    const algorithms::MseCalibration& opts) {
   max_calibrate(model, loop);
@@ -828,6 +849,8 @@ void run_step(torch::nn::Module& model, const ForwardLoop& loop,
           mse_calibrate(model, loop, o);
         } else if constexpr (std::is_same_v<T, algorithms::HistogramCalibration>) {
           histogram_calibrate(model, loop, step.method, o);
+        } else if constexpr (std::is_same_v<T, algorithms::StepPercentileCalibration>) {
+          step_percentile_calibrate(model, loop, o);
         } else {
           MOPT_CHECK_IMPLEMENTED(false, "calibration algorithm '", step.method,
                                  "' is registered by another front end (Python), not in C++");

@@ -124,6 +124,8 @@ PARITY_CASES = [(name, None) for name in sorted(mtq.config.choices)] + [
     ("INT8_DEFAULT_CFG", {"method": "histogram_mse", "num_bins": 512, "start_bin": 64}),
     ("INT8_DEFAULT_CFG", ["smoothquant", "mse"]),
     ("FP8_DEFAULT_CFG", "percentile"),
+    ("INT8_DEFAULT_CFG", {"method": "step_percentile", "num_steps": 2, "percentile": 30.0}),
+    ("FP8_DEFAULT_CFG", {"method": "step_percentile", "num_steps": 3, "collect": "mean"}),
     ("FP8_DEFAULT_CFG", "mse"),
     ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "awq_lite"),
     ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "awq_clip"),

@@ -12,6 +12,7 @@
 #include "mopt/algorithms/awq.h"
 #include "mopt/algorithms/gptq.h"
 #include "mopt/calib/calibrator.h"
+#include "mopt/calib/step_calibrator.h"
 
 namespace mopt::algorithms {
 
@@ -52,6 +53,15 @@ struct HistogramCalibration {
   HistogramAmaxOptions amax;
 };
 
+/// `step_percentile`: static activation amax as a percentile over the steps of a sampler that
+/// calls the model once per step (diffusion; mopt/calib/step_calibrator.h): call i of the
+/// forward loop is step i mod num_steps; each step's calls combine by `collect`.
+struct StepPercentileCalibration {
+  int64_t num_steps = 0;     // required: model calls per sampling run
+  double percentile = 50.0;  // over the per-step amaxes, in [0, 100]
+  StepCollect collect = StepCollect::kMax;
+};
+
 /// A method registered by a front end (a Python function): its options, unchecked, as JSON.
 struct ExternalCalibration {
   std::string options_json = "{}";
@@ -59,7 +69,8 @@ struct ExternalCalibration {
 
 using CalibrationOptions =
     std::variant<MaxCalibration, SmoothQuantCalibration, AwqCalibration, GptqCalibration,
-                 MseCalibration, HistogramCalibration, ExternalCalibration>;
+                 MseCalibration, HistogramCalibration, StepPercentileCalibration,
+                 ExternalCalibration>;
 
 /// One step of calibration: the method and its options.
 struct CalibrationStep {

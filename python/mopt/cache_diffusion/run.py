@@ -17,7 +17,8 @@ format, told apart by its keys), samples the evaluation seeds uncached, then for
   compute at every step).
 * with ``quantize`` (a ``mopt ptq`` config short name, e.g. ``int8`` or ``fp8``): the denoiser
   quantized with ``mtq.quantize`` (calibrated over every timestep of a sampling run of the first
-  calibration seed), uncached (row ``<config>``) and with the step-level cache calibrated on the
+  calibration seed; with ``quant_percentile`` P by ``step_percentile``: each activation amax is
+  the P-th percentile over the steps of the per-step max, or mean with ``quant_collect="mean"``), uncached (row ``<config>``) and with the step-level cache calibrated on the
   quantized model (row ``<config>+step:<policy>``); both compared with the float uncached samples.
 
 Columns: ``denoiser_calls`` (per sampling run, in whole-denoiser equivalents by FLOPs),
@@ -236,6 +237,8 @@ def run_cache(
     model: str = "default",
     budget_psnr: float = 33.0,
     quantize: str | None = None,
+    quant_percentile: float | None = None,
+    quant_collect: str = "max",
     samples: int = 16,
     calib_seeds: int = 3,
     block: str | None = "default",
@@ -256,6 +259,15 @@ def run_cache(
     log = log or logger.info
     _check_args(budget_psnr, samples, calib_seeds, steps, threads, orders, families, spaces)
     quant = _resolve_quantize(quantize)
+    if quant_percentile is not None and (
+            isinstance(quant_percentile, bool) or not isinstance(quant_percentile, (int, float))
+            or not 0.0 <= quant_percentile <= 100.0):
+        raise ValueError(f"--quant-percentile must be a number in [0, 100], got "
+                         f"{quant_percentile!r}")
+    if quant_collect not in ("max", "mean"):
+        raise ValueError(f"--quant-collect must be 'max' or 'mean', got {quant_collect!r}")
+    if quant_percentile is not None and quant is None:
+        raise ValueError("--quant-percentile needs --quantize")
     shipped = {"default": "fashion", "fashion": "fashion", "mnist": "mnist"}
     path = None if model in shipped else pathlib.Path(model)
     if path is not None and not path.is_file():
@@ -290,6 +302,8 @@ def run_cache(
             "eval_samples": samples,
             "block": block_name,
             "quantize": quant.name if quant else None,
+            "quant_algorithm": None if quant is None else _quant_config(
+                quant, quant_percentile, quant_collect, num_steps)["algorithm"],
             "orders": list(orders),
             "families": list(families),
             "spaces": list(spaces),
@@ -362,17 +376,20 @@ def run_cache(
         if quant is not None:
             qpipe = copy.copy(pipe)
             qpipe.denoiser = copy.deepcopy(pipe.denoiser)
-            qres = CacheResult(quant.name, "ok", quant.description)
+            qname = quant.name if quant_percentile is None else (
+                f"{quant.name}[steps p{quant_percentile:g} {quant_collect}]")
+            qres = CacheResult(qname, "ok", quant.description)
             row_now[0] = f"quantizing {quant.name}"
             try:
-                qres.calib_seconds = _quantize_denoiser(qpipe, quant, sample_fn, seeds[0])
+                qcfg = _quant_config(quant, quant_percentile, quant_collect, num_steps)
+                qres.calib_seconds = _quantize_denoiser(qpipe, qcfg, sample_fn, seeds[0])
                 q_out = _measure(qres, qpipe, reference, batches, steps, uncached_s, flops, kind)
                 add(qres, q_out)
             except Exception as e:  # noqa: BLE001
                 qres.status, qres.reason = "failed", f"{type(e).__name__}: {e}"
                 add(qres, None)
             else:
-                cached_rows(qpipe, step_entry, f"{quant.name}+step", False)
+                cached_rows(qpipe, step_entry, f"{qname}+step", False)
         results = {
             "metric": "psnr_db",
             "setup": setup,
@@ -418,8 +435,20 @@ def _row_dict(r: CacheResult) -> dict:
     return d
 
 
-def _quantize_denoiser(pipe, quant, sample_fn, seed: int) -> float:
-    """Quantizes pipe.denoiser in place, calibrated over every step of one sampling run."""
+def _quant_config(quant, quant_percentile: float | None, quant_collect: str,
+                  num_steps: int) -> dict:
+    """The quantize config of `quant`; with `quant_percentile` its algorithm is replaced by
+    step_percentile over the `num_steps` steps of a sampling run (diffusion PTQ)."""
+    cfg = quant.build()
+    if quant_percentile is not None:
+        cfg["algorithm"] = {"method": "step_percentile", "num_steps": num_steps,
+                            "percentile": float(quant_percentile), "collect": quant_collect}
+    return cfg
+
+
+def _quantize_denoiser(pipe, cfg: dict, sample_fn, seed: int) -> float:
+    """Quantizes pipe.denoiser in place with `cfg`, calibrated over every step of one sampling
+    run."""
     from .. import quantization as mtq
 
     def forward_loop(_model):
@@ -428,7 +457,7 @@ def _quantize_denoiser(pipe, quant, sample_fn, seed: int) -> float:
 
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), _quiet():
-        mtq.quantize(pipe.denoiser, quant.build(), forward_loop)
+        mtq.quantize(pipe.denoiser, cfg, forward_loop)
     return time.perf_counter() - t0
 
 

@@ -280,6 +280,29 @@ TEST(Quantize, SequentialInt8MatchesReference) {
   EXPECT_FALSE(q1->output_quantizer()->is_enabled());
 }
 
+// step_percentile: a forward loop of 2 sampling runs of 3 steps; the input amax of the first
+// layer is the median over steps of each step's max |x| (weights keep max calibration).
+TEST(Quantize, StepPercentileTakesThePercentileOverSteps) {
+  torch::nn::Sequential mlp = make_mlp();
+  const auto batches = calib_batches(6, 12);
+  std::vector<float> step_max(3, 0.0f);
+  for (size_t i = 0; i < batches.size(); ++i) {
+    step_max[i % 3] = std::max(step_max[i % 3], batches[i].abs().max().item<float>());
+  }
+  std::sort(step_max.begin(), step_max.end());
+  QuantizeConfig cfg = configs::int8_default();
+  cfg.algorithm = R"({"method": "step_percentile", "num_steps": 3, "percentile": 50})";
+  mopt::quantize(mlp, cfg, [&](torch::nn::Module&) {
+    for (const auto& b : batches) mlp->forward(b);
+  });
+  auto* q1 = mlp[0]->as<QuantLinearImpl>();
+  EXPECT_FLOAT_EQ(q1->input_quantizer()->amax()->item<float>(), step_max[1]);
+  const at::Tensor w1 = q1->weight;
+  EXPECT_TRUE(at::equal(*q1->weight_quantizer()->amax(), naive_amax(w1, {1})));
+  // the calibrators were swapped back: the quantizer holds its max calibrator again
+  EXPECT_EQ(q1->input_quantizer()->calibrator()->class_name(), "MaxCalibrator");
+}
+
 TEST(Quantize, SummaryFormat) {
   torch::nn::Sequential mlp = make_mlp();
   mopt::quantize(mlp, configs::int8_weight_only());

@@ -29,7 +29,7 @@ def _quick(**kw):
 
 def test_fashion_rows_schema_and_outputs(tmp_path):
     out = tmp_path / "run"
-    res = _quick(model="default", quantize="int8", out_dir=out)
+    res = _quick(model="default", quantize="int8", quant_percentile=50.0, out_dir=out)
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["metric"] == "psnr_db"
     assert on_disk["setup"]["kind"] == "fashion" and on_disk["setup"]["num_steps"] == 20
@@ -40,8 +40,11 @@ def test_fashion_rows_schema_and_outputs(tmp_path):
     assert all(r["status"] != "failed" for r in rows.values()), rows
     step = [r for c, r in rows.items() if c.startswith("step:")]
     block = [r for c, r in rows.items() if c.startswith("block[inner]:")]
-    quant = [r for c, r in rows.items() if c.startswith("int8+step:")]
-    assert step and len(block) == 1 and len(quant) == 1 and "int8" in rows
+    qname = "int8[steps p50 max]"
+    quant = [r for c, r in rows.items() if c.startswith(qname + "+step:")]
+    assert step and len(block) == 1 and len(quant) == 1 and qname in rows
+    assert on_disk["setup"]["quant_algorithm"] == {
+        "method": "step_percentile", "num_steps": 20, "percentile": 50.0, "collect": "max"}
     for r in step + block + quant:
         # calls in whole-denoiser equivalents and the FLOPs ratio describe the same run
         assert math.isclose(r["denoiser_calls"] * r["flops_ratio"], 20, rel_tol=1e-9)
@@ -56,7 +59,7 @@ def test_fashion_rows_schema_and_outputs(tmp_path):
     flops = models.flops_by_module(pipe.denoiser, *pipe.example_inputs(1))
     assert 1.0 <= block[0]["flops_ratio"] <= flops[""] / (flops[""] - flops["inner"]) + 1e-9
     # the quantized rows are compared with the float uncached samples
-    assert rows["int8"]["psnr_db"] < 200 and rows["int8"]["flops_ratio"] == 1.0
+    assert rows[qname]["psnr_db"] < 200 and rows[qname]["flops_ratio"] == 1.0
     assert res["rows"][0]["config"] == "uncached"
 
 
@@ -85,6 +88,8 @@ def test_measured_psnr_is_recomputed_from_the_samples(tmp_path):
         (["--orders", "3"], "--orders"),
         (["--families", "random"], "--families"),
         (["--spaces", "latent"], "--spaces"),
+        (["--quant-percentile", "50"], "needs --quantize"),
+        (["--quantize", "int8", "--quant-percentile", "101"], "--quant-percentile"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, argv, message):

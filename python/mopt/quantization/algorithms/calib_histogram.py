@@ -5,6 +5,8 @@ MSE amax search (``mse``), SPEC §1 ``calibrate`` and §5.
   calibrator through ``algorithm``): every static activation quantizer collects a histogram of
   |x| during ``forward_loop`` and takes its amax from it; weight quantizers keep max calibration
   (TensorRT's recipe) unless their config already asks for ``calibrator: "histogram"``.
+* ``step_percentile``: for diffusion denoisers, every static activation quantizer keeps its amax
+  per sampling step and takes a percentile over the steps (C++ ``StepAmaxCalibrator``).
 * ``mse``: max calibration, then for every static quantizer the multiplier of its amax on
   ``linspace(start_multiplier, stop_multiplier, num_steps)`` with the least squared error of its
   fake-quantized output, per channel, accumulated over the calibration batches.
@@ -24,7 +26,8 @@ from ..utils import named_quantizers
 from .collect import ForwardLoop, max_calibrate, weight_stages
 from .registry import register_calibration_algorithm
 
-__all__ = ["entropy_calibrate", "histogram_mse_calibrate", "mse_calibrate", "percentile_calibrate"]
+__all__ = ["entropy_calibrate", "histogram_mse_calibrate", "mse_calibrate", "percentile_calibrate",
+           "step_percentile_calibrate"]
 
 
 def _is_weight_quantizer(name: str) -> bool:
@@ -151,7 +154,28 @@ def mse_calibrate(model: nn.Module, forward_loop: ForwardLoop | None = None,
                 q.amax = amax.to(q.amax.device)
 
 
+def step_percentile_calibrate(model: nn.Module, forward_loop: ForwardLoop | None = None,
+                              num_steps: int = 0, percentile: float = 50.0,
+                              collect: str = "max") -> None:
+    """Static activation amax as a `percentile` (0-100) of per-step amaxes, for a model a
+    sampler calls once per step (a diffusion denoiser): `forward_loop` makes whole sampling runs
+    of `num_steps` calls each; call i is step i mod num_steps; a step's calls combine by
+    `collect` ("max" or "mean"). Weights keep max calibration. (C++ ``StepAmaxCalibrator``;
+    options checked by the C++ parser.)"""
+    targets = [q for name, q in named_quantizers(model)
+               if q.needs_calibration and not _is_weight_quantizer(name)
+               and q.format["histogram_calibration"]]
+    # Built before any quantizer changes, so bad options leave the model untouched.
+    calibrators = [_C.StepAmaxCalibrator(num_bits=q.num_bits, axis=q.calibrator._axis,
+                                         unsigned=q.unsigned, num_steps=num_steps,
+                                         percentile=percentile, collect=collect)
+                   for q in targets]
+    with _SwappedCalibrators(list(zip(targets, calibrators))):
+        max_calibrate(model, forward_loop)
+
+
 register_calibration_algorithm("entropy", entropy_calibrate)
 register_calibration_algorithm("percentile", percentile_calibrate)
 register_calibration_algorithm("histogram_mse", histogram_mse_calibrate)
 register_calibration_algorithm("mse", mse_calibrate)
+register_calibration_algorithm("step_percentile", step_percentile_calibrate)
