@@ -140,6 +140,8 @@ ALGORITHMS: list[tuple[str, Any, str]] = [
     ("percentile", {"method": "percentile", "percentile": 99.0}, "INT8_DEFAULT_CFG"),
     ("histogram_mse", "histogram_mse", "INT8_DEFAULT_CFG"),
     ("histogram_mse-fp8", "histogram_mse", "FP8_DEFAULT_CFG"),
+    ("step_percentile", {"method": "step_percentile", "num_steps": 2, "percentile": 90},
+     "INT8_DEFAULT_CFG"),
     ("none", None, "INT8_WEIGHT_ONLY_CFG"),
     ("list", ["smoothquant", {"method": "mse"}], "INT8_DEFAULT_CFG"),
 ]

@@ -58,6 +58,7 @@ ALGORITHM_SEEDS: list[Any] = [
     {"method": "mse", "step_size": 0.5},
     {"method": "entropy", "num_bins": 2048, "stride": 1, "start_bin": 128},
     {"method": "percentile", "percentile": 99.9},
+    {"method": "step_percentile", "num_steps": 4, "percentile": 90, "collect": "mean"},
     ["max", {"method": "histogram_mse", "num_bins": 256}],
 ]
 
