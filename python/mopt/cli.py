@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replace the results.json and cache_samples.png of an earlier run")
     cache.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     cache.add_argument("--no-plot", action="store_true", help="do not write the PNG grid")
+    cache.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -334,6 +335,7 @@ def _cache(args: argparse.Namespace) -> int:
         out_dir=args.out,
         overwrite=args.overwrite,
         plot=not args.no_plot,
+        progress=not args.no_progress,
         threads=args.threads,
     )
     return 1 if any(r["status"] == "failed" for r in results["rows"]) else 0

@@ -110,7 +110,7 @@ def test_earlier_results_are_kept_without_overwrite(tmp_path, capsys):
 def test_cli_prints_the_table(tmp_path, capsys):
     rc = main(["cache", "--model", "mnist", "--steps", "12", "--samples", "2", "--calib-seeds",
                "1", "--orders", "1", "--families", "interval", "--budget-psnr", "20",
-               "--no-plot", "--out", str(tmp_path / "o")])
+               "--no-plot", "--no-progress", "--out", str(tmp_path / "o")])
     assert rc == 0
     text = capsys.readouterr().out
     assert "| config | denoiser calls | FLOPs ratio |" in text and "| uncached |" in text
