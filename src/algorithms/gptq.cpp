@@ -269,7 +269,8 @@ GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percda
                    ": the Hessian holds NaN or Inf; the calibration activations reaching this "
                    "layer are not finite (or overflow fp32)");
   const int64_t n = hessian.size(0);
-  // fp64 for the factorizations: they square the condition number of a possibly ill-conditioned H.
+  // fp64 for the Cholesky factorization: it squares the condition number of a possibly
+  // ill-conditioned H.
   at::Tensor h = hessian.to(at::kDouble, /*non_blocking=*/false, /*copy=*/true);
   at::Tensor diag = h.diagonal();
   MOPT_CHECK_STATE(!diag.lt(0).any().item<bool>(), label,
@@ -297,9 +298,13 @@ GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percda
     flipped.diagonal().add_(rel * mean_diag);
     auto [lower, info] = at::linalg_cholesky_ex(flipped, /*upper=*/false, /*check_errors=*/false);
     if (info.item<int64_t>() == 0) {
+      // The triangular inverse in fp32: its error grows with cond(L) = sqrt(cond(H)), not with
+      // cond(H) as the factorization's does, and U is kept in fp32 anyway; fp32 halves the
+      // largest cost of the solve (an n^3 TRSM against the identity: ATen has no TRTRI).
+      const at::Tensor lower32 = lower.to(at::kFloat);
       const at::Tensor lower_inv =
-          at::linalg_solve_triangular(lower, at::eye(n, lower.options()), /*upper=*/false);
-      const at::Tensor upper = lower_inv.flip({0, 1}).to(at::kFloat).contiguous();
+          at::linalg_solve_triangular(lower32, at::eye(n, lower32.options()), /*upper=*/false);
+      const at::Tensor upper = lower_inv.flip({0, 1}).contiguous();
       if (all_finite(upper)) {
         out.upper = upper;
         out.percdamp = rel;
