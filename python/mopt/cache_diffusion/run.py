@@ -286,6 +286,8 @@ def run_cache(
         flops = models.flops_by_module(pipe.denoiser, *pipe.example_inputs(1))
         batches = _eval_batches(samples)
         seeds = tuple(range(calib_seeds))
+        qcfg = None if quant is None else _quant_config(quant, quant_percentile, quant_collect,
+                                                        num_steps)
         row_now = ["uncached"]
         bar = _Progress(progress)
         stack.callback(bar.close)
@@ -302,8 +304,7 @@ def run_cache(
             "eval_samples": samples,
             "block": block_name,
             "quantize": quant.name if quant else None,
-            "quant_algorithm": None if quant is None else _quant_config(
-                quant, quant_percentile, quant_collect, num_steps)["algorithm"],
+            "quant_algorithm": None if qcfg is None else qcfg["algorithm"],
             "orders": list(orders),
             "families": list(families),
             "spaces": list(spaces),
@@ -383,7 +384,6 @@ def run_cache(
             qres = CacheResult(qname, "ok", quant.description)
             row_now[0] = f"quantizing {quant.name}"
             try:
-                qcfg = _quant_config(quant, quant_percentile, quant_collect, num_steps)
                 qres.calib_seconds = _quantize_denoiser(qpipe, qcfg, sample_fn, seeds[0])
                 q_out = _measure(qres, qpipe, reference, batches, steps, uncached_s, flops, kind)
                 add(qres, q_out)
