@@ -108,8 +108,7 @@ void fake_quant_cuda(const FakeQuantParams& p, cudaStream_t stream) {
   if (p.layout.numel == 0) return;
   MOPT_DTYPE_SWITCH(p.dtype, T, [&] {
     if (p.format == Format::kInt) {
-      const IntQuant q{int_minbound(p.num_bits, p.is_unsigned, p.narrow_range),
-                       int_maxbound(p.num_bits, p.is_unsigned)};
+      const IntQuant q = make_int_quant(p.num_bits, p.is_unsigned, p.narrow_range, p.full_range);
       launch<T>(p, q, stream);
     } else {
       const MinifloatQuant q{p.mantissa_bits, minifloat_min_exponent(p.exponent_bits),

@@ -24,6 +24,7 @@ struct FakeQuantParams {
   int num_bits = 8;           // integer formats: 2..16
   bool is_unsigned = false;   // integer formats
   bool narrow_range = false;  // integer formats
+  bool full_range = false;    // integer formats: amax maps to maxbound + 1/2 (signed, not narrow)
   int exponent_bits = 4;      // minifloat formats: 1..5
   int mantissa_bits = 3;      // minifloat formats: 0..10
   /// Optional. Set to 1 when an unsigned integer format meets a negative input.

@@ -15,6 +15,8 @@ void fake_quant_check(const FakeQuantParams& p) {
     MOPT_CHECK(p.num_bits >= 2 && p.num_bits <= 16, "integer num_bits must be in [2, 16], got ",
                p.num_bits);
     MOPT_CHECK(p.amax != nullptr, "integer fake quantization needs an amax");
+    MOPT_CHECK(!p.full_range || (!p.is_unsigned && !p.narrow_range),
+               "full_range applies to signed integer formats without narrow_range");
   } else {
     MOPT_CHECK(p.exponent_bits >= 1 && p.exponent_bits <= 5,
                "minifloat exponent_bits must be in [1, 5], got ", p.exponent_bits);
@@ -159,8 +161,7 @@ void fake_quant_cpu(const FakeQuantParams& p) {
       if (p.is_unsigned && p.negative_found != nullptr && any_negative<T>(p.x, p.layout.numel)) {
         *p.negative_found = 1;
       }
-      const IntQuant q{int_minbound(p.num_bits, p.is_unsigned, p.narrow_range),
-                       int_maxbound(p.num_bits, p.is_unsigned)};
+      const IntQuant q = make_int_quant(p.num_bits, p.is_unsigned, p.narrow_range, p.full_range);
       run<T>(p, q);
     } else {
       const MinifloatQuant q{p.mantissa_bits, minifloat_min_exponent(p.exponent_bits),

@@ -32,14 +32,22 @@ MOPT_HOST_DEVICE float int_minbound(int num_bits, bool is_unsigned, bool narrow_
   return narrow_range ? -maxb : -maxb - 1.0f;
 }
 
+/// The value amax maps to: maxbound, or maxbound + 1/2 for a full-range signed format (codes
+/// -2^(b-1) .. 2^(b-1)-1 spread over [-amax, amax], scale amax / (2^(b-1) - 1/2), as
+/// llm-compressor and GPTQ's reference quantizer use all 2^b levels).
+MOPT_HOST_DEVICE float int_scale_bound(int num_bits, bool is_unsigned, bool full_range) {
+  return int_maxbound(num_bits, is_unsigned) + (full_range ? 0.5f : 0.0f);
+}
+
 /// Integer fake quantization of one value: clamp(round_half_even(x * scale)) / scale.
 /// Clamping before rounding is equivalent (the bounds are integers) and keeps |v| < 2^22.
 struct IntQuant {
   float minbound;
   float maxbound;
+  float scale_bound;  // the value amax maps to (int_scale_bound)
 
   /// The range maximum that amax maps to.
-  MOPT_HOST_DEVICE float max_value() const { return maxbound; }
+  MOPT_HOST_DEVICE float max_value() const { return scale_bound; }
 
   MOPT_HOST_DEVICE float operator()(float x, float scale) const {
     float v = x * scale;
@@ -48,6 +56,15 @@ struct IntQuant {
     return round_half_even(v) / scale;
   }
 };
+
+/// The IntQuant of a format: narrow_range drops the most negative code; full_range (signed,
+/// not narrow) maps amax to maxbound + 1/2.
+MOPT_HOST_DEVICE IntQuant make_int_quant(int num_bits, bool is_unsigned, bool narrow_range,
+                                         bool full_range) {
+  return IntQuant{int_minbound(num_bits, is_unsigned, narrow_range),
+                  int_maxbound(num_bits, is_unsigned),
+                  int_scale_bound(num_bits, is_unsigned, full_range)};
+}
 
 /// Largest finite value of a minifloat with `exponent_bits` / `mantissa_bits`:
 /// E4M3 (FN, no infinity) 448, E5M2 (IEEE, with infinity) 57344, OCP FP6/FP4 (no inf/NaN codes)

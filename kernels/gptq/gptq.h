@@ -17,6 +17,7 @@ struct QuantSpec {
   Format format = Format::kInt;
   int num_bits = 4;              // kInt
   bool narrow_range = false;     // kInt
+  bool full_range = false;       // kInt: amax maps to maxbound + 1/2
   int exponent_bits = 4;         // kMinifloat
   int mantissa_bits = 3;         // kMinifloat
   float nvfp4_tensor_scale = 0;  // kNVFP4: s2 = global_amax / (6 * 448)

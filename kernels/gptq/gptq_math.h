@@ -62,8 +62,7 @@ inline ElementQuant make_element_quant(const QuantSpec& s) {
   // Only the constants of the spec's own format: the fields of the others need not be set (an
   // integer spec carries exponent_bits 0, for which the minifloat constants would shift by -1).
   if (s.format == Format::kInt) {
-    q.int_q = fake_quant::IntQuant{fake_quant::int_minbound(s.num_bits, false, s.narrow_range),
-                                   fake_quant::int_maxbound(s.num_bits, false)};
+    q.int_q = fake_quant::make_int_quant(s.num_bits, false, s.narrow_range, s.full_range);
   } else if (s.format == Format::kMinifloat) {
     q.float_q = fake_quant::MinifloatQuant{
         s.mantissa_bits, fake_quant::minifloat_min_exponent(s.exponent_bits),

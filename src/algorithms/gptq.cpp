@@ -64,6 +64,7 @@ ColumnQuantizer column_quantizer(const QuantizerAttributeConfig& cfg, int64_t co
   c.spec.format = kernel_format(format.family());
   c.spec.num_bits = format.element_bits;
   c.spec.narrow_range = cfg.narrow_range;
+  c.spec.full_range = cfg.full_range;
   c.spec.exponent_bits = format.exponent_bits;
   c.spec.mantissa_bits = format.mantissa_bits;
   const bool dynamic = format.dynamic;

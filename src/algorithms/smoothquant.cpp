@@ -75,9 +75,11 @@ std::optional<std::string> smoothquant_skip_reason(const std::string& name,
   std::string reason;
   if (!is_int8(input_quantizer) || !is_int8(weight_quantizer)) {
     reason = "SmoothQuant smooths 8-bit integer weights and activations only";
-  } else if (!input_quantizer->is_static() || input_quantizer->attributes().axis ||
-             input_quantizer->attributes().block_sizes) {
-    reason = "SmoothQuant needs a static per-tensor input quantizer";
+  } else if (input_quantizer->is_static() && (input_quantizer->attributes().axis ||
+                                               input_quantizer->attributes().block_sizes)) {
+    // A dynamic input quantizer (e.g. per token) computes its scales from the smoothed inputs
+    // themselves; a static one keeps a single calibrated amax, which the smoothing resets.
+    reason = "SmoothQuant needs a static per-tensor or a dynamic input quantizer";
   } else {
     return std::nullopt;
   }

@@ -203,8 +203,7 @@ float mse_amax(const std::vector<double>& counts, const std::vector<float>& edge
       err = weighted_error(q, centers[i]);
     } else {
       // The reference quantizes the centres with fake_tensor_quant's narrow range.
-      const fq::IntQuant q{fq::int_minbound(nb.bits, is_unsigned, true),
-                           fq::int_maxbound(nb.bits, is_unsigned)};
+      const fq::IntQuant q = fq::make_int_quant(nb.bits, is_unsigned, true, false);
       err = weighted_error(q, centers[i]);
     }
     if (err < best) {  // strict: the first (smallest) amax wins ties

@@ -134,9 +134,9 @@ MseCalibrator::QuantFunc quantizer_view_quant_func(const QuantizerAttributeConfi
       return fake_quant_fp(x, amax, nb.exponent, nb.mantissa);
     };
   }
-  const bool is_unsigned = cfg.is_unsigned, narrow = cfg.narrow_range;
-  return [nb, is_unsigned, narrow](const at::Tensor& x, const at::Tensor& amax) {
-    return fake_quant_int(x, amax, nb.bits, is_unsigned, narrow);
+  const bool is_unsigned = cfg.is_unsigned, narrow = cfg.narrow_range, full = cfg.full_range;
+  return [nb, is_unsigned, narrow, full](const at::Tensor& x, const at::Tensor& amax) {
+    return fake_quant_int(x, amax, nb.bits, is_unsigned, narrow, false, full);
   };
 }
 

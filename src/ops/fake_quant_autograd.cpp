@@ -26,11 +26,12 @@ class FakeQuantIntFunction : public torch::autograd::Function<FakeQuantIntFuncti
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& amax,
                             int64_t num_bits, bool is_unsigned, bool narrow_range,
-                            bool pass_through_bwd) {
+                            bool pass_through_bwd, bool full_range) {
     ctx->saved_data["pass_through"] = pass_through_bwd;
     if (!pass_through_bwd) ctx->save_for_backward({x, amax.detach()});
     at::AutoDispatchBelowADInplaceOrView guard;
-    return fake_quant_int(x, amax, num_bits, is_unsigned, narrow_range, pass_through_bwd);
+    return fake_quant_int(x, amax, num_bits, is_unsigned, narrow_range, pass_through_bwd,
+                          full_range);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -39,7 +40,8 @@ class FakeQuantIntFunction : public torch::autograd::Function<FakeQuantIntFuncti
       const auto saved = ctx->get_saved_variables();
       gx = clipped_ste(grads[0], saved[0], saved[1]);
     }
-    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -72,9 +74,10 @@ class FakeQuantFpFunction : public torch::autograd::Function<FakeQuantFpFunction
 };
 
 at::Tensor fake_quant_int_autograd(const at::Tensor& x, const at::Tensor& amax, int64_t num_bits,
-                                   bool is_unsigned, bool narrow_range, bool pass_through_bwd) {
+                                   bool is_unsigned, bool narrow_range, bool pass_through_bwd,
+                                   bool full_range) {
   return FakeQuantIntFunction::apply(x, amax, num_bits, is_unsigned, narrow_range,
-                                     pass_through_bwd);
+                                     pass_through_bwd, full_range);
 }
 
 at::Tensor fake_quant_fp_autograd(const at::Tensor& x, const c10::optional<at::Tensor>& amax,

@@ -19,7 +19,7 @@ struct FakeQuantCall {
 
 /// Validates and prepares an integer fake-quant call.
 FakeQuantCall prepare_fake_quant_int(const at::Tensor& x, const at::Tensor& amax, int64_t num_bits,
-                                     bool is_unsigned, bool narrow_range);
+                                     bool is_unsigned, bool narrow_range, bool full_range);
 
 /// Validates and prepares a minifloat fake-quant call.
 FakeQuantCall prepare_fake_quant_fp(const at::Tensor& x, const c10::optional<at::Tensor>& amax,

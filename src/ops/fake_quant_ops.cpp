@@ -36,12 +36,15 @@ at::Tensor amax_as_float(const at::Tensor& x, const at::Tensor& amax) {
 }
 
 FakeQuantCall prepare_fake_quant_int(const at::Tensor& x, const at::Tensor& amax, int64_t num_bits,
-                                     bool is_unsigned, bool narrow_range) {
+                                     bool is_unsigned, bool narrow_range, bool full_range) {
   FakeQuantCall c;
   auto& p = c.params;
   p.dtype = core::kernel_dtype(x, "input");
   MOPT_CHECK_VALUE(num_bits >= 2 && num_bits <= 16, "integer num_bits must be in [2, 16], got ",
                    num_bits);
+  MOPT_CHECK_VALUE(!full_range || (!is_unsigned && !narrow_range),
+                   "full_range applies to signed integer formats without narrow_range (got "
+                   "unsigned=", is_unsigned, ", narrow_range=", narrow_range, ")");
   c.x = x.contiguous();
   c.amax = amax_as_float(x, amax);
   c.y = at::empty_like(c.x);
@@ -53,6 +56,7 @@ FakeQuantCall prepare_fake_quant_int(const at::Tensor& x, const at::Tensor& amax
   p.num_bits = static_cast<int>(num_bits);
   p.is_unsigned = is_unsigned;
   p.narrow_range = narrow_range;
+  p.full_range = full_range;
   return c;
 }
 
@@ -107,8 +111,10 @@ AmaxCall prepare_amax(const at::Tensor& x, at::IntArrayRef keep_axes) {
 namespace {
 
 at::Tensor fake_quant_int_cpu(const at::Tensor& x, const at::Tensor& amax, int64_t num_bits,
-                              bool is_unsigned, bool narrow_range, bool /*pass_through_bwd*/) {
-  FakeQuantCall c = prepare_fake_quant_int(x, amax, num_bits, is_unsigned, narrow_range);
+                              bool is_unsigned, bool narrow_range, bool /*pass_through_bwd*/,
+                              bool full_range) {
+  FakeQuantCall c =
+      prepare_fake_quant_int(x, amax, num_bits, is_unsigned, narrow_range, full_range);
   int32_t negative = 0;
   c.params.negative_found = &negative;
   core::call_kernel([&] { kernels::fake_quant::fake_quant_cpu(c.params); });
@@ -137,7 +143,7 @@ void check_amax_rank(const at::Tensor& x, const at::Tensor& amax) {
 }
 
 at::Tensor fake_quant_int_meta(const at::Tensor& x, const at::Tensor& amax, int64_t num_bits,
-                               bool, bool, bool) {
+                               bool, bool, bool, bool) {
   check_floating_input(x);
   check_amax_rank(x, amax);
   return at::empty_symint(x.sym_sizes(), x.options());
@@ -166,7 +172,7 @@ at::Tensor amax_meta(const at::Tensor& x, at::IntArrayRef keep_axes) {
 TORCH_LIBRARY_FRAGMENT(mopt, m) {
   m.def(
       "fake_quant_int(Tensor x, Tensor amax, int num_bits=8, bool is_unsigned=False, "
-      "bool narrow_range=False, bool pass_through_bwd=False) -> Tensor");
+      "bool narrow_range=False, bool pass_through_bwd=False, bool full_range=False) -> Tensor");
   m.def(
       "fake_quant_fp(Tensor x, Tensor? amax, int exponent_bits=4, int mantissa_bits=3, "
       "bool pass_through_bwd=False) -> Tensor");
@@ -188,12 +194,13 @@ TORCH_LIBRARY_IMPL(mopt, Meta, m) {
 }  // namespace ops
 
 at::Tensor fake_quant_int(const at::Tensor& x, const at::Tensor& amax, int64_t num_bits,
-                          bool is_unsigned, bool narrow_range, bool pass_through_bwd) {
+                          bool is_unsigned, bool narrow_range, bool pass_through_bwd,
+                          bool full_range) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mopt::fake_quant_int", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, bool, bool,
-                                         bool)>();
-  return op.call(x, amax, num_bits, is_unsigned, narrow_range, pass_through_bwd);
+                                         bool, bool)>();
+  return op.call(x, amax, num_bits, is_unsigned, narrow_range, pass_through_bwd, full_range);
 }
 
 at::Tensor fake_quant_fp(const at::Tensor& x, const c10::optional<at::Tensor>& amax,

@@ -13,9 +13,10 @@ namespace mopt::ops {
 namespace {
 
 at::Tensor fake_quant_int_cuda(const at::Tensor& x, const at::Tensor& amax, int64_t num_bits,
-                               bool is_unsigned, bool narrow_range, bool) {
+                               bool is_unsigned, bool narrow_range, bool, bool full_range) {
   const c10::cuda::CUDAGuard guard(x.device());
-  FakeQuantCall c = prepare_fake_quant_int(x, amax, num_bits, is_unsigned, narrow_range);
+  FakeQuantCall c =
+      prepare_fake_quant_int(x, amax, num_bits, is_unsigned, narrow_range, full_range);
   at::Tensor flag;
   if (is_unsigned) {
     flag = at::zeros({1}, x.options().dtype(at::kInt));

@@ -87,6 +87,7 @@ const std::vector<std::pair<std::string, std::string>>& attribute_keys() {
       {"_block_sizes", "block_sizes"},
       {"_unsigned", "unsigned"},
       {"_narrow_range", "narrow_range"},
+      {"_full_range", "full_range"},  // mopt's, written only when set
       {"_fake_quant", "fake_quant"},
       {"_calibrator", "calibrator"},
       {"_pass_through_bwd", "pass_through_bwd"},
@@ -338,7 +339,10 @@ std::string quantizer_state_json(const QuantizerCore& core,
   state["_if_quant"] = core.flags().quant;
   state["_if_calib"] = core.flags().calib;
   for (const auto& [ours_key, attr_key] : attribute_keys()) {
-    if (attr.contains(attr_key)) state[ours_key] = attr[attr_key];
+    if (!attr.contains(attr_key)) continue;
+    // an extension nvidia-modelopt does not know stays out of the file at its default
+    if (attr_key == "full_range" && attr[attr_key] == false) continue;
+    state[ours_key] = attr[attr_key];
   }
   // A calibrator given as a Python class cannot be written; restored quantizers are calibrated
   // already, and a recalibration uses max.

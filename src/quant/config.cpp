@@ -159,6 +159,7 @@ void apply_keys(QuantizerAttributeConfig& c, const json& j) {
     else if (k == "fake_quant") c.fake_quant = get_bool(v, "fake_quant");
     else if (k == "unsigned") c.is_unsigned = get_bool(v, "unsigned");
     else if (k == "narrow_range") c.narrow_range = get_bool(v, "narrow_range");
+    else if (k == "full_range") c.full_range = get_bool(v, "full_range");
     else if (k == "type") c.type = get_choice(v, "type", {"static", "dynamic"});
     else if (k == "block_sizes")
       c.block_sizes = v.is_null() ? std::nullopt : std::optional(parse_block_sizes(v));
@@ -194,6 +195,14 @@ void validate(const QuantizerAttributeConfig& c) {
                          "implemented in mopt");
   MOPT_CHECK_IMPLEMENTED(c.fake_quant, "'fake_quant': False (real quantized storage) is not "
                          "implemented by the quantizer; quantize with fake_quant and export");
+  if (c.full_range) {
+    MOPT_CHECK_VALUE(!c.num_bits.is_float, "'full_range' applies to integer formats only, "
+                     "num_bits is (", c.num_bits.exponent, ", ", c.num_bits.mantissa, ")");
+    MOPT_CHECK_VALUE(!c.is_unsigned, "'full_range' applies to signed integers; an unsigned "
+                     "format already uses every code");
+    MOPT_CHECK_VALUE(!c.narrow_range, "'full_range' and 'narrow_range' contradict each other "
+                     "(full_range uses the most negative code, narrow_range drops it)");
+  }
   MOPT_CHECK_VALUE(!(c.is_unsigned && c.num_bits.is_float),
                    "'unsigned' applies to integer formats only, num_bits is (",
                    c.num_bits.exponent, ", ", c.num_bits.mantissa, ")");
@@ -211,6 +220,7 @@ json to_json_obj(const QuantizerAttributeConfig& c) {
   j["fake_quant"] = c.fake_quant;
   j["unsigned"] = c.is_unsigned;
   j["narrow_range"] = c.narrow_range;
+  j["full_range"] = c.full_range;
   j["type"] = c.type;
   if (c.block_sizes) {
     json b = block_axes_json(c.block_sizes->axes, json::object());
@@ -245,7 +255,7 @@ bool BlockSizes::all_whole_axes() const {
 const std::vector<std::string>& quantizer_attribute_keys() {
   static const std::vector<std::string> keys = {
       "enable", "num_bits",   "axis",  "fake_quant", "unsigned",
-      "narrow_range", "type", "block_sizes", "bias", "calibrator",
+      "narrow_range", "full_range", "type", "block_sizes", "bias", "calibrator",
       "pass_through_bwd", "trt_high_precision_dtype", "rotate", "learn_amax"};
   return keys;
 }

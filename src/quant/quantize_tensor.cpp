@@ -127,7 +127,7 @@ at::Tensor fake_quant_with_amax(const at::Tensor& v, const at::Tensor& amax,
                          cfg.pass_through_bwd);
   }
   return fake_quant_int(v, amax, cfg.num_bits.bits, cfg.is_unsigned, cfg.narrow_range,
-                        cfg.pass_through_bwd);
+                        cfg.pass_through_bwd, cfg.full_range);
 }
 
 at::Tensor quantize_tensor_impl(const at::Tensor& x_in, const c10::optional<at::Tensor>& amax,

@@ -178,7 +178,9 @@ void QuantizerCore::rebuild_calibrator() {
 double quantizer_maxbound(const QuantizerAttributeConfig& attributes) {
   const NumBits& n = attributes.num_bits;
   if (n.is_float) return minifloat_max_value(n.exponent, n.mantissa);
-  return static_cast<double>((int64_t{1} << (n.bits - 1 + (attributes.is_unsigned ? 1 : 0))) - 1);
+  const auto maxb =
+      static_cast<double>((int64_t{1} << (n.bits - 1 + (attributes.is_unsigned ? 1 : 0))) - 1);
+  return attributes.full_range ? maxb + 0.5 : maxb;
 }
 
 double QuantizerCore::maxbound() const { return quantizer_maxbound(attr_); }
@@ -328,6 +330,7 @@ std::string QuantizerCore::extra_repr(const c10::optional<at::Tensor>& amax,
   std::string s =
       std::string(a.is_unsigned ? "unsigned " : "") + num_bits_repr(a.num_bits) + " bit";
   if (a.narrow_range) s += " narrow";
+  if (a.full_range) s += " full_range";
   if (a.fake_quant) s += " fake";
   if (a.block_sizes) {
     s += " block_sizes=" + block_sizes_repr(*a.block_sizes) + ",";

@@ -153,6 +153,9 @@ const char* kDefaultDisabled =
 const std::string kFp8PerTensor = R"({"num_bits": [4, 3], "axis": null})";
 const std::string kFp8PerTensorOn = R"({"num_bits": [4, 3], "axis": null, "enable": true})";
 const std::string kOff = R"({"enable": false})";
+// INT8 per token, scales from each input (no calibration).
+const std::string kInt8PerToken =
+    R"({"num_bits": 8, "type": "dynamic", "block_sizes": {"-1": null}})";
 
 QuantizeConfig make_cfg(const std::string& weight, const std::string& input,
                         const std::string& algorithm) {
@@ -188,12 +191,18 @@ const std::vector<std::pair<std::string, ConfigFactory>>& factories() {
       {"INT8_DEFAULT_CFG", &configs::int8_default},
       {"INT8_SMOOTHQUANT_CFG", &configs::int8_smoothquant},
       {"INT8_WEIGHT_ONLY_CFG", &configs::int8_weight_only},
+      {"INT8_DYNAMIC_CFG", &configs::int8_dynamic},
+      {"INT8_SMOOTHQUANT_DYNAMIC_CFG", &configs::int8_smoothquant_dynamic},
       {"FP8_DEFAULT_CFG", &configs::fp8_default},
       {"FP8_PER_CHANNEL_PER_TOKEN_CFG", &configs::fp8_per_channel_per_token},
       {"FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG", &configs::fp8_2d_blockwise_weight_only},
       {"INT4_BLOCKWISE_WEIGHT_ONLY_CFG", &configs::int4_blockwise_weight_only},
       {"INT4_AWQ_CFG", &configs::int4_awq},
       {"INT4_BLOCKWISE_GPTQ_CFG", &configs::int4_blockwise_gptq},
+      {"INT4_BLOCKWISE_FULL_RANGE_CFG", &configs::int4_blockwise_full_range},
+      {"INT4_BLOCKWISE_GPTQ_FULL_RANGE_CFG", &configs::int4_blockwise_gptq_full_range},
+      {"INT4_B32_WEIGHT_ONLY_CFG", &configs::int4_b32_weight_only},
+      {"INT4_B32_FULL_RANGE_CFG", &configs::int4_b32_full_range},
       {"NVFP4_WEIGHT_ONLY_GPTQ_CFG", &configs::nvfp4_weight_only_gptq},
       {"NF4_WEIGHT_ONLY_CFG", &configs::nf4_weight_only},
       {"W4A8_AWQ_BETA_CFG", &configs::w4a8_awq_beta},
@@ -367,6 +376,9 @@ const std::vector<Recipe>& recipes() {
       {"int8", "INT8_DEFAULT_CFG", "INT8 W per channel + A per tensor, max", {}},
       {"int8_wo", "INT8_WEIGHT_ONLY_CFG", "INT8 weight-only per channel", {}},
       {"int8_sq", "INT8_SMOOTHQUANT_CFG", "INT8 W+A with SmoothQuant", {}},
+      {"int8_dyn", "INT8_DYNAMIC_CFG", "INT8 W per channel + A per token (dynamic)", {}},
+      {"int8_sq_dyn", "INT8_SMOOTHQUANT_DYNAMIC_CFG",
+       "INT8 W per channel + A per token (dynamic), SmoothQuant 0.5", {}},
       {"int8_entropy", "INT8_DEFAULT_CFG", "INT8 W+A, entropy (KL) activation amax",
        R"("entropy")"},
       {"int8_percentile", "INT8_DEFAULT_CFG", "INT8 W+A, 99.99th percentile amax",
@@ -381,6 +393,19 @@ const std::vector<Recipe>& recipes() {
       {"int4", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "INT4 weight-only blocks of 128, RTN", {}},
       {"int4_awq", "INT4_AWQ_CFG", "INT4 weight-only blocks of 128, AWQ lite", {}},
       {"int4_gptq", "INT4_BLOCKWISE_GPTQ_CFG", "INT4 weight-only blocks of 128, GPTQ", {}},
+      {"int4_full", "INT4_BLOCKWISE_FULL_RANGE_CFG",
+       "INT4 weight-only blocks of 128, all 16 codes (amax/7.5), RTN", {}},
+      {"int4_full_awq", "INT4_BLOCKWISE_FULL_RANGE_CFG",
+       "INT4 weight-only blocks of 128, all 16 codes, AWQ lite",
+       R"({"method": "awq_lite", "alpha_step": 0.1})"},
+      {"int4_gptq_full", "INT4_BLOCKWISE_GPTQ_FULL_RANGE_CFG",
+       "INT4 weight-only blocks of 128, all 16 codes, GPTQ", {}},
+      {"int4_b32", "INT4_B32_WEIGHT_ONLY_CFG", "INT4 weight-only blocks of 32, RTN", {}},
+      {"int4_b32_full", "INT4_B32_FULL_RANGE_CFG",
+       "INT4 weight-only blocks of 32, all 16 codes, RTN", {}},
+      {"int4_b32_gptq", "INT4_B32_WEIGHT_ONLY_CFG", "INT4 weight-only blocks of 32, GPTQ", kGptq},
+      {"int4_b32_gptq_full", "INT4_B32_FULL_RANGE_CFG",
+       "INT4 weight-only blocks of 32, all 16 codes, GPTQ", kGptq},
       {"w4a8_awq", "W4A8_AWQ_BETA_CFG", "INT4 blocks + FP8 W, FP8 A, AWQ lite", {}},
       {"nvfp4", "NVFP4_DEFAULT_CFG", "NVFP4 W+A (E2M1, E4M3 scales per 16)", {}},
       {"nvfp4_gptq", "NVFP4_WEIGHT_ONLY_GPTQ_CFG", "NVFP4 weight-only, GPTQ", {}},
@@ -418,6 +443,13 @@ QuantizeConfig int8_smoothquant() {
 QuantizeConfig int8_weight_only() {
   return make_cfg(R"({"num_bits": 8, "axis": 0})", kOff, R"("max")");
 }
+QuantizeConfig int8_dynamic() {
+  return make_cfg(R"({"num_bits": 8, "axis": 0})", kInt8PerToken, R"("max")");
+}
+QuantizeConfig int8_smoothquant_dynamic() {
+  return make_cfg(R"({"num_bits": 8, "axis": 0})", kInt8PerToken,
+                  R"({"method": "smoothquant", "alpha": 0.5})");
+}
 QuantizeConfig fp8_default() { return make_cfg(kFp8PerTensor, kFp8PerTensor, R"("max")"); }
 QuantizeConfig fp8_per_channel_per_token() {
   return make_cfg(R"({"num_bits": [4, 3], "axis": 0})",
@@ -437,6 +469,25 @@ QuantizeConfig int4_awq() {
 }
 QuantizeConfig int4_blockwise_gptq() {
   return make_cfg(R"({"num_bits": 4, "block_sizes": {"-1": 128}, "enable": true})", kOff, kGptq);
+}
+QuantizeConfig int4_blockwise_full_range() {
+  return make_cfg(
+      R"({"num_bits": 4, "block_sizes": {"-1": 128}, "full_range": true, "enable": true})", kOff,
+      R"("max")");
+}
+QuantizeConfig int4_blockwise_gptq_full_range() {
+  return make_cfg(
+      R"({"num_bits": 4, "block_sizes": {"-1": 128}, "full_range": true, "enable": true})", kOff,
+      kGptq);
+}
+QuantizeConfig int4_b32_weight_only() {
+  return make_cfg(R"({"num_bits": 4, "block_sizes": {"-1": 32}, "enable": true})", kOff,
+                  R"("max")");
+}
+QuantizeConfig int4_b32_full_range() {
+  return make_cfg(
+      R"({"num_bits": 4, "block_sizes": {"-1": 32}, "full_range": true, "enable": true})", kOff,
+      R"("max")");
 }
 QuantizeConfig nvfp4_weight_only_gptq() { return make_cfg(nvfp4(16), kOff, kGptq); }
 QuantizeConfig nf4_weight_only() {

@@ -37,8 +37,9 @@ SmoothedLinear fold_pre_quant_scale(const at::Tensor& weight, const at::Tensor& 
                                     const c10::optional<at::Tensor>& prior_pre_quant_scale = {});
 
 /// Why SmoothQuant leaves the layer `name` alone (the warning to give), or nullopt when it can
-/// smooth it: 8-bit integer input and weight quantizers with a static per-tensor input amax. A
-/// null quantizer stands for a multi-stage (Sequential) one.
+/// smooth it: 8-bit integer input and weight quantizers, the input one static per tensor or
+/// dynamic (per token: its scales follow the smoothed inputs). A null quantizer stands for a
+/// multi-stage (Sequential) one.
 std::optional<std::string> smoothquant_skip_reason(const std::string& name,
                                                    const QuantizerCore* input_quantizer,
                                                    const QuantizerCore* weight_quantizer);

@@ -51,6 +51,10 @@ struct QuantizerAttributeConfig {
   bool fake_quant = true;
   bool is_unsigned = false;                   // JSON key "unsigned"
   bool narrow_range = false;
+  /// Signed integers over all 2^b codes: amax maps to 2^(b-1) - 1/2 (scale amax / 7.5 at 4 bits,
+  /// codes -8..7), where ModelOpt's default maps it to 2^(b-1) - 1 (amax / 7, codes -7..7 in
+  /// practice). A mopt extension (llm-compressor's and AutoGPTQ's symmetric rounding).
+  bool full_range = false;
   std::string type = "static";                // "static" | "dynamic"
   std::optional<BlockSizes> block_sizes;
   std::string calibrator = "max";             // "max" | "histogram" | "custom" (Python class)

@@ -10,10 +10,12 @@ namespace mopt {
 
 /// Integer fake quantization: clamp(round_half_even(x * s), min, max) / s with s = maxbound /
 /// amax in fp32; amax broadcasts over x as a keepdims reduction (scalar = per tensor).
+/// full_range (signed, not narrow_range): s = (maxbound + 1/2) / amax, so the 2^b codes
+/// -2^(b-1) .. 2^(b-1)-1 cover [-amax, amax].
 /// Gradient: straight-through where |x| <= amax, or everywhere with pass_through_bwd.
 at::Tensor fake_quant_int(const at::Tensor& x, const at::Tensor& amax, int64_t num_bits = 8,
                           bool is_unsigned = false, bool narrow_range = false,
-                          bool pass_through_bwd = false);
+                          bool pass_through_bwd = false, bool full_range = false);
 
 /// Minifloat fake quantization (E4M3 = (4, 3), E5M2 = (5, 2), FP6, FP4): round to nearest even in
 /// the format after scaling amax to the format maximum; saturating. amax = nullopt casts unscaled.

@@ -27,8 +27,9 @@ struct QuantizerFlags {
   bool calib = false;
 };
 
-/// Largest quantized magnitude of `attributes`' format: 2^(b-1+unsigned)-1, or the minifloat
-/// maximum (what QuantizerCore::maxbound returns, without building a quantizer).
+/// The quantized magnitude amax maps to in `attributes`' format: 2^(b-1+unsigned)-1 (plus 1/2
+/// with full_range), or the minifloat maximum (what QuantizerCore::maxbound returns, without
+/// building a quantizer). scale = amax / maxbound.
 double quantizer_maxbound(const QuantizerAttributeConfig& attributes);
 
 /// A quantizer's attributes, flags and calibrator, and what it does with a tensor.
@@ -62,7 +63,8 @@ class QuantizerCore {
   const ResolvedFormat& format() const { return format_; }
   /// True when amax comes from calibration (possibly only NVFP4's per-tensor amax).
   bool is_static() const { return format_.calibrated; }
-  /// Largest quantized magnitude: 2^(b-1+unsigned)-1, or the minifloat maximum.
+  /// The magnitude amax maps to: 2^(b-1+unsigned)-1 (plus 1/2 with full_range), or the
+  /// minifloat maximum.
   double maxbound() const;
   /// Axes of the calibration view kept in amax for an input of `ndim` dims.
   std::vector<int64_t> kept_axes(int64_t ndim) const;

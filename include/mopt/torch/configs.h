@@ -99,6 +99,11 @@ QuantizeConfig int8_default();
 QuantizeConfig int8_smoothquant();
 /// INT8 weights per output channel, activations in float.
 QuantizeConfig int8_weight_only();
+/// INT8 weights per output channel, INT8 activations per token computed from each input
+/// (dynamic, as torchao and vLLM run W8A8); max calibration of the weights only.
+QuantizeConfig int8_dynamic();
+/// int8_dynamic with SmoothQuant (alpha 0.5) folded into the weights first.
+QuantizeConfig int8_smoothquant_dynamic();
 /// FP8 E4M3 weights and activations, per tensor.
 QuantizeConfig fp8_default();
 /// FP8 E4M3 weights per output channel, activations per token (dynamic).
@@ -111,6 +116,12 @@ QuantizeConfig int4_blockwise_weight_only();
 QuantizeConfig int4_awq();
 /// INT4 blocks of 128 with GPTQ (runs from Python only).
 QuantizeConfig int4_blockwise_gptq();
+/// INT4 blocks of 128 over all 16 codes (full_range: scale amax / 7.5), RTN / GPTQ.
+QuantizeConfig int4_blockwise_full_range();
+QuantizeConfig int4_blockwise_gptq_full_range();
+/// INT4 weight-only blocks of 32 (ModelOpt's range / all 16 codes), RTN.
+QuantizeConfig int4_b32_weight_only();
+QuantizeConfig int4_b32_full_range();
 /// NVFP4 weights with GPTQ, activations in float (runs from Python only).
 QuantizeConfig nvfp4_weight_only_gptq();
 /// NF4 weights in blocks of 64 with 8-bit double-quantized scales (blocks of 256), max.

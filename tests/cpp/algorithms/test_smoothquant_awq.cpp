@@ -492,5 +492,27 @@ TEST(TiedWeights, EveryLayerOfATieGroupIsSkippedAndNamed) {
   EXPECT_THROW(tied_weight_skip_reasons("gptq", {"a"}, {}), c10::ValueError);
 }
 
+// SmoothQuant smooths in front of a static per-tensor or a dynamic (per-token) INT8 input
+// quantizer; static per-channel inputs and other formats keep max calibration.
+TEST(SmoothQuantSkip, StaticPerTensorOrDynamicInputs) {
+  auto core = [](const char* json) {
+    return QuantizerCore(QuantizerAttributeConfig::from_json(json));
+  };
+  const QuantizerCore weight = core(R"({"num_bits": 8, "axis": 0})");
+  const QuantizerCore per_tensor = core(R"({"num_bits": 8})");
+  const QuantizerCore per_token =
+      core(R"({"num_bits": 8, "type": "dynamic", "block_sizes": {"-1": null}})");
+  const QuantizerCore per_channel = core(R"({"num_bits": 8, "axis": -1})");
+  const QuantizerCore fp8 = core(R"({"num_bits": [4, 3]})");
+  EXPECT_FALSE(smoothquant_skip_reason("l", &per_tensor, &weight).has_value());
+  EXPECT_FALSE(smoothquant_skip_reason("l", &per_token, &weight).has_value());
+  const auto static_channel = smoothquant_skip_reason("l", &per_channel, &weight);
+  ASSERT_TRUE(static_channel.has_value());
+  EXPECT_NE(static_channel->find("static per-tensor or a dynamic"), std::string::npos);
+  const auto other_format = smoothquant_skip_reason("l", &fp8, &weight);
+  ASSERT_TRUE(other_format.has_value());
+  EXPECT_NE(other_format->find("8-bit integer"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace mopt::algorithms

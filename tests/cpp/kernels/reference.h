@@ -14,11 +14,14 @@ namespace mopt::test {
 
 /// Integer fake quant of one value per SPEC §5: scale = maxbound / amax in fp32,
 /// y = clamp(round_half_even(x * scale), minbound, maxbound) / scale.
-inline double ref_fake_quant_int(float x, float amax, int bits, bool is_unsigned, bool narrow) {
+inline double ref_fake_quant_int(float x, float amax, int bits, bool is_unsigned, bool narrow,
+                                 bool full_range = false) {
   const double maxbound = std::ldexp(1.0, bits - 1 + (is_unsigned ? 1 : 0)) - 1.0;
   const double minbound = is_unsigned ? 0.0 : (narrow ? -maxbound : -maxbound - 1.0);
   if (amax <= std::ldexp(1.0f, -24)) return 0.0;
-  const float scale = static_cast<float>(maxbound) / amax;
+  // full range: amax maps to half a step above the largest code, 2^(b-1) - 1/2
+  const double mapped = full_range ? std::ldexp(1.0, bits - 1) - 0.5 : maxbound;
+  const float scale = static_cast<float>(mapped) / amax;
   const float prod = x * scale;
   if (std::isnan(prod)) return std::numeric_limits<double>::quiet_NaN();
   double q = std::nearbyint(static_cast<double>(prod));  // default rounding: half to even

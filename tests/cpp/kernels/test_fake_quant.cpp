@@ -15,7 +15,7 @@ namespace {
 using fake_quant::FakeQuantParams;
 
 FakeQuantParams int_params(const float* x, float* y, const float* amax, ReduceLayout layout,
-                           int bits, bool is_unsigned, bool narrow) {
+                           int bits, bool is_unsigned, bool narrow, bool full = false) {
   FakeQuantParams p;
   p.x = x;
   p.y = y;
@@ -25,6 +25,7 @@ FakeQuantParams int_params(const float* x, float* y, const float* amax, ReduceLa
   p.num_bits = bits;
   p.is_unsigned = is_unsigned;
   p.narrow_range = narrow;
+  p.full_range = full;
   return p;
 }
 
@@ -53,6 +54,7 @@ struct IntCase {
   int bits;
   bool is_unsigned;
   bool narrow;
+  bool full = false;  // full_range
 };
 
 class IntFakeQuant : public ::testing::TestWithParam<IntCase> {};
@@ -64,11 +66,11 @@ TEST_P(IntFakeQuant, PerTensorMatchesReference) {
   const float amax = 2.5f;  // saturates the outliers
   std::vector<float> y(x.size());
   auto p = int_params(x.data(), y.data(), &amax, layout_for({10007}, {false}), c.bits,
-                      c.is_unsigned, c.narrow);
+                      c.is_unsigned, c.narrow, c.full);
   fake_quant::fake_quant_cpu(p);
   for (size_t i = 0; i < x.size(); ++i) {
     ASSERT_EQ(y[i], static_cast<float>(test::ref_fake_quant_int(x[i], amax, c.bits, c.is_unsigned,
-                                                                 c.narrow)))
+                                                                 c.narrow, c.full)))
         << "i=" << i << " x=" << x[i];
   }
 }
@@ -78,7 +80,34 @@ INSTANTIATE_TEST_SUITE_P(Bits, IntFakeQuant,
                                            IntCase{8, true, false}, IntCase{4, false, false},
                                            IntCase{4, false, true}, IntCase{2, false, false},
                                            IntCase{3, true, false}, IntCase{16, false, false},
-                                           IntCase{16, true, false}, IntCase{12, false, true}));
+                                           IntCase{16, true, false}, IntCase{12, false, true},
+                                           IntCase{4, false, false, true},
+                                           IntCase{8, false, false, true},
+                                           IntCase{2, false, false, true}));
+
+// Full range spreads all 2^b codes over [-amax, amax]: at 4 bits the codes -8..7 in steps of
+// amax / 7.5, +amax clamping to 7 steps and -amax reaching -8 (a tie, rounded to even).
+TEST(IntFakeQuant, FullRangeUsesEveryCode) {
+  const float amax = 1.5f;
+  std::vector<float> x(301), y(301);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = -amax + 2.0f * amax * static_cast<float>(i) / 300;
+  auto p = int_params(x.data(), y.data(), &amax, layout_for({301}, {false}), 4, false, false,
+                      true);
+  fake_quant::fake_quant_cpu(p);
+  std::vector<int> seen(16, 0);
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double code = y[i] / (amax / 7.5);
+    ASSERT_NEAR(code, std::nearbyint(code), 1e-4) << x[i];
+    ASSERT_GE(code, -8.0 - 1e-4);
+    ASSERT_LE(code, 7.0 + 1e-4);
+    ++seen[static_cast<int>(std::nearbyint(code)) + 8];
+  }
+  for (int c = 0; c < 16; ++c) EXPECT_GT(seen[c], 0) << "code " << c - 8 << " never used";
+  EXPECT_EQ(y.front(), -8.0f * (amax / 7.5f));
+  EXPECT_FLOAT_EQ(y.back(), 7.0f * (amax / 7.5f));
+  p.narrow_range = true;  // contradicts full range
+  EXPECT_THROW(fake_quant::fake_quant_cpu(p), KernelError);
+}
 
 TEST(IntFakeQuant, PerChannelAnyAxesMatchesReference) {
   const std::vector<int64_t> shape = {3, 5, 7, 4};

@@ -42,8 +42,10 @@ void compare_fake_quant(const Shape& shape, Format format, int bits_or_e, int m,
             : std::is_same_v<T, Half> ? DType::kFloat16 : DType::kBFloat16;
   p.layout = l;
   p.format = format;
-  if (format == Format::kInt) p.num_bits = bits_or_e;
-  else {
+  if (format == Format::kInt) {
+    p.num_bits = bits_or_e;
+    p.full_range = m == 1;  // integers have no mantissa: m = 1 selects full_range
+  } else {
     p.exponent_bits = bits_or_e;
     p.mantissa_bits = m;
   }
@@ -77,6 +79,7 @@ void all_cases() {
     for (size_t mis : {0, 1}) {
       compare_fake_quant<T>(s, Format::kInt, 8, 0, mis, true);
       compare_fake_quant<T>(s, Format::kInt, 4, 0, mis, true);
+      compare_fake_quant<T>(s, Format::kInt, 4, 1, mis, true);
       compare_fake_quant<T>(s, Format::kMinifloat, 4, 3, mis, true);
       compare_fake_quant<T>(s, Format::kMinifloat, 5, 2, mis, true);
       compare_fake_quant<T>(s, Format::kMinifloat, 4, 3, mis, false);

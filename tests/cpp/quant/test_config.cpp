@@ -46,5 +46,18 @@ TEST(QuantizerConfig, RejectsBadInput) {
                c10::NotImplementedError);
 }
 
+TEST(QuantizerConfig, FullRangeIsSignedIntegerOnly) {
+  const auto c = QuantizerAttributeConfig::from_json(R"({"num_bits": 4, "full_range": true})");
+  EXPECT_TRUE(c.full_range);
+  EXPECT_EQ(QuantizerAttributeConfig::from_json(c.to_json()), c);
+  EXPECT_FALSE(QuantizerAttributeConfig::from_json("{}").full_range);
+  for (const char* bad : {R"({"num_bits": 4, "full_range": true, "narrow_range": true})",
+                          R"({"num_bits": 4, "full_range": true, "unsigned": true})",
+                          R"({"num_bits": [4, 3], "full_range": true})",
+                          R"({"full_range": "yes"})"}) {
+    EXPECT_THROW(QuantizerAttributeConfig::from_json(bad), c10::ValueError) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace mopt

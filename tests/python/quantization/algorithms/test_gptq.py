@@ -67,8 +67,10 @@ class _Fmt:
     """Column quantizer of the oracle: 'int' (bits, per row or blocks) or 'nvfp4'."""
 
     def __init__(self, kind: str, bits: int = 4, group: int | None = None,
-                 tensor_amax: float | None = None, static_groups: bool = False):
+                 tensor_amax: float | None = None, static_groups: bool = False,
+                 full_range: bool = False):
         self.kind, self.bits, self.group = kind, bits, group
+        self.full_range = full_range  # amax maps to 2^(b-1) - 1/2 (every code used)
         self.s2 = None if tensor_amax is None else tensor_amax / (6 * 448)
         # Static NVFP4 keeps calibrated block amaxes whose maximum sets the tensor scale: all of
         # them come from the original weight, and no element is pinned.
@@ -86,7 +88,7 @@ class _Fmt:
     def quant(self, w: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         if self.kind == "int":
             maxb = 2 ** (self.bits - 1) - 1
-            s = maxb / p
+            s = (maxb + 0.5 * self.full_range) / p
             q = torch.clamp(torch.round(w * s), -maxb - 1, maxb) / s
             return torch.where(p <= 2.0**-24, torch.zeros_like(q), q)
         safe = torch.where(p > 0, p, torch.ones_like(p))
@@ -209,6 +211,8 @@ ORACLE_CASES = [
     ("int4 per-channel", {"num_bits": 4, "axis": 0}, _Fmt("int", 4), 128, False),
     ("int4 per-channel act_order", {"num_bits": 4, "axis": 0}, _Fmt("int", 4), 32, True),
     ("int4 blocks 32", {"num_bits": 4, "block_sizes": {-1: 32}}, _Fmt("int", 4, 32), 64, False),
+    ("int4 blocks 32 full range", {"num_bits": 4, "block_sizes": {-1: 32}, "full_range": True},
+     _Fmt("int", 4, 32, full_range=True), 64, False),
     ("int3 blocks 16 act_order", {"num_bits": 3, "block_sizes": {-1: 16}}, _Fmt("int", 3, 16),
      48, True),
     ("nvfp4", NVFP4_W, _Fmt("nvfp4", group=16), 128, False),
@@ -239,7 +243,10 @@ def test_matches_float64_oracle_on_real_activations(float_model, layer_inputs, l
     q = res.weight.double()
     step = float(w.abs().max()) / 8
     same = ((q - ref).abs() <= 1e-5 * step).double().mean().item()
-    assert same >= 0.99, f"only {same:.4f} of the weights match the oracle"
+    # Full range puts every block's -amax on a tie between two codes: fp32 and float64 may take
+    # different sides, and the column loop carries that difference into the rest of the row.
+    min_same = 0.97 if attrs.get("full_range") else 0.99
+    assert same >= min_same, f"only {same:.4f} of the weights match the oracle"
     e_ours, e_ref = _out_err(x, w, q), _out_err(x, w, ref)
     assert e_ours == pytest.approx(e_ref, rel=0.01)
     # GPTQ beats round-to-nearest with the same format on these activations.

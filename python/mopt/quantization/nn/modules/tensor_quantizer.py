@@ -169,6 +169,9 @@ class TensorQuantizer(nn.Module):
     narrow_range = property(
         lambda self: self._attr.narrow_range, lambda self, v: self._update("narrow_range", v)
     )
+    full_range = property(
+        lambda self: self._attr.full_range, lambda self, v: self._update("full_range", v)
+    )
     fake_quant = property(
         lambda self: self._attr.fake_quant, lambda self, v: self._update("fake_quant", v)
     )
@@ -251,9 +254,10 @@ class TensorQuantizer(nn.Module):
 
     @property
     def maxbound(self) -> float:
-        """Largest quantized magnitude: 2^(b-1+unsigned)-1, or the minifloat maximum."""
+        """The magnitude amax maps to: 2^(b-1+unsigned)-1 (an int; 2^(b-1) - 0.5 with
+        full_range), or the minifloat maximum. step_size = amax / maxbound."""
         bound = self._core.maxbound
-        return int(bound) if isinstance(self._attr.num_bits, int) else bound
+        return int(bound) if isinstance(self._attr.num_bits, int) and bound.is_integer() else bound
 
     @property
     def step_size(self) -> torch.Tensor | None:
