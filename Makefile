@@ -27,7 +27,7 @@ export CCACHE_SLOPPINESS ?= pch_defines,time_macros,include_file_mtime,include_f
 export CCACHE_BASEDIR ?= $(CURDIR)
 
 .PHONY: all deps deps-apt deps-python deps-bench build build-demo test test-cpp test-python demo bench \
-	install-check gpu-check gpu-check-debs clean test-sanitize
+	install-check gpu-check gpu-check-debs clean test-sanitize deps-peers
 
 all: build
 
@@ -109,9 +109,27 @@ deps-bench: deps
 	@$(PY) -c "import modelopt" 2>/dev/null || $(PY) -m pip install -q -c constraints.txt nvidia-modelopt \
 	  || echo "nvidia-modelopt did not install; compare_modelopt.py will report it"
 
-bench: build deps-bench
+# llm-compressor and torchao, what compare_peers.py measures against, pin their own transformers
+# and friends, so they live in a virtual environment of their own: it sees the system torch and
+# (PYTHONPATH, exported above) this checkout's mopt, and constraints.txt keeps pip from resolving
+# another torch. Each peer installs on its own; one that does not gets error rows in the table.
+PEERS_VENV := .venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+PEERS_PACKAGES := llmcompressor==0.14.* torchao==0.18.*
+deps-peers: deps
+	@[ -x $(PEERS_PY) ] || $(PY) -m venv --system-site-packages $(PEERS_VENV)
+	@for p in $(PEERS_PACKAGES); do name=$${p%%=*}; \
+	  $(PEERS_PY) -c "import importlib.util as u, sys; sys.exit(u.find_spec('$$name') is None)" \
+	  || $(PEERS_PY) -m pip install -q -c constraints.txt "$$p" \
+	  || echo "$$p did not install; compare_peers.py reports its rows as errors"; \
+	done
+	@$(PEERS_PY) -c "import sys, torch; v = torch.__version__; \
+	  sys.exit(0 if v.split('+')[0] == '$(TORCH_VERSION)' else f'$(PEERS_VENV) has torch {v}')"
+
+bench: build deps-bench deps-peers
 	$(PY) benchmarks/bench_fake_quant.py
 	$(PY) benchmarks/compare_modelopt.py --configs all
+	$(PEERS_PY) benchmarks/compare_peers.py --model default --out out/peers_default
 
 # Prepared for a machine with an NVIDIA GPU and no network (docs: tools/gpu_check.sh): builds
 # the CUDA glue against the torch it finds in $(BUILD_GPU), runs the CUDA tests (also under
