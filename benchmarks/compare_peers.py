@@ -47,7 +47,8 @@ longer than --row-timeout seconds is stopped and recorded as such.
 
 Writes OUT/results.json: {"setup": {...}, "rows": [{"config": "<recipe>/<library>:<variant>",
 "recipe", "library", "variant", "metric" (perplexity), "change_pct", "quantize_s", "eval_s",
-"error" (null or str), "note"}], ...}.
+"error" (null or str), "note"}], "complete", ...}, rewritten after every row (a run that dies
+keeps the rows it finished; "complete" is false then).
 """
 
 from __future__ import annotations
@@ -625,8 +626,10 @@ def parse_list(spec: str, known, what: str) -> list[str]:
 
 
 def run_rows(variants: list[Variant], base: nn.Module, ctx: Context, eval_ids: list[int],
-             missing: dict[str, str | None], verbose: bool) -> list[Row]:
-    """The float row, then one row per variant (progress lines on stderr)."""
+             missing: dict[str, str | None], verbose: bool,
+             save: Callable[[list[Row]], None]) -> list[Row]:
+    """The float row, then one row per variant (progress lines on stderr); `save(rows)` after
+    each row, so a run that is killed (a peer out of memory) keeps the rows it finished."""
     t0 = time.perf_counter()
     float_ppl = perplexity(base, eval_ids, SEQ_LEN, progress=False)
     rows = [Row("float", "-", "float", float_ppl, 0.0, None, time.perf_counter() - t0)]
@@ -647,6 +650,7 @@ def run_rows(variants: list[Variant], base: nn.Module, ctx: Context, eval_ids: l
             except (Exception, RowTimeout) as e:  # noqa: BLE001 - reported in the table
                 row.error = first_line(e)
         rows.append(row)
+        save(rows)
         result = row.error or f"{fmt(row.metric, '.4f')} in {fmt(row.quantize_s, '.1f')} s"
         print(f"  {row.config}: {result}", file=sys.stderr, flush=True)
     return rows
@@ -735,17 +739,21 @@ def main() -> int:
           f"{threads} thread(s), transformers {transformers.__version__}; "
           + ", ".join(f"{k} {v or '-'}" for k, v in setup["libraries"].items()), flush=True)
 
-    with config_dir:
-        rows = run_rows(variants, base, ctx, eval_ids, missing, args.verbose)
+    def save(rows: list[Row]) -> None:
+        results = {
+            "metric": "perplexity",
+            "setup": setup,
+            "date": datetime.date.today().isoformat(),
+            "machine": f"{platform.machine()} {os.cpu_count()} CPU, torch {torch.__version__}",
+            "complete": len(rows) == len(variants) + 1,
+            "rows": [{"config": r.config, **dataclasses.asdict(r)} for r in rows],
+        }
+        tmp = out_dir / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.replace(out_dir / "results.json")
 
-    results = {
-        "metric": "perplexity",
-        "setup": setup,
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU, torch {torch.__version__}",
-        "rows": [{"config": r.config, **dataclasses.asdict(r)} for r in rows],
-    }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    with config_dir:
+        rows = run_rows(variants, base, ctx, eval_ids, missing, args.verbose, save)
     print()
     print(format_table(rows))
     print()
