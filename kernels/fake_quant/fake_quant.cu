@@ -7,9 +7,28 @@ namespace mopt::kernels::fake_quant {
 namespace {
 
 template <typename Q>
-__device__ __forceinline__ float quant_one(const Q& q, float x, const float* amax, int64_t off) {
+__device__ __forceinline__ float quant_one(const Q& q, float x, const float* amax, const float*,
+                                           int64_t off) {
   if (amax == nullptr) return q(x, 1.0f);
   return apply_scaled(q, x, scale_from_amax(amax[off], q.max_value()));
+}
+
+// Integer formats may carry zero points (asymmetric) in amax's layout.
+__device__ __forceinline__ float quant_one(const IntQuant& q, float x, const float* amax,
+                                           const float* zp, int64_t off) {
+  const float s = scale_from_amax(amax[off], q.max_value());
+  return zp == nullptr ? apply_scaled(q, x, s) : apply_scaled_zp(q, x, s, zp[off]);
+}
+
+template <typename Q>
+__device__ __forceinline__ float quant_uniform(const Q& q, float x, const float* amax, float s,
+                                               float) {
+  return amax == nullptr ? q(x, 1.0f) : apply_scaled(q, x, s);
+}
+
+__device__ __forceinline__ float quant_uniform(const IntQuant& q, float x, const float*, float s,
+                                               float zp) {
+  return apply_scaled_zp(q, x, s, zp);
 }
 
 // Each thread handles VEC consecutive elements per step of a grid-stride loop. When every row
@@ -19,14 +38,17 @@ __device__ __forceinline__ float quant_one(const Q& q, float x, const float* ama
 // as long as the vector's memory time at full bandwidth).
 template <typename T, typename Q, int VEC, bool kUniform>
 __global__ void fake_quant_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t numel,
-                                  const float* __restrict__ amax, ReduceLayout layout, Q q,
+                                  const float* __restrict__ amax,
+                                  const float* __restrict__ zero_point, ReduceLayout layout, Q q,
                                   int32_t* negative_found) {
   const int64_t nvec = numel / VEC;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const bool inner_kept = layout.inner_kept();
   const int64_t inner = layout.inner();
   float uniform_scale = 1.0f;
+  float uniform_zp = 0.0f;  // symmetric: adding and removing 0 is exact
   if (kUniform && amax != nullptr) uniform_scale = scale_from_amax(amax[0], q.max_value());
+  if (kUniform && zero_point != nullptr) uniform_zp = zero_point[0];
   bool neg = false;
   for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < nvec;
        v += stride) {
@@ -38,7 +60,7 @@ __global__ void fake_quant_kernel(const T* __restrict__ x, T* __restrict__ y, in
       for (int k = 0; k < VEC; ++k) {
         const float xf = load_float(&in.v[k]);
         neg |= xf < 0.0f;
-        const float r = amax == nullptr ? q(xf, 1.0f) : apply_scaled(q, xf, uniform_scale);
+        const float r = quant_uniform(q, xf, amax, uniform_scale, uniform_zp);
         store_float(&out.v[k], r);
       }
     } else {
@@ -49,7 +71,7 @@ __global__ void fake_quant_kernel(const T* __restrict__ x, T* __restrict__ y, in
         const float xf = load_float(&in.v[k]);
         neg |= xf < 0.0f;
         const int64_t off = base + (inner_kept ? col + k : 0);
-        store_float(&out.v[k], quant_one(q, xf, amax, off));
+        store_float(&out.v[k], quant_one(q, xf, amax, zero_point, off));
       }
     }
     reinterpret_cast<Vec<T, VEC>*>(y)[v] = out;
@@ -61,6 +83,7 @@ __global__ void fake_quant_kernel(const T* __restrict__ x, T* __restrict__ y, in
 template <typename T, typename Q>
 __global__ void fake_quant_scalar_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t begin,
                                          int64_t numel, const float* __restrict__ amax,
+                                         const float* __restrict__ zero_point,
                                          ReduceLayout layout, Q q, int32_t* negative_found) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   bool neg = false;
@@ -68,7 +91,7 @@ __global__ void fake_quant_scalar_kernel(const T* __restrict__ x, T* __restrict_
        i += stride) {
     const float xf = load_float(x + i);
     neg |= xf < 0.0f;
-    store_float(y + i, quant_one(q, xf, amax, layout.offset(i)));
+    store_float(y + i, quant_one(q, xf, amax, zero_point, layout.offset(i)));
   }
   if (neg && negative_found != nullptr) *negative_found = 1;
 }
@@ -86,22 +109,45 @@ void launch(const FakeQuantParams& p, const Q& q, cudaStream_t stream) {
     const int64_t nvec = numel / VEC;
     if (p.amax == nullptr || p.layout.out_numel == 1) {
       fake_quant_kernel<T, Q, VEC, true>
-          <<<grid_for(nvec), kBlockThreads, 0, stream>>>(x, y, numel, p.amax, p.layout, q, neg);
+          <<<grid_for(nvec), kBlockThreads, 0, stream>>>(x, y, numel, p.amax, p.zero_point,
+                                                         p.layout, q, neg);
     } else {
       fake_quant_kernel<T, Q, VEC, false>
-          <<<grid_for(nvec), kBlockThreads, 0, stream>>>(x, y, numel, p.amax, p.layout, q, neg);
+          <<<grid_for(nvec), kBlockThreads, 0, stream>>>(x, y, numel, p.amax, p.zero_point,
+                                                         p.layout, q, neg);
     }
     MOPT_CHECK_LAUNCH();
     done = nvec * VEC;
   }
   if (done < numel) {
     fake_quant_scalar_kernel<T, Q><<<grid_for(numel - done), kBlockThreads, 0, stream>>>(
-        x, y, done, numel, p.amax, p.layout, q, neg);
+        x, y, done, numel, p.amax, p.zero_point, p.layout, q, neg);
     MOPT_CHECK_LAUNCH();
   }
 }
 
+__global__ void int_asym_range_kernel(const float* __restrict__ lo, const float* __restrict__ hi,
+                                      float* __restrict__ amax, float* __restrict__ zero_point,
+                                      int64_t n, int num_bits) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    const AsymRange r = int_asym_range(lo[i], hi[i], num_bits);
+    amax[i] = r.amax;
+    zero_point[i] = r.zero_point;
+  }
+}
+
 }  // namespace
+
+void int_asym_range_cuda(const AsymRangeParams& p, cudaStream_t stream) {
+  MOPT_CHECK(p.num_bits >= 2 && p.num_bits <= 16, "integer num_bits must be in [2, 16], got ",
+             p.num_bits);
+  if (p.n == 0) return;
+  int_asym_range_kernel<<<grid_for(p.n), kBlockThreads, 0, stream>>>(p.lo, p.hi, p.amax,
+                                                                     p.zero_point, p.n, p.num_bits);
+  MOPT_CHECK_LAUNCH();
+}
 
 void fake_quant_cuda(const FakeQuantParams& p, cudaStream_t stream) {
   fake_quant_check(p);

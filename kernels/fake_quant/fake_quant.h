@@ -25,11 +25,30 @@ struct FakeQuantParams {
   bool is_unsigned = false;   // integer formats
   bool narrow_range = false;  // integer formats
   bool full_range = false;    // integer formats: amax maps to maxbound + 1/2 (signed, not narrow)
+  /// Optional, integer formats: zero-point codes in amax's layout (asymmetric; with full_range
+  /// scaling, see int_asym_range). nullptr: symmetric.
+  const float* zero_point = nullptr;
   int exponent_bits = 4;      // minifloat formats: 1..5
   int mantissa_bits = 3;      // minifloat formats: 0..10
   /// Optional. Set to 1 when an unsigned integer format meets a negative input.
   int32_t* negative_found = nullptr;
 };
+
+/// Arguments of int_asym_range_cpu / _cuda: n (lo, hi) pairs to (amax, zero point) pairs.
+struct AsymRangeParams {
+  const float* lo = nullptr;
+  const float* hi = nullptr;
+  float* amax = nullptr;
+  float* zero_point = nullptr;
+  int64_t n = 0;
+  int num_bits = 8;
+};
+
+/// int_asym_range over arrays (CPU).
+void int_asym_range_cpu(const AsymRangeParams& p);
+
+/// int_asym_range over device arrays on `stream`.
+void int_asym_range_cuda(const AsymRangeParams& p, cudaStream_t stream);
 
 /// Validates the format fields of p (bit widths in range); throws KernelError otherwise.
 void fake_quant_check(const FakeQuantParams& p);

@@ -17,6 +17,8 @@ void fake_quant_check(const FakeQuantParams& p) {
     MOPT_CHECK(p.amax != nullptr, "integer fake quantization needs an amax");
     MOPT_CHECK(!p.full_range || (!p.is_unsigned && !p.narrow_range),
                "full_range applies to signed integer formats without narrow_range");
+    MOPT_CHECK(p.zero_point == nullptr || p.full_range,
+               "a zero point needs the full-range scaling of asymmetric formats");
   } else {
     MOPT_CHECK(p.exponent_bits >= 1 && p.exponent_bits <= 5,
                "minifloat exponent_bits must be in [1, 5], got ", p.exponent_bits);
@@ -67,6 +69,34 @@ MOPT_ALWAYS_INLINE void quant_span_scales(const T* x, T* out, float* work, int64
   }
 }
 
+// Asymmetric integer spans: one scale and zero point for the span, or one per element.
+template <typename T>
+MOPT_ALWAYS_INLINE void quant_span_zp(const T* x, T* out, float* work, int64_t n,
+                                      const IntQuant& q, float scale, float zp) {
+  if constexpr (std::is_same_v<T, float>) {
+    MOPT_IVDEP
+    for (int64_t j = 0; j < n; ++j) out[j] = int_quant_zp(q, x[j], scale, zp);
+  } else {
+    for (int64_t j = 0; j < n; ++j) work[j] = int_quant_zp(q, load_float(x + j), scale, zp);
+    narrow_span(work, out, n);
+  }
+}
+
+template <typename T>
+MOPT_ALWAYS_INLINE void quant_span_scales_zp(const T* x, T* out, float* work, int64_t n,
+                                             const IntQuant& q, const float* scales,
+                                             const float* zps) {
+  if constexpr (std::is_same_v<T, float>) {
+    MOPT_IVDEP
+    for (int64_t j = 0; j < n; ++j) out[j] = apply_scaled_zp(q, x[j], scales[j], zps[j]);
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      work[j] = apply_scaled_zp(q, load_float(x + j), scales[j], zps[j]);
+    }
+    narrow_span(work, out, n);
+  }
+}
+
 template <typename T>
 MOPT_ALWAYS_INLINE void zero_span(T* out, int64_t n) {
   for (int64_t j = 0; j < n; ++j) store_float(out + j, 0.0f);
@@ -90,11 +120,27 @@ MOPT_ALWAYS_INLINE void run_range_impl(const FakeQuantParams& p, const Q& q, con
     if (scales == nullptr) {  // unscaled minifloat cast
       quant_span(xr, out, work, n, q, 1.0f);
     } else if (l.inner_kept()) {
-      quant_span_scales(xr, out, work, n, q, scales + l.row_offset(row) + col);
+      const int64_t off = l.row_offset(row) + col;
+      if constexpr (std::is_same_v<Q, IntQuant>) {
+        if (p.zero_point != nullptr) {
+          quant_span_scales_zp(xr, out, work, n, q, scales + off, p.zero_point + off);
+        } else {
+          quant_span_scales(xr, out, work, n, q, scales + off);
+        }
+      } else {
+        quant_span_scales(xr, out, work, n, q, scales + off);
+      }
     } else {
-      const float s = scales[l.row_offset(row)];
+      const int64_t off = l.row_offset(row);
+      const float s = scales[off];
       if (s == 0.0f) {
         zero_span(out, n);
+      } else if constexpr (std::is_same_v<Q, IntQuant>) {
+        if (p.zero_point != nullptr) {
+          quant_span_zp(xr, out, work, n, q, s, p.zero_point[off]);
+        } else {
+          quant_span(xr, out, work, n, q, s);
+        }
       } else {
         quant_span(xr, out, work, n, q, s);
       }
@@ -153,6 +199,16 @@ void run(const FakeQuantParams& p, const Q& q) {
 }
 
 }  // namespace
+
+void int_asym_range_cpu(const AsymRangeParams& p) {
+  MOPT_CHECK(p.num_bits >= 2 && p.num_bits <= 16, "integer num_bits must be in [2, 16], got ",
+             p.num_bits);
+  for (int64_t i = 0; i < p.n; ++i) {
+    const AsymRange r = int_asym_range(p.lo[i], p.hi[i], p.num_bits);
+    p.amax[i] = r.amax;
+    p.zero_point[i] = r.zero_point;
+  }
+}
 
 void fake_quant_cpu(const FakeQuantParams& p) {
   fake_quant_check(p);

@@ -57,6 +57,45 @@ struct IntQuant {
   }
 };
 
+/// Asymmetric integer fake quantization with an integer zero point zp (a code in
+/// [minbound, maxbound]): clamp(round_half_even(x * scale) + zp) - zp, over scale. The code grid
+/// is shifted by zp, so zero stays exact. Clamping before rounding is equivalent (integer bounds).
+MOPT_HOST_DEVICE float int_quant_zp(const IntQuant& q, float x, float scale, float zp) {
+  float v = x * scale + zp;
+  v = v < q.minbound ? q.minbound : v;
+  v = v > q.maxbound ? q.maxbound : v;
+  return (round_half_even(v) - zp) / scale;
+}
+
+/// int_quant_zp with a scale from scale_from_amax (0 -> output 0), branch-free like apply_scaled.
+MOPT_HOST_DEVICE float apply_scaled_zp(const IntQuant& q, float x, float scale, float zp) {
+  const float y = int_quant_zp(q, x, scale, zp);
+  return scale == 0.0f ? 0.0f : y;
+}
+
+/// The asymmetric range of values in [lo, hi] for a signed b-bit format over all 2^b codes: the
+/// range widened to hold 0, its half width `amax` (the scale is (2^(b-1) - 1/2) / amax, so the
+/// 2^b - 1 steps span hi - lo) and the zero point, the code of 0: round(qmin - lo * scale)
+/// clamped to [qmin, qmax] (llm-compressor's and AutoAWQ's min/max rule, in signed codes).
+/// amax at or below kMinAmax (an all-zero range) gives zero point 0.
+struct AsymRange {
+  float amax;
+  float zero_point;
+};
+
+MOPT_HOST_DEVICE AsymRange int_asym_range(float lo, float hi, int num_bits) {
+  lo = lo > 0.0f ? 0.0f : lo;  // NaN compares false: it stays and shows in amax
+  hi = hi < 0.0f ? 0.0f : hi;
+  const float amax = (hi - lo) * 0.5f;
+  const float qmin = int_minbound(num_bits, false, false);
+  const float qmax = int_maxbound(num_bits, false);
+  const float scale = amax <= kMinAmax ? 0.0f : (qmax + 0.5f) / amax;
+  float zp = round_half_even(qmin - lo * scale);
+  zp = zp < qmin ? qmin : zp;
+  zp = zp > qmax ? qmax : zp;
+  return AsymRange{amax, scale == 0.0f ? 0.0f : zp};
+}
+
 /// The IntQuant of a format: narrow_range drops the most negative code; full_range (signed,
 /// not narrow) maps amax to maxbound + 1/2.
 MOPT_HOST_DEVICE IntQuant make_int_quant(int num_bits, bool is_unsigned, bool narrow_range,

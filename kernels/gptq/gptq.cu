@@ -19,6 +19,13 @@ __global__ void group_params_kernel(GroupParamsArgs a, ElementQuant q) {
     const int64_t k = i % g.count;
     const int64_t c = k * g.group_size;
     const int64_t n = g.group_size < a.cols - c ? g.group_size : a.cols - c;
+    if (q.asymmetric) {
+      const GroupRange gr = group_range(a.w + r * a.ld + c, n, 1);
+      const fake_quant::AsymRange ar = fake_quant::int_asym_range(gr.lo, gr.hi, q.num_bits);
+      g.param[i] = ar.amax;
+      g.zero[i] = ar.zero_point;
+      continue;
+    }
     const GroupMax m = group_max(a.w + r * a.ld + c, n, 1);
     const float p = q.param_from_amax(m.amax);
     g.param[i] = p;
@@ -40,6 +47,18 @@ __device__ __forceinline__ GroupMax warp_group_max(GroupMax m) {
   return m;
 }
 
+// The signed min and max of the warp's partial ranges (order-free, so bit-identical to the CPU).
+__device__ __forceinline__ GroupRange warp_group_range(GroupRange r) {
+#pragma unroll
+  for (int off = kWarp / 2; off > 0; off /= 2) {
+    const float lo = __shfl_down_sync(kFullMask, r.lo, off);
+    const float hi = __shfl_down_sync(kFullMask, r.hi, off);
+    r.lo = lo < r.lo ? lo : r.lo;
+    r.hi = hi > r.hi ? hi : r.hi;
+  }
+  return r;
+}
+
 // One warp per row: every lane reads the current column, lane 0 records it, and the lanes share
 // the update of the remaining columns. Each element sees the same operations in the same order
 // as on the CPU, so the results are bit-identical.
@@ -54,12 +73,28 @@ __global__ void block_kernel(BlockArgs a, ElementQuant q) {
     float* wr = a.w + r * a.ldw + a.col0;
     float* er = a.err + r * n;
     float* gp = g.param + r * g.count;
+    float* gz = q.asymmetric ? g.zero + r * g.count : nullptr;
     int32_t* gpin = pins ? g.pin + r * g.count : nullptr;
     float loss = 0.0f;
     for (int64_t j = 0; j < n; ++j) {
       const int64_t c = a.col_index[a.col0 + j];
       const int64_t k = c / g.group_size;
-      if (a.groups_at_start && c % g.group_size == 0) {
+      if (a.groups_at_start && c % g.group_size == 0 && gz != nullptr) {
+        const int64_t len = g.group_size < n - j ? g.group_size : n - j;
+        GroupRange gr{0.0f, 0.0f};
+        for (int64_t i = lane; i < len; i += kWarp) {
+          const float v = wr[j + i];
+          gr.lo = v < gr.lo ? v : gr.lo;
+          gr.hi = v > gr.hi ? v : gr.hi;
+        }
+        gr = warp_group_range(gr);
+        if (lane == 0) {
+          const fake_quant::AsymRange ar = fake_quant::int_asym_range(gr.lo, gr.hi, q.num_bits);
+          gp[k] = ar.amax;
+          gz[k] = ar.zero_point;
+        }
+        __syncwarp();
+      } else if (a.groups_at_start && c % g.group_size == 0) {
         const int64_t len = g.group_size < n - j ? g.group_size : n - j;
         GroupMax m{0.0f, 0};
         for (int64_t i = lane; i < len; i += kWarp) {
@@ -76,7 +111,7 @@ __global__ void block_kernel(BlockArgs a, ElementQuant q) {
       }
       const float x = wr[j];
       const float p = gp[k];
-      float y = q(x, p);
+      float y = q(x, p, gz != nullptr ? gz[k] : 0.0f);
       int32_t pin = pins ? gpin[k] : -1;
       if (pin >= 0) {
         if (q.reaches_top_code(x, p)) {

@@ -18,13 +18,15 @@ struct QuantSpec {
   int num_bits = 4;              // kInt
   bool narrow_range = false;     // kInt
   bool full_range = false;       // kInt: amax maps to maxbound + 1/2
+  bool asymmetric = false;       // kInt: groups carry zero points (implies full_range)
   int exponent_bits = 4;         // kMinifloat
   int mantissa_bits = 3;         // kMinifloat
   float nvfp4_tensor_scale = 0;  // kNVFP4: s2 = global_amax / (6 * 448)
 };
 
 /// Scale groups of a weight [rows, cols]: group g of row r holds original columns
-/// [g * group_size, (g + 1) * group_size). `param` is the group's amax (kInt, kMinifloat) or its
+/// [g * group_size, (g + 1) * group_size). `param` is the group's amax (kInt, kMinifloat; the half
+/// width of its range when asymmetric, with the zero point in `zero`) or its
 /// block scale s1 (kNVFP4; 0 for an all-zero group, which quantizes to zero). `pin` (optional,
 /// kNVFP4 with dynamic block scales) is the original column of the element that set the block
 /// amax while no element of the group has reached the largest code yet, else -1: that element is
@@ -35,6 +37,7 @@ struct Groups {
   int64_t count = 0;       // groups per row
   float* param = nullptr;  // [rows, count]
   int32_t* pin = nullptr;  // [rows, count] or nullptr; used by kNVFP4 only
+  float* zero = nullptr;   // [rows, count]: zero points of an asymmetric kInt spec, else unused
 };
 
 /// Arguments of gptq_group_params_*: computes every group's parameters from w.

@@ -32,9 +32,21 @@ void check_groups(const Groups& g, int64_t cols) {
   MOPT_CHECK(g.param != nullptr, "null group parameters");
 }
 
+void check_zero(const QuantSpec& s, const Groups& g) {
+  MOPT_CHECK(!s.asymmetric || (s.format == Format::kInt && g.zero != nullptr),
+             "asymmetric GPTQ needs an integer format and zero-point storage");
+}
+
 // Parameters of group g of one row from the weights v[0, n) of that group.
 inline void set_group(const ElementQuant& q, const float* v, int64_t n, int64_t first_col,
-                      float* param, int32_t* pin) {
+                      float* param, int32_t* pin, float* zero) {
+  if (q.asymmetric) {
+    const GroupRange g = group_range(v, n, 1);
+    const fake_quant::AsymRange r = fake_quant::int_asym_range(g.lo, g.hi, q.num_bits);
+    *param = r.amax;
+    *zero = r.zero_point;
+    return;
+  }
   const GroupMax m = group_max(v, n, 1);
   *param = q.param_from_amax(m.amax);
   if (pin != nullptr) *pin = *param != 0.0f ? static_cast<int32_t>(first_col + m.argmax) : -1;
@@ -54,6 +66,7 @@ void gptq_check(const BlockArgs& a) {
       "null data pointer");
   check_spec(a.spec);
   check_groups(a.groups, a.ldw);
+  check_zero(a.spec, a.groups);
   if (a.groups_at_start) {
     MOPT_CHECK(a.col0 % a.groups.group_size == 0 &&
                    (a.ncols % a.groups.group_size == 0 || a.col0 + a.ncols == a.ldw),
@@ -65,6 +78,7 @@ void gptq_check(const BlockArgs& a) {
 void gptq_group_params_cpu(const GroupParamsArgs& a) {
   check_spec(a.spec);
   check_groups(a.groups, a.cols);
+  check_zero(a.spec, a.groups);
   MOPT_CHECK(a.ld >= a.cols, "ld ", a.ld, " is smaller than cols ", a.cols);
   const ElementQuant q = make_element_quant(a.spec);
   const Groups& g = a.groups;
@@ -74,7 +88,8 @@ void gptq_group_params_cpu(const GroupParamsArgs& a) {
       for (int64_t k = 0; k < g.count; ++k) {
         const int64_t c = k * g.group_size;
         set_group(q, a.w + r * a.ld + c, std::min(g.group_size, a.cols - c), c,
-                  g.param + r * g.count + k, pins ? g.pin + r * g.count + k : nullptr);
+                  g.param + r * g.count + k, pins ? g.pin + r * g.count + k : nullptr,
+                  g.zero != nullptr ? g.zero + r * g.count + k : nullptr);
       }
     }
   });
@@ -91,16 +106,18 @@ void gptq_block_cpu(const BlockArgs& a) {
       float* __restrict__ wr = a.w + r * a.ldw + a.col0;
       float* __restrict__ er = a.err + r * n;
       float* gp = g.param + r * g.count;
+      float* gz = q.asymmetric ? g.zero + r * g.count : nullptr;
       int32_t* gpin = pins ? g.pin + r * g.count : nullptr;
       float loss = 0.0f;
       for (int64_t j = 0; j < n; ++j) {
         const int64_t c = a.col_index[a.col0 + j];
         const int64_t k = c / g.group_size;
         if (a.groups_at_start && c % g.group_size == 0) {
-          set_group(q, wr + j, std::min(g.group_size, n - j), c, gp + k, pins ? gpin + k : nullptr);
+          set_group(q, wr + j, std::min(g.group_size, n - j), c, gp + k, pins ? gpin + k : nullptr,
+                    gz ? gz + k : nullptr);
         }
         const float x = wr[j];
-        float y = q(x, gp[k]);
+        float y = q(x, gp[k], gz ? gz[k] : 0.0f);
         if (pins && gpin[k] >= 0) {
           if (q.reaches_top_code(x, gp[k])) {
             gpin[k] = -1;

@@ -19,6 +19,8 @@ struct ElementQuant {
   fake_quant::IntQuant int_q;
   fake_quant::MinifloatQuant float_q;
   float tensor_scale;  // NVFP4 s2
+  bool asymmetric;     // kInt with zero points
+  int num_bits;        // kInt
 
   /// Group parameter from the group's amax: the amax itself (the quantizer stores it), or the
   /// NVFP4 block scale s1 (0 for an all-zero group).
@@ -27,12 +29,13 @@ struct ElementQuant {
     return amax > 0.0f ? block_quant::nvfp4_block_scale(amax, tensor_scale) : 0.0f;
   }
 
-  /// Quantizes x with its group's parameter exactly as the weight quantizer does.
-  MOPT_HOST_DEVICE float operator()(float x, float param) const {
+  /// Quantizes x with its group's parameter (and zero point: 0 for symmetric formats, for which
+  /// adding and removing it is exact) exactly as the weight quantizer does.
+  MOPT_HOST_DEVICE float operator()(float x, float param, float zero = 0.0f) const {
     switch (format) {
       case Format::kInt:
-        return fake_quant::apply_scaled(int_q, x,
-                                        fake_quant::scale_from_amax(param, int_q.max_value()));
+        return fake_quant::apply_scaled_zp(
+            int_q, x, fake_quant::scale_from_amax(param, int_q.max_value()), zero);
       case Format::kMinifloat:
         return fake_quant::apply_scaled(float_q, x,
                                         fake_quant::scale_from_amax(param, float_q.max_value()));
@@ -62,7 +65,10 @@ inline ElementQuant make_element_quant(const QuantSpec& s) {
   // Only the constants of the spec's own format: the fields of the others need not be set (an
   // integer spec carries exponent_bits 0, for which the minifloat constants would shift by -1).
   if (s.format == Format::kInt) {
-    q.int_q = fake_quant::make_int_quant(s.num_bits, false, s.narrow_range, s.full_range);
+    q.int_q = fake_quant::make_int_quant(s.num_bits, false, s.narrow_range,
+                                         s.full_range || s.asymmetric);
+    q.asymmetric = s.asymmetric;
+    q.num_bits = s.num_bits;
   } else if (s.format == Format::kMinifloat) {
     q.float_q = fake_quant::MinifloatQuant{
         s.mantissa_bits, fake_quant::minifloat_min_exponent(s.exponent_bits),
@@ -85,6 +91,22 @@ MOPT_HOST_DEVICE GroupMax group_max(const float* v, int64_t n, int64_t stride) {
     if (a > m.amax) m = GroupMax{a, i};
   }
   return m;
+}
+
+/// Signed min and max of v[i * stride] over i in [0, n) (an asymmetric group's range).
+struct GroupRange {
+  float lo;
+  float hi;
+};
+
+MOPT_HOST_DEVICE GroupRange group_range(const float* v, int64_t n, int64_t stride) {
+  GroupRange r{0.0f, 0.0f};  // the range always holds 0 (int_asym_range widens it anyway)
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = v[i * stride];
+    r.lo = x < r.lo ? x : r.lo;
+    r.hi = x > r.hi ? x : r.hi;
+  }
+  return r;
 }
 
 /// SparseGPT: keep mask of the group of m working columns starting at wr[0], whose inverse-

@@ -31,6 +31,7 @@ py::dict update_dict(const algorithms::LayerUpdate& u) {
   d["pre_quant_scale"] = u.pre_quant_scale ? py::cast(*u.pre_quant_scale) : py::none();
   d["input_amax"] = u.input_amax ? py::cast(*u.input_amax) : py::none();
   d["weight_amax"] = u.weight_amax ? py::cast(*u.weight_amax) : py::none();
+  d["weight_zero_point"] = u.weight_zero_point ? py::cast(*u.weight_zero_point) : py::none();
   d["recalibrate_weight"] = u.recalibrate_weight;
   return d;
 }
@@ -197,6 +198,11 @@ void bind_algorithms(py::module_& m) {
 
   py::class_<AwqClipResult>(m, "AwqClipResult")
       .def_readonly("amax", &AwqClipResult::amax)
+      .def_property_readonly("zero_point",
+                             [](const AwqClipResult& r) -> std::optional<at::Tensor> {
+                               if (!r.zero_point.defined()) return std::nullopt;
+                               return r.zero_point;
+                             })
       .def_readonly("ratio", &AwqClipResult::ratio)
       .def_readonly("losses", &AwqClipResult::losses);
 
@@ -243,6 +249,11 @@ void bind_algorithms(py::module_& m) {
   py::class_<GptqResult>(m, "GptqResult", "Quantized weight, quantizer amax and diagnostics.")
       .def_readonly("weight", &GptqResult::weight)
       .def_readonly("amax", &GptqResult::amax)
+      .def_property_readonly("zero_point",
+                             [](const GptqResult& r) -> std::optional<at::Tensor> {
+                               if (!r.zero_point.defined()) return std::nullopt;
+                               return r.zero_point;
+                             })
       .def_readonly("loss", &GptqResult::loss)
       .def_readonly("percdamp", &GptqResult::percdamp)
       .def_readonly("dead_columns", &GptqResult::dead_columns);

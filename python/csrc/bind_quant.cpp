@@ -199,11 +199,21 @@ void bind_quantizer_core(py::module_& m) {
           [](const QuantizerCore& c, const at::Tensor& value, const py::object& current,
              bool validate) { return c.amax_to_store(value, opt(current), validate); },
           py::arg("value"), py::arg("current") = py::none(), py::arg("validate") = true)
+      .def("compute_zero_point", &QuantizerCore::compute_zero_point)
+      .def(
+          "zero_point_to_store",
+          [](const QuantizerCore& c, const at::Tensor& value, const py::object& amax) {
+            return c.zero_point_to_store(value, opt(amax));
+          },
+          py::arg("value"), py::arg("amax") = py::none())
       .def("forward",
            no_gil_with_warnings(
                [](QuantizerCore& c, const at::Tensor& x, std::optional<at::Tensor> amax,
-                  std::optional<at::Tensor> pqs) { return c.forward(x, amax, pqs); }),
-           py::arg("x"), py::arg("amax") = py::none(), py::arg("pre_quant_scale") = py::none())
+                  std::optional<at::Tensor> pqs, std::optional<at::Tensor> zero_point) {
+                 return c.forward(x, amax, pqs, zero_point);
+               }),
+           py::arg("x"), py::arg("amax") = py::none(), py::arg("pre_quant_scale") = py::none(),
+           py::arg("zero_point") = py::none())
       .def("forward_config", &QuantizerCore::forward_config, py::arg("has_amax"))
       .def_property("name", &QuantizerCore::name, &QuantizerCore::set_name)
       .def_static("short_amax", [](const py::object& amax) {

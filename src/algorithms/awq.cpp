@@ -3,6 +3,7 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/maximum.h>
+#include <ATen/ops/minimum.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/tensor.h>
@@ -11,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 #include <utility>
 
 #include "algorithms/layer_stats.h"
@@ -18,6 +20,7 @@
 #include "mopt/core/distributed.h"
 #include "mopt/core/error.h"
 #include "mopt/quant/config.h"
+#include "mopt/quant/fake_quant.h"
 #include "mopt/quant/quantize_tensor.h"
 
 namespace mopt::algorithms {
@@ -298,6 +301,17 @@ AwqClipLayer::AwqClipLayer(at::Tensor weight, at::Tensor weight_amax,
   const int64_t out = weight_.size(0);
   const int64_t in = weight_.size(1);
   const auto n_ratios = static_cast<int64_t>(ratios_.size());
+  asymmetric_ = weight_cfg.asymmetric;
+  num_bits_ = weight_cfg.num_bits.bits;
+  if (asymmetric_) {
+    const at::Tensor view = quantizer_calib_view(weight_.detach(), c10::nullopt, cfg_json_);
+    std::tie(weight_lo_, weight_hi_) =
+        compute_min_max(view, quantizer_amax_axes(weight_cfg, weight_.dim()));
+    MOPT_CHECK_VALUE(weight_lo_.sizes() == weight_amax_.sizes(), "awq_clip: ", layer_label(name_),
+                     ": weight amax of shape ", core::shape_str(weight_amax_.sizes()),
+                     " does not match the quantizer's ranges ",
+                     core::shape_str(weight_lo_.sizes()));
+  }
   if (weight_amax_.numel() == 1) {
     per_tensor_ = true;
     losses_ = at::zeros({n_ratios}, weight_.options().dtype(at::kDouble));
@@ -325,8 +339,9 @@ void AwqClipLayer::collect(const at::Tensor& x) {
     const at::Tensor wf = w.to(at::kFloat);
     const at::Tensor batch_losses =
         candidate_output_mse(xf, w.size(0), static_cast<int64_t>(ratios_.size()), [&](int64_t k) {
-          const at::Tensor wq =
-              quantize_tensor(w, weight_amax_ * ratios_[k], c10::nullopt, cfg_json_);
+          const auto [a, zp] = clipped(at::scalar_tensor(ratios_[k], weight_amax_.options()));
+          const at::Tensor wq = quantize_tensor(w, a, c10::nullopt, cfg_json_,
+                                                zp.defined() ? c10::optional(zp) : c10::nullopt);
           return wq.to(at::kFloat) - wf;
         });
     losses_ += batch_losses.to(at::kDouble);
@@ -361,7 +376,9 @@ void AwqClipLayer::finish_pass(int) {
 
 LayerUpdate AwqClipLayer::solve(const LayerState&) {
   LayerUpdate u;
-  u.weight_amax = compute().amax;
+  AwqClipResult r = compute();
+  u.weight_amax = r.amax;
+  if (r.zero_point.defined()) u.weight_zero_point = r.zero_point;
   return u;
 }
 
@@ -386,7 +403,9 @@ AwqClipResult AwqClipLayer::compute() const {
     std::vector<at::Tensor> per_ratio;
     per_ratio.reserve(ratios_.size());
     for (const double r : ratios_) {
-      const at::Tensor wq = quantize_tensor(w, weight_amax_ * r, c10::nullopt, cfg_json_);
+      const auto [a, zp] = clipped(at::scalar_tensor(r, weight_amax_.options()));
+      const at::Tensor wq = quantize_tensor(w, a, c10::nullopt, cfg_json_,
+                                            zp.defined() ? c10::optional(zp) : c10::nullopt);
       // [blocks, out, block]: each row's quantization error within each block
       const at::Tensor err = (pad_to_blocks(wq.to(at::kFloat), block_size_) - wf)
                                  .reshape({out, num_blocks_, block_size_})
@@ -407,8 +426,16 @@ AwqClipResult AwqClipLayer::compute() const {
     res.losses = losses.reshape(shape);
   }
   // Scaled like the search: amax * ratio in fp32.
-  res.amax = weight_amax_ * res.ratio;
+  std::tie(res.amax, res.zero_point) = clipped(res.ratio);
   return res;
+}
+
+std::pair<at::Tensor, at::Tensor> AwqClipLayer::clipped(const at::Tensor& ratio) const {
+  if (!asymmetric_) return {weight_amax_ * ratio, at::Tensor()};
+  const at::Tensor bound = at::maximum(weight_lo_.neg(), weight_hi_) * ratio;
+  const auto [amax, zp] = int_asym_range(at::maximum(weight_lo_, bound.neg()),
+                                         at::minimum(weight_hi_, bound), num_bits_);
+  return {amax, zp};
 }
 
 }  // namespace mopt::algorithms

@@ -22,6 +22,7 @@
 #include "mopt/core/error.h"
 #include "mopt/quant/config.h"
 #include "mopt/quant/formats.h"
+#include "mopt/quant/fake_quant.h"
 #include "mopt/quant/quantize_tensor.h"
 #include "quant/kernel_format.h"
 
@@ -64,7 +65,8 @@ ColumnQuantizer column_quantizer(const QuantizerAttributeConfig& cfg, int64_t co
   c.spec.format = kernel_format(format.family());
   c.spec.num_bits = format.element_bits;
   c.spec.narrow_range = cfg.narrow_range;
-  c.spec.full_range = cfg.full_range;
+  c.spec.full_range = cfg.uses_full_range();
+  c.spec.asymmetric = cfg.asymmetric;
   c.spec.exponent_bits = format.exponent_bits;
   c.spec.mantissa_bits = format.mantissa_bits;
   const bool dynamic = format.dynamic;
@@ -249,6 +251,7 @@ LayerUpdate GptqLayer::solve(const LayerState& state) {
   LayerUpdate u;
   u.weight = result_.weight;
   u.weight_amax = result_.amax;
+  if (result_.zero_point.defined()) u.weight_zero_point = result_.zero_point;
   return u;
 }
 
@@ -396,6 +399,11 @@ GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hess
   groups.group_size = group_size;
   groups.count = n_groups;
   groups.param = group_param.mutable_data_ptr<float>();
+  at::Tensor group_zero;
+  if (spec.asymmetric) {
+    group_zero = at::zeros({rows, n_groups}, original.options());
+    groups.zero = group_zero.mutable_data_ptr<float>();
+  }
   if (spec.format == kernels::Format::kNVFP4 && !cq.static_nvfp4) {
     group_pin = at::empty({rows, n_groups}, original.options().dtype(at::kInt));
     groups.pin = group_pin.mutable_data_ptr<int32_t>();
@@ -405,7 +413,12 @@ GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hess
   // tensors use the original weight.
   const bool groups_at_start =
       cq.granularity == Granularity::kBlocks && !permuted && !cq.static_nvfp4;
-  if (cq.granularity == Granularity::kPerTensor) {
+  if (cq.granularity == Granularity::kPerTensor && spec.asymmetric) {
+    const auto [lo, hi] = compute_min_max(original);
+    const auto [a, z] = int_asym_range(lo.reshape({}), hi.reshape({}), spec.num_bits);
+    group_param.fill_(a);
+    group_zero.fill_(z);
+  } else if (cq.granularity == Granularity::kPerTensor) {
     group_param.fill_(original.abs().max());
   } else if (!groups_at_start) {
     kg::GroupParamsArgs ga;
@@ -472,6 +485,12 @@ GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hess
   MOPT_CHECK_STATE(amax.numel() == amax_numel, label, ": internal error, GPTQ computed ",
                    amax.numel(), " amax values but the quantizer holds ", amax_numel);
   out.amax = amax.reshape(amax_shape).contiguous();
+  if (spec.asymmetric) {
+    const at::Tensor zero = cq.granularity == Granularity::kPerTensor
+                                ? group_zero.select(1, 0).narrow(0, 0, 1).clone()
+                                : group_zero;
+    out.zero_point = zero.reshape(amax_shape).contiguous();
+  }
   out.loss = row_loss.sum().item<double>();
   out.percdamp = hinv.percdamp;
   out.dead_columns = hinv.dead_columns;

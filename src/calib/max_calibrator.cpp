@@ -2,7 +2,13 @@
 
 #include <ATen/ops/full.h>
 #include <ATen/ops/maximum.h>
+#include <ATen/ops/minimum.h>
+#include <ATen/ops/neg.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/tensor.h>
+
+#include <limits>
+#include <tuple>
 
 #include "calib/reduce_shape.h"
 #include "mopt/core/error.h"
@@ -11,9 +17,9 @@
 namespace mopt {
 
 MaxCalibrator::MaxCalibrator(int64_t num_bits, std::optional<std::vector<int64_t>> axis,
-                             bool is_unsigned, bool track_amax)
+                             bool is_unsigned, bool track_amax, bool asymmetric)
     : Calibrator(std::move(axis)), num_bits_(num_bits), is_unsigned_(is_unsigned),
-      track_amax_(track_amax) {}
+      track_amax_(track_amax), asymmetric_(asymmetric) {}
 
 void MaxCalibrator::collect(const at::Tensor& x) {
   if (x.numel() == 0) return;  // an empty batch is no data (its amax would read as 0)
@@ -28,15 +34,29 @@ void MaxCalibrator::collect(const at::Tensor& x) {
     calib_amax_ = at::maximum(calib_amax_, batch);
   }
   if (track_amax_) amaxs_.push_back(batch.cpu());
+  if (asymmetric_) {
+    auto [lo, hi] = mopt::compute_min_max(x.detach(), keep);
+    // minimum / maximum propagate NaN like the amax above
+    calib_min_ = calib_min_.defined() ? at::minimum(calib_min_, lo) : lo;
+    calib_max_ = calib_max_.defined() ? at::maximum(calib_max_, hi) : hi;
+  }
 }
 
 c10::optional<at::Tensor> MaxCalibrator::compute_amax(const AmaxRequest&) const {
   if (!calib_amax_.defined()) return c10::nullopt;
+  if (asymmetric_) return std::get<0>(int_asym_range(calib_min_, calib_max_, num_bits_));
   return calib_amax_;
+}
+
+c10::optional<at::Tensor> MaxCalibrator::compute_zero_point() const {
+  if (!asymmetric_ || !calib_min_.defined()) return c10::nullopt;
+  return std::get<1>(int_asym_range(calib_min_, calib_max_, num_bits_));
 }
 
 void MaxCalibrator::reset() {
   calib_amax_ = at::Tensor();
+  calib_min_ = at::Tensor();
+  calib_max_ = at::Tensor();
   amaxs_.clear();
 }
 
@@ -50,6 +70,8 @@ void MaxCalibrator::load_state(const at::Tensor& calib_amax, std::vector<at::Ten
 std::shared_ptr<Calibrator> MaxCalibrator::clone() const {
   auto c = std::make_shared<MaxCalibrator>(*this);
   if (calib_amax_.defined()) c->calib_amax_ = calib_amax_.clone();
+  if (calib_min_.defined()) c->calib_min_ = calib_min_.clone();
+  if (calib_max_.defined()) c->calib_max_ = calib_max_.clone();
   return c;
 }
 
@@ -65,6 +87,15 @@ void MaxCalibrator::all_reduce(const ProcessGroup& group) {
   MOPT_CHECK_STATE(mine.sizes() == at::IntArrayRef(*shape), "amax shape changed! (this process "
                    "collected ", mine.sizes(), ", another ", at::IntArrayRef(*shape), ")");
   calib_amax_ = group.all_reduce(mine, ReduceOp::kMax);
+  if (asymmetric_) {
+    // a rank without data contributes +inf / -inf, which the range widened to 0 ignores
+    const auto opts = at::TensorOptions().dtype(at::kFloat);
+    const double inf = std::numeric_limits<double>::infinity();
+    const at::Tensor lo = calib_min_.defined() ? calib_min_ : at::full(*shape, inf, opts);
+    const at::Tensor hi = calib_max_.defined() ? calib_max_ : at::full(*shape, -inf, opts);
+    calib_min_ = at::neg(group.all_reduce(at::neg(lo), ReduceOp::kMax));
+    calib_max_ = group.all_reduce(hi, ReduceOp::kMax);
+  }
 }
 
 }  // namespace mopt

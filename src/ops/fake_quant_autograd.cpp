@@ -3,7 +3,10 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/abs.h>
+#include <ATen/ops/ge.h>
+#include <ATen/ops/logical_and.h>
 #include <ATen/ops/le.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/where.h>
@@ -45,6 +48,37 @@ class FakeQuantIntFunction : public torch::autograd::Function<FakeQuantIntFuncti
   }
 };
 
+// Asymmetric: the gradient passes where x maps inside the code range, x * s + zp in
+// [-2^(b-1), 2^(b-1)-1], s = (2^(b-1) - 1/2) / amax; no gradient to amax or the zero point.
+class FakeQuantIntAsymFunction : public torch::autograd::Function<FakeQuantIntAsymFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& amax,
+                            const at::Tensor& zero_point, int64_t num_bits,
+                            bool pass_through_bwd) {
+    ctx->saved_data["pass_through"] = pass_through_bwd;
+    if (!pass_through_bwd) {
+      const double qmax = static_cast<double>((int64_t{1} << (num_bits - 1)) - 1);
+      const at::Tensor step = amax.detach().to(at::kFloat) / (qmax + 0.5);
+      const at::Tensor zp = zero_point.detach().to(at::kFloat);
+      ctx->save_for_backward({x, (-qmax - 1.0 - zp) * step, (qmax - zp) * step});
+    }
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return fake_quant_int_asym(x, amax, zero_point, num_bits, pass_through_bwd);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::Tensor gx = grads[0];
+    if (!ctx->saved_data["pass_through"].toBool()) {
+      const auto saved = ctx->get_saved_variables();
+      const at::Tensor& x = saved[0];
+      const at::Tensor inside = at::logical_and(at::ge(x, saved[1].to(x.scalar_type())),
+                                                at::le(x, saved[2].to(x.scalar_type())));
+      gx = at::where(inside, gx, at::zeros_like(gx));
+    }
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 class FakeQuantFpFunction : public torch::autograd::Function<FakeQuantFpFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x,
@@ -80,6 +114,19 @@ at::Tensor fake_quant_int_autograd(const at::Tensor& x, const at::Tensor& amax, 
                                      pass_through_bwd, full_range);
 }
 
+at::Tensor fake_quant_int_asym_autograd(const at::Tensor& x, const at::Tensor& amax,
+                                        const at::Tensor& zero_point, int64_t num_bits,
+                                        bool pass_through_bwd) {
+  return FakeQuantIntAsymFunction::apply(x, amax, zero_point, num_bits, pass_through_bwd);
+}
+
+std::tuple<at::Tensor, at::Tensor> int_asym_range_autograd(const at::Tensor& lo,
+                                                           const at::Tensor& hi,
+                                                           int64_t num_bits) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return int_asym_range(lo.detach(), hi.detach(), num_bits);  // statistics: no gradient
+}
+
 at::Tensor fake_quant_fp_autograd(const at::Tensor& x, const c10::optional<at::Tensor>& amax,
                                   int64_t exponent_bits, int64_t mantissa_bits,
                                   bool pass_through_bwd) {
@@ -95,6 +142,8 @@ at::Tensor amax_autograd(const at::Tensor& x, at::IntArrayRef keep_axes) {
 
 TORCH_LIBRARY_IMPL(mopt, Autograd, m) {
   m.impl("fake_quant_int", &fake_quant_int_autograd);
+  m.impl("fake_quant_int_asym", &fake_quant_int_asym_autograd);
+  m.impl("int_asym_range", &int_asym_range_autograd);
   m.impl("fake_quant_fp", &fake_quant_fp_autograd);
   m.impl("amax", &amax_autograd);
 }

@@ -13,13 +13,26 @@ namespace mopt::ops {
 struct FakeQuantCall {
   at::Tensor x;     // contiguous input
   at::Tensor amax;  // contiguous fp32, or undefined
+  at::Tensor zero_point;  // contiguous fp32 in amax's shape (asymmetric), or undefined
   at::Tensor y;     // output, same shape and dtype as x
   kernels::fake_quant::FakeQuantParams params;
 };
 
-/// Validates and prepares an integer fake-quant call.
+/// Validates and prepares an integer fake-quant call; a defined zero_point (amax's shape) makes
+/// it asymmetric (full-range scaling, signed).
 FakeQuantCall prepare_fake_quant_int(const at::Tensor& x, const at::Tensor& amax, int64_t num_bits,
-                                     bool is_unsigned, bool narrow_range, bool full_range);
+                                     bool is_unsigned, bool narrow_range, bool full_range,
+                                     const at::Tensor& zero_point = at::Tensor());
+
+/// Tensors kept alive for one int_asym_range kernel call.
+struct AsymRangeCall {
+  at::Tensor lo, hi, amax, zero_point;
+  kernels::fake_quant::AsymRangeParams params;
+};
+
+/// Validates and prepares an int_asym_range call (lo and hi: same shape and device).
+AsymRangeCall prepare_int_asym_range(const at::Tensor& lo, const at::Tensor& hi,
+                                     int64_t num_bits);
 
 /// Validates and prepares a minifloat fake-quant call.
 FakeQuantCall prepare_fake_quant_fp(const at::Tensor& x, const c10::optional<at::Tensor>& amax,

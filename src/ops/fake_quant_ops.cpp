@@ -1,6 +1,8 @@
 // torch.ops.mopt fake-quant family: schemas, CPU and Meta implementations, and the C++ entry
 // points that call through the dispatcher.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/amax.h>
+#include <ATen/ops/amin.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
@@ -36,7 +38,8 @@ at::Tensor amax_as_float(const at::Tensor& x, const at::Tensor& amax) {
 }
 
 FakeQuantCall prepare_fake_quant_int(const at::Tensor& x, const at::Tensor& amax, int64_t num_bits,
-                                     bool is_unsigned, bool narrow_range, bool full_range) {
+                                     bool is_unsigned, bool narrow_range, bool full_range,
+                                     const at::Tensor& zero_point) {
   FakeQuantCall c;
   auto& p = c.params;
   p.dtype = core::kernel_dtype(x, "input");
@@ -57,6 +60,33 @@ FakeQuantCall prepare_fake_quant_int(const at::Tensor& x, const at::Tensor& amax
   p.is_unsigned = is_unsigned;
   p.narrow_range = narrow_range;
   p.full_range = full_range;
+  if (zero_point.defined()) {
+    MOPT_CHECK_VALUE(zero_point.sizes() == amax.sizes(), "zero_point of shape ",
+                     zero_point.sizes(), " must have amax's shape ", amax.sizes());
+    c.zero_point = amax_as_float(x, zero_point);
+    p.zero_point = c.zero_point.const_data_ptr<float>();
+  }
+  return c;
+}
+
+AsymRangeCall prepare_int_asym_range(const at::Tensor& lo, const at::Tensor& hi,
+                                     int64_t num_bits) {
+  MOPT_CHECK_VALUE(num_bits >= 2 && num_bits <= 16, "integer num_bits must be in [2, 16], got ",
+                   num_bits);
+  MOPT_CHECK_VALUE(lo.sizes() == hi.sizes() && lo.device() == hi.device(), "int_asym_range: lo ",
+                   lo.sizes(), " on ", lo.device(), " and hi ", hi.sizes(), " on ", hi.device(),
+                   " must have one shape and device");
+  AsymRangeCall c;
+  c.lo = amax_as_float(lo, lo);
+  c.hi = amax_as_float(lo, hi);
+  c.amax = at::empty_like(c.lo);
+  c.zero_point = at::empty_like(c.lo);
+  c.params.lo = c.lo.const_data_ptr<float>();
+  c.params.hi = c.hi.const_data_ptr<float>();
+  c.params.amax = c.amax.mutable_data_ptr<float>();
+  c.params.zero_point = c.zero_point.mutable_data_ptr<float>();
+  c.params.n = c.lo.numel();
+  c.params.num_bits = static_cast<int>(num_bits);
   return c;
 }
 
@@ -122,6 +152,21 @@ at::Tensor fake_quant_int_cpu(const at::Tensor& x, const at::Tensor& amax, int64
   return c.y;
 }
 
+at::Tensor fake_quant_int_asym_cpu(const at::Tensor& x, const at::Tensor& amax,
+                                   const at::Tensor& zero_point, int64_t num_bits,
+                                   bool /*pass_through_bwd*/) {
+  FakeQuantCall c = prepare_fake_quant_int(x, amax, num_bits, false, false, true, zero_point);
+  core::call_kernel([&] { kernels::fake_quant::fake_quant_cpu(c.params); });
+  return c.y;
+}
+
+std::tuple<at::Tensor, at::Tensor> int_asym_range_cpu(const at::Tensor& lo, const at::Tensor& hi,
+                                                      int64_t num_bits) {
+  AsymRangeCall c = prepare_int_asym_range(lo, hi, num_bits);
+  core::call_kernel([&] { kernels::fake_quant::int_asym_range_cpu(c.params); });
+  return {c.amax, c.zero_point};
+}
+
 at::Tensor fake_quant_fp_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& amax,
                              int64_t exponent_bits, int64_t mantissa_bits, bool) {
   FakeQuantCall c = prepare_fake_quant_fp(x, amax, exponent_bits, mantissa_bits);
@@ -149,6 +194,20 @@ at::Tensor fake_quant_int_meta(const at::Tensor& x, const at::Tensor& amax, int6
   return at::empty_symint(x.sym_sizes(), x.options());
 }
 
+at::Tensor fake_quant_int_asym_meta(const at::Tensor& x, const at::Tensor& amax,
+                                    const at::Tensor& zero_point, int64_t, bool) {
+  check_floating_input(x);
+  check_amax_rank(x, amax);
+  check_amax_rank(x, zero_point);
+  return at::empty_symint(x.sym_sizes(), x.options());
+}
+
+std::tuple<at::Tensor, at::Tensor> int_asym_range_meta(const at::Tensor& lo, const at::Tensor&,
+                                                       int64_t) {
+  const auto opts = lo.options().dtype(at::kFloat);
+  return {at::empty_symint(lo.sym_sizes(), opts), at::empty_symint(lo.sym_sizes(), opts)};
+}
+
 at::Tensor fake_quant_fp_meta(const at::Tensor& x, const c10::optional<at::Tensor>& amax, int64_t,
                               int64_t, bool) {
   check_floating_input(x);
@@ -174,6 +233,10 @@ TORCH_LIBRARY_FRAGMENT(mopt, m) {
       "fake_quant_int(Tensor x, Tensor amax, int num_bits=8, bool is_unsigned=False, "
       "bool narrow_range=False, bool pass_through_bwd=False, bool full_range=False) -> Tensor");
   m.def(
+      "fake_quant_int_asym(Tensor x, Tensor amax, Tensor zero_point, int num_bits=8, "
+      "bool pass_through_bwd=False) -> Tensor");
+  m.def("int_asym_range(Tensor lo, Tensor hi, int num_bits) -> (Tensor, Tensor)");
+  m.def(
       "fake_quant_fp(Tensor x, Tensor? amax, int exponent_bits=4, int mantissa_bits=3, "
       "bool pass_through_bwd=False) -> Tensor");
   m.def("amax(Tensor x, int[] keep_axes=[]) -> Tensor");
@@ -181,12 +244,16 @@ TORCH_LIBRARY_FRAGMENT(mopt, m) {
 
 TORCH_LIBRARY_IMPL(mopt, CPU, m) {
   m.impl("fake_quant_int", &fake_quant_int_cpu);
+  m.impl("fake_quant_int_asym", &fake_quant_int_asym_cpu);
+  m.impl("int_asym_range", &int_asym_range_cpu);
   m.impl("fake_quant_fp", &fake_quant_fp_cpu);
   m.impl("amax", &amax_cpu);
 }
 
 TORCH_LIBRARY_IMPL(mopt, Meta, m) {
   m.impl("fake_quant_int", &fake_quant_int_meta);
+  m.impl("fake_quant_int_asym", &fake_quant_int_asym_meta);
+  m.impl("int_asym_range", &int_asym_range_meta);
   m.impl("fake_quant_fp", &fake_quant_fp_meta);
   m.impl("amax", &amax_meta);
 }
@@ -203,6 +270,25 @@ at::Tensor fake_quant_int(const at::Tensor& x, const at::Tensor& amax, int64_t n
   return op.call(x, amax, num_bits, is_unsigned, narrow_range, pass_through_bwd, full_range);
 }
 
+at::Tensor fake_quant_int_asym(const at::Tensor& x, const at::Tensor& amax,
+                               const at::Tensor& zero_point, int64_t num_bits,
+                               bool pass_through_bwd) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mopt::fake_quant_int_asym", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         int64_t, bool)>();
+  return op.call(x, amax, zero_point, num_bits, pass_through_bwd);
+}
+
+std::tuple<at::Tensor, at::Tensor> int_asym_range(const at::Tensor& lo, const at::Tensor& hi,
+                                                  int64_t num_bits) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mopt::int_asym_range", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&,
+                                                                 const at::Tensor&, int64_t)>();
+  return op.call(lo, hi, num_bits);
+}
+
 at::Tensor fake_quant_fp(const at::Tensor& x, const c10::optional<at::Tensor>& amax,
                          int64_t exponent_bits, int64_t mantissa_bits, bool pass_through_bwd) {
   static auto op = c10::Dispatcher::singleton()
@@ -217,6 +303,19 @@ at::Tensor compute_amax(const at::Tensor& x, at::IntArrayRef keep_axes) {
                        .findSchemaOrThrow("mopt::amax", "")
                        .typed<at::Tensor(const at::Tensor&, at::IntArrayRef)>();
   return op.call(x, keep_axes);
+}
+
+std::tuple<at::Tensor, at::Tensor> compute_min_max(const at::Tensor& x,
+                                                   at::IntArrayRef keep_axes) {
+  const auto axes = core::normalize_axes(keep_axes, x.dim(), "amax keep axis");
+  const auto keep = core::keep_mask_from_axes(axes, x.dim());
+  std::vector<int64_t> reduce;
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    if (!keep[d]) reduce.push_back(d);
+  }
+  const at::Tensor v = x.detach();
+  if (reduce.empty()) return {v.to(at::kFloat), v.to(at::kFloat)};  // amin({}) would reduce all
+  return {at::amin(v, reduce, true).to(at::kFloat), at::amax(v, reduce, true).to(at::kFloat)};
 }
 
 double minifloat_max_value(int64_t exponent_bits, int64_t mantissa_bits) {

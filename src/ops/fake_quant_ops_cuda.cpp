@@ -29,6 +29,26 @@ at::Tensor fake_quant_int_cuda(const at::Tensor& x, const at::Tensor& amax, int6
   return c.y;
 }
 
+at::Tensor fake_quant_int_asym_cuda(const at::Tensor& x, const at::Tensor& amax,
+                                    const at::Tensor& zero_point, int64_t num_bits, bool) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  FakeQuantCall c = prepare_fake_quant_int(x, amax, num_bits, false, false, true, zero_point);
+  core::call_kernel([&] {
+    kernels::fake_quant::fake_quant_cuda(c.params, at::cuda::getCurrentCUDAStream());
+  });
+  return c.y;
+}
+
+std::tuple<at::Tensor, at::Tensor> int_asym_range_cuda(const at::Tensor& lo, const at::Tensor& hi,
+                                                       int64_t num_bits) {
+  const c10::cuda::CUDAGuard guard(lo.device());
+  AsymRangeCall c = prepare_int_asym_range(lo, hi, num_bits);
+  core::call_kernel([&] {
+    kernels::fake_quant::int_asym_range_cuda(c.params, at::cuda::getCurrentCUDAStream());
+  });
+  return {c.amax, c.zero_point};
+}
+
 at::Tensor fake_quant_fp_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& amax,
                               int64_t exponent_bits, int64_t mantissa_bits, bool) {
   const c10::cuda::CUDAGuard guard(x.device());
@@ -51,6 +71,8 @@ at::Tensor amax_cuda(const at::Tensor& x, at::IntArrayRef keep_axes) {
 
 TORCH_LIBRARY_IMPL(mopt, CUDA, m) {
   m.impl("fake_quant_int", &fake_quant_int_cuda);
+  m.impl("fake_quant_int_asym", &fake_quant_int_asym_cuda);
+  m.impl("int_asym_range", &int_asym_range_cuda);
   m.impl("fake_quant_fp", &fake_quant_fp_cuda);
   m.impl("amax", &amax_cuda);
 }

@@ -88,6 +88,7 @@ const std::vector<std::pair<std::string, std::string>>& attribute_keys() {
       {"_unsigned", "unsigned"},
       {"_narrow_range", "narrow_range"},
       {"_full_range", "full_range"},  // mopt's, written only when set
+      {"_asymmetric", "asymmetric"},  // mopt's, written only when set
       {"_fake_quant", "fake_quant"},
       {"_calibrator", "calibrator"},
       {"_pass_through_bwd", "pass_through_bwd"},
@@ -341,7 +342,9 @@ std::string quantizer_state_json(const QuantizerCore& core,
   for (const auto& [ours_key, attr_key] : attribute_keys()) {
     if (!attr.contains(attr_key)) continue;
     // an extension nvidia-modelopt does not know stays out of the file at its default
-    if (attr_key == "full_range" && attr[attr_key] == false) continue;
+    if ((attr_key == "full_range" || attr_key == "asymmetric") && attr[attr_key] == false) {
+      continue;
+    }
     state[ours_key] = attr[attr_key];
   }
   // A calibrator given as a Python class cannot be written; restored quantizers are calibrated
@@ -467,9 +470,10 @@ void parse_quantizer_buffers(const std::string& name, const json& j,
     if (meta.contains("buffers")) {
       MOPT_CHECK_VALUE(meta["buffers"].is_object(), what, ": buffers must be an object");
       for (const auto& [buf, spec] : meta["buffers"].items()) {
-        MOPT_CHECK_IMPLEMENTED(buf == "_amax" || buf == "_pre_quant_scale", what, ": buffer '",
-                               buf, "' is not one mopt's quantizers have (_amax, "
-                                    "_pre_quant_scale)");
+        MOPT_CHECK_IMPLEMENTED(buf == "_amax" || buf == "_pre_quant_scale" ||
+                                   buf == "_zero_point", what, ": buffer '", buf,
+                               "' is not one mopt's quantizers have (_amax, _pre_quant_scale, "
+                               "_zero_point)");
         MOPT_CHECK_VALUE(spec.is_object() && spec.contains("shape"), what, ": buffer '", buf,
                          "' needs a shape");
         BufferSpec b;
@@ -482,7 +486,8 @@ void parse_quantizer_buffers(const std::string& name, const json& j,
                            what, ": ", buf, " dtype '", ascii(b.dtype),
                            "' is not a floating type (float32, float16, bfloat16, float64)");
         }
-        if (buf == "_amax") b.dtype = "float32";  // mopt keeps every amax in fp32
+        // mopt keeps every amax and zero point in fp32
+        if (buf == "_amax" || buf == "_zero_point") b.dtype = "float32";
         if (buf == "_amax" && export_shape) {
           state.file_amax_shape = b.shape;
           b.shape = reshaped(b.shape, *export_shape, what);

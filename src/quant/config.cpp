@@ -160,6 +160,7 @@ void apply_keys(QuantizerAttributeConfig& c, const json& j) {
     else if (k == "unsigned") c.is_unsigned = get_bool(v, "unsigned");
     else if (k == "narrow_range") c.narrow_range = get_bool(v, "narrow_range");
     else if (k == "full_range") c.full_range = get_bool(v, "full_range");
+    else if (k == "asymmetric") c.asymmetric = get_bool(v, "asymmetric");
     else if (k == "type") c.type = get_choice(v, "type", {"static", "dynamic"});
     else if (k == "block_sizes")
       c.block_sizes = v.is_null() ? std::nullopt : std::optional(parse_block_sizes(v));
@@ -203,6 +204,17 @@ void validate(const QuantizerAttributeConfig& c) {
     MOPT_CHECK_VALUE(!c.narrow_range, "'full_range' and 'narrow_range' contradict each other "
                      "(full_range uses the most negative code, narrow_range drops it)");
   }
+  if (c.asymmetric) {
+    MOPT_CHECK_VALUE(!c.num_bits.is_float, "'asymmetric' (integer zero points) applies to "
+                     "integer formats only, num_bits is (", c.num_bits.exponent, ", ",
+                     c.num_bits.mantissa, ")");
+    MOPT_CHECK_VALUE(!c.is_unsigned, "'asymmetric' formats are signed codes with a zero point; "
+                     "drop 'unsigned' (the zero point already shifts the range)");
+    MOPT_CHECK_VALUE(!c.narrow_range, "'asymmetric' uses every code; drop 'narrow_range'");
+    MOPT_CHECK_IMPLEMENTED(c.calibrator == "max", "'asymmetric' quantizers calibrate with "
+                           "\"max\" (min/max) only; calibrator \"", c.calibrator,
+                           "\" has no zero-point rule in mopt");
+  }
   MOPT_CHECK_VALUE(!(c.is_unsigned && c.num_bits.is_float),
                    "'unsigned' applies to integer formats only, num_bits is (",
                    c.num_bits.exponent, ", ", c.num_bits.mantissa, ")");
@@ -221,6 +233,7 @@ json to_json_obj(const QuantizerAttributeConfig& c) {
   j["unsigned"] = c.is_unsigned;
   j["narrow_range"] = c.narrow_range;
   j["full_range"] = c.full_range;
+  j["asymmetric"] = c.asymmetric;
   j["type"] = c.type;
   if (c.block_sizes) {
     json b = block_axes_json(c.block_sizes->axes, json::object());
@@ -255,7 +268,7 @@ bool BlockSizes::all_whole_axes() const {
 const std::vector<std::string>& quantizer_attribute_keys() {
   static const std::vector<std::string> keys = {
       "enable", "num_bits",   "axis",  "fake_quant", "unsigned",
-      "narrow_range", "full_range", "type", "block_sizes", "bias", "calibrator",
+      "narrow_range", "full_range", "asymmetric", "type", "block_sizes", "bias", "calibrator",
       "pass_through_bwd", "trt_high_precision_dtype", "rotate", "learn_amax"};
   return keys;
 }

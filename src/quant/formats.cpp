@@ -116,6 +116,10 @@ ResolvedFormat resolve_format(const QuantizerAttributeConfig& cfg) {
       f.name = "nf4";
       break;
   }
+  MOPT_CHECK_IMPLEMENTED(!cfg.asymmetric || family == FormatFamily::kInt, "'asymmetric' (integer "
+                         "zero points) applies to plain integer formats, not ", f.name,
+                         " (its block scales have no zero point)");
+  if (cfg.asymmetric) f.name = "int" + std::to_string(n.bits) + "_asym";
   f.calibrated = !f.dynamic || f.info->dynamic_keeps_tensor_amax;
   return f;
 }
@@ -163,6 +167,8 @@ WeightStorage weight_storage_bits(const QuantizerAttributeConfig& cfg,
   const bool block_scales = cfg.block_sizes && cfg.block_sizes->scale_bits;
   if (!block_scales) {
     s.scale_bits = count * (count == 1 ? 32 : 16);
+    // zero points are codes of the element format, packed like the weights (AutoAWQ, GPTQ)
+    if (cfg.asymmetric) s.scale_bits += count * f.element_bits;
     return s;
   }
   s.scale_bits = count * info.scale_bits + info.tensor_scale_bits;

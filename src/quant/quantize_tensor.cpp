@@ -127,11 +127,32 @@ at::Tensor fake_quant_with_amax(const at::Tensor& v, const at::Tensor& amax,
                          cfg.pass_through_bwd);
   }
   return fake_quant_int(v, amax, cfg.num_bits.bits, cfg.is_unsigned, cfg.narrow_range,
-                        cfg.pass_through_bwd, cfg.full_range);
+                        cfg.pass_through_bwd, cfg.uses_full_range());
+}
+
+// Asymmetric integers: the stored amax and zero point, or the input's own min/max range.
+at::Tensor fake_quant_asym(const at::Tensor& view, const c10::optional<at::Tensor>& amax,
+                           const c10::optional<at::Tensor>& zero_point,
+                           const QuantizerAttributeConfig& cfg, bool static_amax,
+                           const std::vector<int64_t>& keep) {
+  at::Tensor a, zp;
+  if (static_amax) {
+    MOPT_CHECK_VALUE(zero_point.has_value() && zero_point->defined(), "an asymmetric quantizer "
+                     "with an amax needs its zero_point too (calibrate it, or set both)");
+    MOPT_CHECK_VALUE(zero_point->sym_sizes() == amax->sym_sizes(), "zero_point of shape ",
+                     zero_point->sym_sizes(), " does not match amax of shape ", amax->sym_sizes());
+    a = *amax;
+    zp = *zero_point;
+  } else {
+    const auto [lo, hi] = compute_min_max(view.detach(), keep);
+    std::tie(a, zp) = int_asym_range(lo, hi, cfg.num_bits.bits);
+  }
+  return fake_quant_int_asym(view, a, zp, cfg.num_bits.bits, cfg.pass_through_bwd);
 }
 
 at::Tensor quantize_tensor_impl(const at::Tensor& x_in, const c10::optional<at::Tensor>& amax,
-                                const c10::optional<at::Tensor>& pqs, c10::string_view cfg_json) {
+                                const c10::optional<at::Tensor>& pqs, c10::string_view cfg_json,
+                                const c10::optional<at::Tensor>& zero_point) {
   const QuantizerAttributeConfig& cfg = parse_quantizer_config_cached(std::string(cfg_json));
   MOPT_CHECK_TYPE(x_in.is_floating_point(), "quantize_tensor got a torch.",
                   c10::getDtypeNames(x_in.scalar_type()).first,
@@ -152,6 +173,11 @@ at::Tensor quantize_tensor_impl(const at::Tensor& x_in, const c10::optional<at::
   }
   const auto keep = quantizer_amax_axes(cfg, x.dim());
   if (have_amax && !format.dynamic) check_static_amax(*amax, view, keep);
+  if (cfg.asymmetric) {
+    const at::Tensor y = fake_quant_asym(view, amax, zero_point, cfg, have_amax && !format.dynamic,
+                                         keep);
+    return cfg.block_sizes ? block_unview(y, x.sym_sizes(), plan) : y;
+  }
   at::Tensor a = (have_amax && !format.dynamic) ? *amax : mopt::compute_amax(view.detach(), keep);
   at::Tensor y = fake_quant_with_amax(view, a, cfg);
   return cfg.block_sizes ? block_unview(y, x.sym_sizes(), plan) : y;
@@ -193,12 +219,14 @@ std::vector<int64_t> quantizer_amax_axes(const QuantizerAttributeConfig& cfg, in
 
 at::Tensor quantize_tensor(const at::Tensor& x, const c10::optional<at::Tensor>& amax,
                            const c10::optional<at::Tensor>& pre_quant_scale,
-                           const std::string& cfg_json) {
+                           const std::string& cfg_json,
+                           const c10::optional<at::Tensor>& zero_point) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mopt::quantize_tensor", "")
                        .typed<at::Tensor(const at::Tensor&, const c10::optional<at::Tensor>&,
-                                         const c10::optional<at::Tensor>&, c10::string_view)>();
-  return op.call(x, amax, pre_quant_scale, cfg_json);
+                                         const c10::optional<at::Tensor>&, c10::string_view,
+                                         const c10::optional<at::Tensor>&)>();
+  return op.call(x, amax, pre_quant_scale, cfg_json, zero_point);
 }
 
 at::Tensor quantizer_calib_view(const at::Tensor& x,
@@ -212,7 +240,8 @@ at::Tensor quantizer_calib_view(const at::Tensor& x,
 }
 
 TORCH_LIBRARY_FRAGMENT(mopt, m) {
-  m.def("quantize_tensor(Tensor x, Tensor? amax, Tensor? pre_quant_scale, str cfg) -> Tensor");
+  m.def("quantize_tensor(Tensor x, Tensor? amax, Tensor? pre_quant_scale, str cfg, "
+        "Tensor? zero_point=None) -> Tensor");
   m.def("quantizer_calib_view(Tensor x, Tensor? pre_quant_scale, str cfg) -> Tensor");
 }
 

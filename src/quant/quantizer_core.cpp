@@ -2,6 +2,8 @@
 
 #include <ATen/ops/amax.h>
 #include <ATen/ops/amin.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/round.h>
 #include <ATen/ops/minimum.h>
 #include <ATen/ops/neg.h>
 #include <ATen/ops/zeros.h>
@@ -79,7 +81,7 @@ bool same_calibration(const QuantizerAttributeConfig& a, const QuantizerAttribut
   };
   // block sizes compare by their normalized JSON, built only when both have some
   return a.calibrator == b.calibrator && a.num_bits == b.num_bits && a.axis == b.axis &&
-         a.is_unsigned == b.is_unsigned &&
+         a.is_unsigned == b.is_unsigned && a.asymmetric == b.asymmetric &&
          ((!a.block_sizes && !b.block_sizes) || block_json(a) == block_json(b));
 }
 
@@ -167,7 +169,8 @@ void QuantizerCore::rebuild_calibrator() {
   const NumBits& n = attr_.num_bits;
   if (attr_.calibrator == "max") {
     // a minifloat's width stands in for num_bits, which max calibration does not use
-    calibrator_ = std::make_shared<MaxCalibrator>(n.bits, attr_.axis, attr_.is_unsigned);
+    calibrator_ = std::make_shared<MaxCalibrator>(n.bits, attr_.axis, attr_.is_unsigned,
+                                                  /*track_amax=*/false, attr_.asymmetric);
   } else if (attr_.calibrator == "histogram") {
     calibrator_ = std::make_shared<HistogramCalibrator>(n, attr_.axis, attr_.is_unsigned);
   } else {
@@ -180,7 +183,7 @@ double quantizer_maxbound(const QuantizerAttributeConfig& attributes) {
   if (n.is_float) return minifloat_max_value(n.exponent, n.mantissa);
   const auto maxb =
       static_cast<double>((int64_t{1} << (n.bits - 1 + (attributes.is_unsigned ? 1 : 0))) - 1);
-  return attributes.full_range ? maxb + 0.5 : maxb;
+  return attributes.uses_full_range() ? maxb + 0.5 : maxb;
 }
 
 double QuantizerCore::maxbound() const { return quantizer_maxbound(attr_); }
@@ -202,6 +205,10 @@ void QuantizerCore::enable_calib() {
 }
 
 void QuantizerCore::set_calibrator(std::shared_ptr<Calibrator> calibrator) {
+  const auto* max = dynamic_cast<const MaxCalibrator*>(calibrator.get());
+  MOPT_CHECK_IMPLEMENTED(!attr_.asymmetric || !calibrator || (max && max->asymmetric()),
+                         "quantizer '", label(), "' is asymmetric (zero points): only its min/max "
+                         "calibration is implemented, not ", calibrator->class_name());
   calibrator_ = std::move(calibrator);
   batch_min_ = at::Tensor();
 }
@@ -262,6 +269,9 @@ std::shared_ptr<Calibrator> QuantizerCore::make_mse_calibrator(const at::Tensor&
                                                               int64_t num_steps,
                                                               double start_multiplier,
                                                               double stop_multiplier) const {
+  MOPT_CHECK_IMPLEMENTED(!attr_.asymmetric, "quantizer '", label(), "': MSE calibration of "
+                         "asymmetric (zero-point) quantizers is not implemented; calibrate them "
+                         "with max (min/max)");
   return std::make_shared<MseCalibrator>(
       amax.detach().clone(), calibrator_ ? calibrator_->axis() : attr_.axis, num_steps,
       start_multiplier, stop_multiplier, quantizer_view_quant_func(attr_));
@@ -291,8 +301,42 @@ at::Tensor QuantizerCore::amax_to_store(const at::Tensor& value,
   return v;
 }
 
+c10::optional<at::Tensor> QuantizerCore::compute_zero_point() const {
+  if (!attr_.asymmetric) return c10::nullopt;
+  const auto* max = dynamic_cast<const MaxCalibrator*>(calibrator_.get());
+  return max != nullptr ? max->compute_zero_point() : c10::nullopt;
+}
+
+at::Tensor QuantizerCore::zero_point_to_store(const at::Tensor& value,
+                                              const c10::optional<at::Tensor>& amax) const {
+  MOPT_CHECK_VALUE(attr_.asymmetric, "quantizer '", label(), "' is symmetric: it has no zero "
+                   "point (set 'asymmetric': True in its attributes)");
+  MOPT_CHECK_VALUE(value.defined(), "quantizer '", label(), "': zero_point must be a tensor");
+  MOPT_CHECK_TYPE(at::isFloatingType(value.scalar_type()) || at::isIntegralType(value.scalar_type(),
+                  /*includeBool=*/false), "quantizer '", label(), "': zero_point must be a real "
+                  "number tensor, got ", value.scalar_type());
+  at::Tensor v = value.detach().to(at::kFloat);
+  if (defined(amax)) {
+    MOPT_CHECK_VALUE(amax->sizes() == v.sizes(), "quantizer '", label(), "': zero_point of shape ",
+                     shape_tuple(v.sizes()), " must have amax's shape ",
+                     shape_tuple(amax->sizes()));
+  }
+  if (v.numel() > 0 && !v.is_meta()) {
+    const double qmax = static_cast<double>((int64_t{1} << (attr_.num_bits.bits - 1)) - 1);
+    const at::Tensor flat = v.reshape(-1);
+    const float lo = at::amin(flat).item<float>(), hi = at::amax(flat).item<float>();
+    MOPT_CHECK_VALUE(lo >= -qmax - 1 && hi <= qmax, "quantizer '", label(), "': zero points must "
+                     "be codes of the ", attr_.num_bits.bits, "-bit format, in [", -qmax - 1,
+                     ", ", qmax, "]; got values in [", lo, ", ", hi, "]");
+    MOPT_CHECK_VALUE(at::equal(v, v.round()), "quantizer '", label(), "': zero points must be "
+                     "integer codes; got fractional values");
+  }
+  return v;
+}
+
 at::Tensor QuantizerCore::forward(const at::Tensor& x, const c10::optional<at::Tensor>& amax,
-                                  const c10::optional<at::Tensor>& pre_quant_scale) {
+                                  const c10::optional<at::Tensor>& pre_quant_scale,
+                                  const c10::optional<at::Tensor>& zero_point) {
   auto scaled = [&] {
     return defined(pre_quant_scale) ? at::mul(x, pre_quant_scale->to(x.scalar_type())) : x;
   };
@@ -304,7 +348,7 @@ at::Tensor QuantizerCore::forward(const at::Tensor& x, const c10::optional<at::T
     MOPT_WARN("mopt: static quantizer '", label(), "' has no calibrated amax; using the dynamic "
                "amax of its input");
   }
-  return quantize_tensor(x, amax, pre_quant_scale, attr_json_);
+  return quantize_tensor(x, amax, pre_quant_scale, attr_json_, zero_point);
 }
 
 std::optional<std::string> QuantizerCore::forward_config(bool has_amax) const {
@@ -330,7 +374,11 @@ std::string QuantizerCore::extra_repr(const c10::optional<at::Tensor>& amax,
   std::string s =
       std::string(a.is_unsigned ? "unsigned " : "") + num_bits_repr(a.num_bits) + " bit";
   if (a.narrow_range) s += " narrow";
-  if (a.full_range) s += " full_range";
+  if (a.asymmetric) {
+    s += " asymmetric";
+  } else if (a.full_range) {
+    s += " full_range";
+  }
   if (a.fake_quant) s += " fake";
   if (a.block_sizes) {
     s += " block_sizes=" + block_sizes_repr(*a.block_sizes) + ",";

@@ -258,6 +258,7 @@ void apply_update(const Linear& l, const LayerUpdate& u) {
   if (u.pre_quant_scale && iq) iq->set_pre_quant_scale(*u.pre_quant_scale);
   if (u.input_amax && iq && iq->is_enabled() && iq->is_static()) replace_amax(*iq, *u.input_amax);
   if (u.weight_amax && wq) replace_amax(*wq, *u.weight_amax);
+  if (u.weight_zero_point && wq) wq->set_zero_point(*u.weight_zero_point);
   if (u.recalibrate_weight) recalibrate_weight(*l.module);
 }
 

@@ -181,6 +181,11 @@ std::string mx(const std::string& fmt) {
 const std::string kGptq =
     R"({"method": "gptq", "block_size": 128, "percdamp": 0.01, "act_order": false})";
 
+// INT4 weights with zero points (asymmetric, min/max) in blocks of `block` inputs.
+std::string int4_asym(int block) {
+  return R"({"num_bits": 4, "block_sizes": {"-1": )" + std::to_string(block) +
+         R"(}, "asymmetric": true, "enable": true})";
+}
 const std::string kInt4Static =
     R"({"num_bits": 4, "block_sizes": {"-1": 128, "type": "static"}, "enable": true})";
 
@@ -203,6 +208,11 @@ const std::vector<std::pair<std::string, ConfigFactory>>& factories() {
       {"INT4_BLOCKWISE_GPTQ_FULL_RANGE_CFG", &configs::int4_blockwise_gptq_full_range},
       {"INT4_B32_WEIGHT_ONLY_CFG", &configs::int4_b32_weight_only},
       {"INT4_B32_FULL_RANGE_CFG", &configs::int4_b32_full_range},
+      {"INT4_BLOCKWISE_ASYM_CFG", &configs::int4_blockwise_asym},
+      {"INT4_AWQ_ASYM_CFG", &configs::int4_awq_asym},
+      {"INT4_B32_ASYM_CFG", &configs::int4_b32_asym},
+      {"INT4_B64_FULL_RANGE_CFG", &configs::int4_b64_full_range},
+      {"INT4_B64_ASYM_CFG", &configs::int4_b64_asym},
       {"NVFP4_WEIGHT_ONLY_GPTQ_CFG", &configs::nvfp4_weight_only_gptq},
       {"NF4_WEIGHT_ONLY_CFG", &configs::nf4_weight_only},
       {"W4A8_AWQ_BETA_CFG", &configs::w4a8_awq_beta},
@@ -406,6 +416,31 @@ const std::vector<Recipe>& recipes() {
       {"int4_b32_gptq", "INT4_B32_WEIGHT_ONLY_CFG", "INT4 weight-only blocks of 32, GPTQ", kGptq},
       {"int4_b32_gptq_full", "INT4_B32_FULL_RANGE_CFG",
        "INT4 weight-only blocks of 32, all 16 codes, GPTQ", kGptq},
+      {"int4_asym", "INT4_BLOCKWISE_ASYM_CFG",
+       "INT4 weight-only blocks of 128, zero points (min/max), RTN", {}},
+      {"int4_awq_asym", "INT4_AWQ_ASYM_CFG", "INT4 weight-only blocks of 128, zero points, AWQ lite",
+       {}},
+      {"int4_awq_full_asym", "INT4_AWQ_ASYM_CFG",
+       "INT4 weight-only blocks of 128, zero points, AWQ lite + clip",
+       R"({"method": "awq_full", "alpha_step": 0.1})"},
+      {"int4_gptq_asym", "INT4_BLOCKWISE_ASYM_CFG",
+       "INT4 weight-only blocks of 128, zero points, GPTQ", kGptq},
+      {"int4_b32_asym", "INT4_B32_ASYM_CFG", "INT4 weight-only blocks of 32, zero points, RTN", {}},
+      {"int4_b32_awq_asym", "INT4_B32_ASYM_CFG",
+       "INT4 weight-only blocks of 32, zero points, AWQ lite",
+       R"({"method": "awq_lite", "alpha_step": 0.1})"},
+      {"int4_b32_gptq_asym", "INT4_B32_ASYM_CFG",
+       "INT4 weight-only blocks of 32, zero points, GPTQ", kGptq},
+      {"int4_b64_full", "INT4_B64_FULL_RANGE_CFG",
+       "INT4 weight-only blocks of 64, all 16 codes, RTN", {}},
+      {"int4_b64_gptq_full", "INT4_B64_FULL_RANGE_CFG",
+       "INT4 weight-only blocks of 64, all 16 codes, GPTQ", kGptq},
+      {"int4_b64_asym", "INT4_B64_ASYM_CFG", "INT4 weight-only blocks of 64, zero points, RTN", {}},
+      {"int4_b64_awq_asym", "INT4_B64_ASYM_CFG",
+       "INT4 weight-only blocks of 64, zero points, AWQ lite",
+       R"({"method": "awq_lite", "alpha_step": 0.1})"},
+      {"int4_b64_gptq_asym", "INT4_B64_ASYM_CFG",
+       "INT4 weight-only blocks of 64, zero points, GPTQ", kGptq},
       {"w4a8_awq", "W4A8_AWQ_BETA_CFG", "INT4 blocks + FP8 W, FP8 A, AWQ lite", {}},
       {"nvfp4", "NVFP4_DEFAULT_CFG", "NVFP4 W+A (E2M1, E4M3 scales per 16)", {}},
       {"nvfp4_gptq", "NVFP4_WEIGHT_ONLY_GPTQ_CFG", "NVFP4 weight-only, GPTQ", {}},
@@ -489,6 +524,17 @@ QuantizeConfig int4_b32_full_range() {
       R"({"num_bits": 4, "block_sizes": {"-1": 32}, "full_range": true, "enable": true})", kOff,
       R"("max")");
 }
+QuantizeConfig int4_blockwise_asym() { return make_cfg(int4_asym(128), kOff, R"("max")"); }
+QuantizeConfig int4_awq_asym() {
+  return make_cfg(int4_asym(128), kOff, R"({"method": "awq_lite", "alpha_step": 0.1})");
+}
+QuantizeConfig int4_b32_asym() { return make_cfg(int4_asym(32), kOff, R"("max")"); }
+QuantizeConfig int4_b64_full_range() {
+  return make_cfg(
+      R"({"num_bits": 4, "block_sizes": {"-1": 64}, "full_range": true, "enable": true})", kOff,
+      R"("max")");
+}
+QuantizeConfig int4_b64_asym() { return make_cfg(int4_asym(64), kOff, R"("max")"); }
 QuantizeConfig nvfp4_weight_only_gptq() { return make_cfg(nvfp4(16), kOff, kGptq); }
 QuantizeConfig nf4_weight_only() {
   return make_cfg(

@@ -87,6 +87,7 @@ json quantizer_state(torch::nn::Module& model) {
       std::map<std::string, at::Tensor> buffers;
       if (auto a = t->amax()) buffers["_amax"] = *a;
       if (auto p = t->pre_quant_scale()) buffers["_pre_quant_scale"] = *p;
+      if (auto z = t->zero_point()) buffers["_zero_point"] = *z;
       out[node.name] = json::parse(opt::quantizer_state_json(t->core(), buffers));
     } else if (auto* s = dynamic_cast<SequentialQuantizerImpl*>(node.module)) {
       out[node.name] = json::parse(
@@ -156,6 +157,8 @@ void apply_quantizer_state(torch::nn::Module& model, const json& states,
                        c10::IntArrayRef(spec.shape));
       if (buf == "_amax") {
         t->set_amax(value);
+      } else if (buf == "_zero_point") {  // after _amax (the map is sorted)
+        t->set_zero_point(value);
       } else {
         t->set_pre_quant_scale(value);
       }

@@ -22,6 +22,7 @@ void TensorQuantizerImpl::reset() {
   // A clone must not share buffers with its source: Cloneable copies the data in afterwards.
   if (amax_.defined()) amax_ = amax_.detach().clone();
   if (pre_quant_scale_.defined()) pre_quant_scale_ = pre_quant_scale_.detach().clone();
+  if (zero_point_.defined()) zero_point_ = zero_point_.detach().clone();
   sync_buffers();
 }
 
@@ -31,6 +32,7 @@ void TensorQuantizerImpl::sync_buffers() {
   torch::nn::Module fresh;
   if (amax_.defined()) fresh.register_buffer("_amax", amax_);
   if (pre_quant_scale_.defined()) fresh.register_buffer("_pre_quant_scale", pre_quant_scale_);
+  if (zero_point_.defined()) fresh.register_buffer("_zero_point", zero_point_);
   fresh.train(is_training());
   torch::nn::Module::operator=(fresh);
 }
@@ -67,11 +69,28 @@ void TensorQuantizerImpl::store_amax(const at::Tensor& value, bool validate) {
 }
 
 void TensorQuantizerImpl::reset_amax() {
-  if (amax_.defined()) {
+  if (amax_.defined() || zero_point_.defined()) {
     amax_ = at::Tensor();
+    zero_point_ = at::Tensor();
     sync_buffers();
   }
   core_.reset_calibrator();
+}
+
+c10::optional<at::Tensor> TensorQuantizerImpl::zero_point() const {
+  if (!zero_point_.defined()) return c10::nullopt;
+  return zero_point_;
+}
+
+void TensorQuantizerImpl::set_zero_point(const at::Tensor& value) {
+  at::Tensor v = core_.zero_point_to_store(value, amax());
+  if (!zero_point_.defined() || zero_point_.sizes() != v.sizes()) {
+    zero_point_ = amax_.defined() ? v.to(amax_.device()).clone() : v.clone();
+    sync_buffers();
+    return;
+  }
+  at::NoGradGuard no_grad;
+  zero_point_.copy_(v.to(zero_point_.device()));
 }
 
 c10::optional<at::Tensor> TensorQuantizerImpl::pre_quant_scale() const {
@@ -106,10 +125,11 @@ void TensorQuantizerImpl::load_calib_amax(const AmaxRequest& request) {
   if (!amax.has_value()) return;
   if (amax_.defined() && amax_.sizes() != amax->sizes()) amax_ = at::Tensor();
   store_amax(*amax, /*validate=*/false);  // check_amax reports bad calibration results
+  if (const auto zp = core_.compute_zero_point()) set_zero_point(*zp);
 }
 
 at::Tensor TensorQuantizerImpl::forward(const at::Tensor& inputs) {
-  return core_.forward(inputs, amax(), pre_quant_scale());
+  return core_.forward(inputs, amax(), pre_quant_scale(), zero_point());
 }
 
 void TensorQuantizerImpl::pretty_print(std::ostream& stream) const {
@@ -119,21 +139,26 @@ void TensorQuantizerImpl::pretty_print(std::ostream& stream) const {
 void TensorQuantizerImpl::load(torch::serialize::InputArchive& archive) {
   // Everything is read and checked before anything changes: a bad checkpoint leaves the
   // quantizer as it was.
-  std::array<at::Tensor, 2> values;
-  std::array<bool, 2> found{};
-  const std::array<const char*, 2> keys{"_amax", "_pre_quant_scale"};
+  std::array<at::Tensor, 3> values;
+  std::array<bool, 3> found{};
+  const std::array<const char*, 3> keys{"_amax", "_pre_quant_scale", "_zero_point"};
+  std::array<at::Tensor*, 3> slots{&amax_, &pre_quant_scale_, &zero_point_};
   for (size_t i = 0; i < keys.size(); ++i) {
     found[i] = archive.try_read(keys[i], values[i], /*is_buffer=*/true);
-    const at::Tensor& slot = i == 0 ? amax_ : pre_quant_scale_;
+    const at::Tensor& slot = *slots[i];
     MOPT_CHECK_VALUE(found[i] || !slot.defined(), "checkpoint has no '", keys[i],
                      "' for quantizer '",
                      quantizer_name().empty() ? "TensorQuantizer" : quantizer_name(),
                      "', which has one");
   }
   if (found[0]) values[0] = core_.amax_to_store(values[0], c10::nullopt, /*validate=*/true);
+  if (found[2]) {
+    values[2] = core_.zero_point_to_store(values[2], found[0] ? c10::optional(values[0])
+                                                              : amax());
+  }
   for (size_t i = 0; i < keys.size(); ++i) {
     if (!found[i]) continue;
-    at::Tensor& slot = i == 0 ? amax_ : pre_quant_scale_;
+    at::Tensor& slot = *slots[i];
     const auto device = slot.defined() ? slot.device() : values[i].device();
     slot = values[i].detach().to(device);
   }

@@ -135,6 +135,9 @@ PARITY_CASES = [(name, None) for name in sorted(mtq.config.choices)] + [
     ("INT8_DEFAULT_CFG", "gptq"),
     ("FP8_DEFAULT_CFG", "gptq"),
     ("NVFP4_DEFAULT_CFG", "gptq"),
+    ("INT4_B32_ASYM_CFG", "awq_clip"),
+    ("INT4_B32_ASYM_CFG", {"method": "awq_full", "alpha_step": 0.25}),
+    ("INT4_B32_ASYM_CFG", {"method": "gptq", "block_size": 16}),
 ]
 
 

@@ -146,6 +146,7 @@ struct AwqLiteOptions {
 /// Outcome of an AWQ clip search.
 struct AwqClipResult {
   at::Tensor amax;    // the clipped amax, shaped like the weight amax
+  at::Tensor zero_point;  // asymmetric weights: the clipped range's zero points, else undefined
   at::Tensor ratio;   // chosen ratio, shaped like the weight amax (fp32)
   at::Tensor losses;  // [n_ratios, *amax shape] fp32 accumulated losses
 };
@@ -189,6 +190,14 @@ class AwqClipLayer : public LayerSolver {
   at::Tensor weight_;
   at::Tensor weight_amax_;
   std::string cfg_json_;  // the weight config as the quantize_tensor operator takes it
+  // asymmetric weights: each amax entry's signed range [lo, hi]; a ratio r clips it to
+  // [-r * max(|lo|, |hi|), r * max(|lo|, |hi|)] (AutoAWQ's clip of zero-point weights)
+  bool asymmetric_ = false;
+  int num_bits_ = 8;
+  at::Tensor weight_lo_, weight_hi_;
+  /// The (amax, zero point) the quantizer takes for clip ratios `ratio` (scalar or amax-shaped);
+  /// symmetric: weight_amax * ratio and an undefined zero point.
+  std::pair<at::Tensor, at::Tensor> clipped(const at::Tensor& ratio) const;
   AwqClipOptions options_;
   std::string name_;
   std::vector<double> ratios_;

@@ -105,6 +105,7 @@ void gptq_check_layer(const std::string& name, const QuantizerCore* weight_quant
 struct GptqResult {
   at::Tensor weight;         // quantized values, shape/dtype/device of the input weight
   at::Tensor amax;           // amax for the weight quantizer, in the shape its calibration has
+  at::Tensor zero_point;     // asymmetric weight quantizers: zero points in amax's shape
   double loss = 0.0;         // sum over rows and columns of ((w - q) / U_jj)^2 / 2
   double percdamp = 0.0;     // dampening used
   int64_t dead_columns = 0;  // input channels with diag H == 0

@@ -22,6 +22,7 @@ struct LayerUpdate {
   c10::optional<at::Tensor> pre_quant_scale;  // the input quantizer's new pre_quant_scale
   c10::optional<at::Tensor> input_amax;       // the input quantizer's new per-tensor amax
   c10::optional<at::Tensor> weight_amax;      // the weight quantizer's new amax
+  c10::optional<at::Tensor> weight_zero_point;  // with weight_amax: an asymmetric one's zero points
   bool recalibrate_weight = false;            // max-calibrate the weight quantizer afterwards
 };
 

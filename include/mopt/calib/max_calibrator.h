@@ -16,14 +16,22 @@ class MaxCalibrator : public Calibrator {
  public:
   /// axis: the input axes kept in amax (nullopt = per tensor); track_amax keeps every batch's
   /// amax as well.
+  /// asymmetric: also keeps the signed running min and max, and compute_amax returns the half
+  /// width of [min, max] (widened to hold 0) that asymmetric integer quantization scales by,
+  /// with compute_zero_point the matching zero-point codes.
   explicit MaxCalibrator(int64_t num_bits = 8, std::optional<std::vector<int64_t>> axis = {},
-                         bool is_unsigned = false, bool track_amax = false);
+                         bool is_unsigned = false, bool track_amax = false,
+                         bool asymmetric = false);
 
   /// Folds one batch in. RuntimeError("amax shape changed!") when its reduced shape differs from
   /// the batches before.
   void collect(const at::Tensor& x) override;
   /// The amax so far (nullopt before the first collect). NaN or inf in any batch shows here.
   c10::optional<at::Tensor> compute_amax(const AmaxRequest& request = {}) const override;
+  /// The zero points of an asymmetric calibrator (nullopt before the first collect, or when not
+  /// asymmetric): integer codes in compute_amax's shape.
+  c10::optional<at::Tensor> compute_zero_point() const;
+  bool asymmetric() const { return asymmetric_; }
   /// Forgets every batch.
   void reset() override;
   bool has_data() const override { return calib_amax_.defined(); }
@@ -45,7 +53,9 @@ class MaxCalibrator : public Calibrator {
   int64_t num_bits_;
   bool is_unsigned_;
   bool track_amax_;
+  bool asymmetric_;
   at::Tensor calib_amax_;
+  at::Tensor calib_min_, calib_max_;  // asymmetric: signed running min and max
   std::vector<at::Tensor> amaxs_;
 };
 

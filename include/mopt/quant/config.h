@@ -55,6 +55,11 @@ struct QuantizerAttributeConfig {
   /// codes -8..7), where ModelOpt's default maps it to 2^(b-1) - 1 (amax / 7, codes -7..7 in
   /// practice). A mopt extension (llm-compressor's and AutoGPTQ's symmetric rounding).
   bool full_range = false;
+  /// Signed integers with a zero point per amax entry (min/max calibration): codes
+  /// -2^(b-1) .. 2^(b-1)-1 cover [lo, hi] (widened to hold 0), amax is the half width (hi-lo)/2
+  /// with full-range scaling and the zero point, an integer code, is stored next to amax
+  /// (llm-compressor's / AutoAWQ's asymmetric weights). A mopt extension.
+  bool asymmetric = false;
   std::string type = "static";                // "static" | "dynamic"
   std::optional<BlockSizes> block_sizes;
   std::string calibrator = "max";             // "max" | "histogram" | "custom" (Python class)
@@ -62,6 +67,9 @@ struct QuantizerAttributeConfig {
   std::string trt_high_precision_dtype = "Float";
   bool rotate = false;
   bool learn_amax = false;
+
+  /// True when amax maps to 2^(b-1) - 1/2 (full_range, or asymmetric which implies it).
+  bool uses_full_range() const { return full_range || asymmetric; }
 
   /// Parses and validates a JSON object; keys it omits take their defaults. Unknown keys, wrong
   /// types and invalid combinations raise ValueError naming the key; accepted settings mopt

@@ -96,7 +96,8 @@ struct WeightStorage {
 /// Storage of a weight as the format table prices it: elements at their width; float scales at
 /// fp16 (fp32 for a single per-tensor scale); block scales at the row's scale_bits plus its
 /// second level (NVFP4: one fp32 tensor scale; NF4 double quantization: an fp32 scale per group
-/// of block scales and their fp32 mean).
+/// of block scales and their fp32 mean); asymmetric formats add a zero point per scale at the
+/// element width.
 WeightStorage weight_storage_bits(const QuantizerAttributeConfig& cfg,
                                   const std::vector<int64_t>& shape);
 /// Storage of a weight quantized by `stages` in turn (a SequentialQuantizer stores its narrowest

@@ -104,6 +104,15 @@ class QuantizerCore {
   /// nothing). Inside a CalibrationGroupScope the calibrator first combines the ranks'
   /// statistics. ValueError when an unsigned quantizer met negative values.
   c10::optional<at::Tensor> compute_amax(const AmaxRequest& request = {});
+  /// The zero points of an asymmetric quantizer from its (max) calibrator, in compute_amax's
+  /// shape; call after compute_amax (which first combines the ranks' statistics). nullopt for
+  /// symmetric quantizers and before any data.
+  c10::optional<at::Tensor> compute_zero_point() const;
+  /// `value` as the zero point to store (fp32 integer codes, detached). ValueError when the
+  /// quantizer is symmetric, the shape differs from `amax`'s, or a value is not an integer code
+  /// of the format (outside [-2^(b-1), 2^(b-1)-1]).
+  at::Tensor zero_point_to_store(const at::Tensor& value,
+                                 const c10::optional<at::Tensor>& amax) const;
   /// Forgets what the calibrator collected.
   void reset_calibrator();
   /// An MSE calibrator that searches multipliers of `amax` (the quantizer's max-calibrated amax)
@@ -128,7 +137,8 @@ class QuantizerCore {
   /// (a static quantizer never calibrated uses the input's dynamic amax, with a one-time
   /// warning).
   at::Tensor forward(const at::Tensor& x, const c10::optional<at::Tensor>& amax,
-                     const c10::optional<at::Tensor>& pre_quant_scale);
+                     const c10::optional<at::Tensor>& pre_quant_scale,
+                     const c10::optional<at::Tensor>& zero_point = c10::nullopt);
   /// The config `cfg` for which forward(x, amax, pqs) is exactly the operator
   /// quantize_tensor(x, amax, pqs, cfg), given whether an amax is stored (`has_amax`): the
   /// attributes when quantizing, a disabled config (pre_quant_scale only) when disabled or

@@ -122,6 +122,14 @@ QuantizeConfig int4_blockwise_gptq_full_range();
 /// INT4 weight-only blocks of 32 (ModelOpt's range / all 16 codes), RTN.
 QuantizeConfig int4_b32_weight_only();
 QuantizeConfig int4_b32_full_range();
+/// INT4 weights with zero points ("asymmetric": min/max ranges, codes -8..7 shifted by an integer
+/// zero point per block): blocks of 128 (RTN / AWQ lite), 32 and 64; blocks of 64 over all 16
+/// codes (symmetric).
+QuantizeConfig int4_blockwise_asym();
+QuantizeConfig int4_awq_asym();
+QuantizeConfig int4_b32_asym();
+QuantizeConfig int4_b64_full_range();
+QuantizeConfig int4_b64_asym();
 /// NVFP4 weights with GPTQ, activations in float (runs from Python only).
 QuantizeConfig nvfp4_weight_only_gptq();
 /// NF4 weights in blocks of 64 with 8-bit double-quantized scales (blocks of 256), max.

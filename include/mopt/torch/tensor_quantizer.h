@@ -70,8 +70,14 @@ class TensorQuantizerImpl : public torch::nn::Cloneable<TensorQuantizerImpl> {
   c10::optional<at::Tensor> amax() const;
   /// Sets amax (stored as fp32). RuntimeError when an amax of another shape is already set.
   void set_amax(const at::Tensor& value);
-  /// Removes the amax and resets the calibrator.
+  /// Removes the amax (and the zero point) and resets the calibrator.
   void reset_amax();
+  /// The zero point of an asymmetric quantizer (integer codes in amax's shape; nullopt when
+  /// unset). Calibration sets it with amax.
+  c10::optional<at::Tensor> zero_point() const;
+  /// Sets the zero point (ValueError for a symmetric quantizer, another shape than amax's, or a
+  /// value that is no code of the format).
+  void set_zero_point(const at::Tensor& value);
   /// The per-channel scale applied before quantization (nullopt when unset).
   c10::optional<at::Tensor> pre_quant_scale() const;
   /// Sets (or with nullopt removes) pre_quant_scale.
@@ -120,6 +126,7 @@ class TensorQuantizerImpl : public torch::nn::Cloneable<TensorQuantizerImpl> {
   QuantizerCore core_;
   at::Tensor amax_;             // the `_amax` buffer when defined
   at::Tensor pre_quant_scale_;  // the `_pre_quant_scale` buffer when defined
+  at::Tensor zero_point_;       // the `_zero_point` buffer (asymmetric) when defined
 };
 
 /// Module holder of TensorQuantizerImpl.

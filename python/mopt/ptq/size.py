@@ -5,7 +5,8 @@ parameters once).
   the stored format (INT b: b; FP (E, M): 1 + E + M; a SequentialQuantizer stores its narrowest
   stage), plus its scales: one per channel/block/tensor; block scales with ``scale_bits`` take
   that width (E8M0: 8, E4M3: 8, int 8: 8); other scales are fp16 (2 bytes), except a single
-  per-tensor scale, fp32 (4 bytes); two-level schemes add their fp32 second level (NVFP4: one
+  per-tensor scale, fp32 (4 bytes); an asymmetric format adds one zero point per scale, at the
+  element width (INT4: 4 bits); two-level schemes add their fp32 second level (NVFP4: one
   tensor scale; NF4 double quantization: one per scale group plus the fp32 mean); a
   pre_quant_scale (AWQ/SmoothQuant) adds fp16 per input channel;
 * every other parameter (embeddings, norms, biases, unquantized layers, lm_head): 2 bytes (16-bit);

@@ -86,7 +86,7 @@ def _quantizers(model: nn.Module) -> dict[str, nn.Module]:
 
 def _apply(q: TensorQuantizer, p: dict, undo: list, attribute_configs: dict) -> None:
     attr, mode = q.attribute_config, q.mode
-    buffers = {k: q._buffers.get(k) for k in ("_amax", "_pre_quant_scale")}
+    buffers = {k: q._buffers.get(k) for k in ("_amax", "_pre_quant_scale", "_zero_point")}
 
     def put_back() -> None:
         q.set_from_attribute_config(attr)

@@ -1,6 +1,7 @@
 // CPU fake-quant kernels against the naive float64 references.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -106,6 +107,60 @@ TEST(IntFakeQuant, FullRangeUsesEveryCode) {
   EXPECT_EQ(y.front(), -8.0f * (amax / 7.5f));
   EXPECT_FLOAT_EQ(y.back(), 7.0f * (amax / 7.5f));
   p.narrow_range = true;  // contradicts full range
+  EXPECT_THROW(fake_quant::fake_quant_cpu(p), KernelError);
+}
+
+// Asymmetric: int_asym_range turns per-row [lo, hi] ranges into (amax, zero point), and the
+// zero point shifts the codes: every row of a skewed ramp reaches all 16 codes, its ends map to
+// -8 and 7, and 0 stays exact. Checked against a float64 rule written here.
+TEST(IntFakeQuant, AsymmetricRangesUseEveryCodeAndKeepZero) {
+  const int rows = 4, cols = 257;
+  const float los[rows] = {-0.3f, 0.0f, -2.0f, -1.0f};
+  const float his[rows] = {1.7f, 0.9f, 0.0f, 1.0f};
+  std::vector<float> x(rows * cols), y(rows * cols), amax(rows), zp(rows), lo(rows), hi(rows);
+  for (int r = 0; r < rows; ++r) {
+    for (int i = 0; i < cols; ++i) {
+      x[r * cols + i] = los[r] + (his[r] - los[r]) * static_cast<float>(i) / (cols - 1);
+    }
+    x[r * cols + 100] = 0.0f;
+    lo[r] = *std::min_element(x.begin() + r * cols, x.begin() + (r + 1) * cols);
+    hi[r] = *std::max_element(x.begin() + r * cols, x.begin() + (r + 1) * cols);
+  }
+  fake_quant::AsymRangeParams rp;
+  rp.lo = lo.data();
+  rp.hi = hi.data();
+  rp.amax = amax.data();
+  rp.zero_point = zp.data();
+  rp.n = rows;
+  rp.num_bits = 4;
+  fake_quant::int_asym_range_cpu(rp);
+  auto p = int_params(x.data(), y.data(), amax.data(), layout_for({rows, cols}, {true, false}), 4,
+                      false, false, true);
+  p.zero_point = zp.data();
+  fake_quant::fake_quant_cpu(p);
+  for (int r = 0; r < rows; ++r) {
+    const double l = std::min<double>(lo[r], 0.0), h = std::max<double>(hi[r], 0.0);
+    const double step = (h - l) / 15.0;
+    const double z = std::clamp(std::nearbyint(-8.0 - l / step), -8.0, 7.0);
+    EXPECT_NEAR(amax[r], (h - l) / 2, 1e-6) << r;
+    EXPECT_EQ(zp[r], static_cast<float>(z)) << r;
+    std::vector<int> seen(16, 0);
+    for (int i = 0; i < cols; ++i) {
+      const float v = x[r * cols + i];
+      const double code = std::clamp(std::nearbyint(v / step) + z, -8.0, 7.0);
+      const double got = y[r * cols + i] / step + z;  // the kernel's code
+      const double frac = std::abs(v / step) - std::floor(std::abs(v / step));
+      if (std::abs(frac - 0.5) < 1e-4) {  // a tie: fp32 and float64 may round either way
+        ASSERT_LE(std::abs(got - code), 1.0 + 1e-4) << r << " " << i;
+      } else {
+        ASSERT_NEAR(got, code, 1e-4) << r << " " << i;
+      }
+      ++seen[static_cast<int>(std::nearbyint(got)) + 8];
+    }
+    for (int c = 0; c < 16; ++c) EXPECT_GT(seen[c], 0) << "row " << r << " code " << c - 8;
+    EXPECT_EQ(y[r * cols + 100], 0.0f) << "zero must stay exact";
+  }
+  p.full_range = false;  // a zero point needs the full-range scaling of asymmetric formats
   EXPECT_THROW(fake_quant::fake_quant_cpu(p), KernelError);
 }
 

@@ -44,7 +44,8 @@ void compare_fake_quant(const Shape& shape, Format format, int bits_or_e, int m,
   p.format = format;
   if (format == Format::kInt) {
     p.num_bits = bits_or_e;
-    p.full_range = m == 1;  // integers have no mantissa: m = 1 selects full_range
+    // integers have no mantissa: m = 1 selects full_range, m = 2 zero points (asymmetric)
+    p.full_range = m >= 1;
   } else {
     p.exponent_bits = bits_or_e;
     p.mantissa_bits = m;
@@ -53,13 +54,18 @@ void compare_fake_quant(const Shape& shape, Format format, int bits_or_e, int m,
   p.x = x.data();
   p.y = y_cpu.data();
   p.amax = with_amax ? amax.data() : nullptr;
+  std::vector<float> zp(l.out_numel);
+  for (int64_t i = 0; i < l.out_numel; ++i) zp[i] = static_cast<float>(i % 15 - 7);
+  const bool asym = format == Format::kInt && m == 2;
+  p.zero_point = asym ? zp.data() : nullptr;
   fake_quant::fake_quant_cpu(p);
 
   DeviceBuffer<T> dx(x, misalign), dy(l.numel, misalign);
-  DeviceBuffer<float> damax(amax);
+  DeviceBuffer<float> damax(amax), dzp(zp);
   p.x = dx.get();
   p.y = dy.get();
   p.amax = with_amax ? damax.get() : nullptr;
+  p.zero_point = asym ? dzp.get() : nullptr;
   fake_quant::fake_quant_cuda(p, nullptr);
   EXPECT_TRUE(test::bitwise_equal(dy.to_host(), y_cpu));
 }
@@ -80,6 +86,7 @@ void all_cases() {
       compare_fake_quant<T>(s, Format::kInt, 8, 0, mis, true);
       compare_fake_quant<T>(s, Format::kInt, 4, 0, mis, true);
       compare_fake_quant<T>(s, Format::kInt, 4, 1, mis, true);
+      compare_fake_quant<T>(s, Format::kInt, 4, 2, mis, true);
       compare_fake_quant<T>(s, Format::kMinifloat, 4, 3, mis, true);
       compare_fake_quant<T>(s, Format::kMinifloat, 5, 2, mis, true);
       compare_fake_quant<T>(s, Format::kMinifloat, 4, 3, mis, false);
@@ -118,6 +125,29 @@ TEST(AmaxCuda, MatchesCpu) {
     reduce::amax_cuda(p, nullptr);
     EXPECT_TRUE(test::bitwise_equal(dout.to_host(), cpu));
   }
+}
+
+TEST(AsymRangeCuda, MatchesCpu) {
+  MOPT_SKIP_WITHOUT_CUDA();
+  auto lo = test::random_values(1000, 5), hi = test::random_values(1000, 6);
+  lo[3] = hi[3] = 0.0f;  // an all-zero range
+  fake_quant::AsymRangeParams p;
+  p.n = 1000;
+  p.num_bits = 4;
+  std::vector<float> amax(1000), zp(1000);
+  p.lo = lo.data();
+  p.hi = hi.data();
+  p.amax = amax.data();
+  p.zero_point = zp.data();
+  fake_quant::int_asym_range_cpu(p);
+  DeviceBuffer<float> dlo(lo), dhi(hi), damax(1000), dzp(1000);
+  p.lo = dlo.get();
+  p.hi = dhi.get();
+  p.amax = damax.get();
+  p.zero_point = dzp.get();
+  fake_quant::int_asym_range_cuda(p, nullptr);
+  EXPECT_TRUE(test::bitwise_equal(damax.to_host(), amax));
+  EXPECT_TRUE(test::bitwise_equal(dzp.to_host(), zp));
 }
 
 }  // namespace

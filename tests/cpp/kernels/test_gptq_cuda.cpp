@@ -20,6 +20,7 @@ struct Setup {
   int64_t group;  // 0: whole rows
   bool at_start;
   bool permuted;
+  bool asymmetric = false;  // kInt with zero points
 };
 
 void compare(const Setup& s) {
@@ -40,8 +41,11 @@ void compare(const Setup& s) {
   spec.format = s.format;
   spec.num_bits = 4;
   spec.nvfp4_tensor_scale = 8.0f / (6.0f * 448.0f);
+  spec.asymmetric = s.asymmetric;
+  spec.full_range = s.asymmetric;
 
-  std::vector<float> param(rows * count, 0.0f), loss(rows, 0.0f);
+  std::vector<float> param(rows * count, 0.0f), loss(rows, 0.0f), zero(rows * count, 0.0f);
+  DeviceBuffer<float> d_zero(zero);
   std::vector<int32_t> pin(rows * count, -1);
   DeviceBuffer<float> d_w(w), d_u(u), d_param(param), d_loss(loss);
   DeviceBuffer<int32_t> d_index(index), d_pin(pin);
@@ -49,6 +53,10 @@ void compare(const Setup& s) {
   std::vector<float> err(rows * block);
   gptq::Groups g_cpu{group, count, param.data(), pin.data()};
   gptq::Groups g_gpu{group, count, d_param.get(), d_pin.get()};
+  if (s.asymmetric) {
+    g_cpu.zero = zero.data();
+    g_gpu.zero = d_zero.get();
+  }
   if (!s.at_start) {
     gptq::GroupParamsArgs ga{w.data(), rows, cols, cols, spec, g_cpu};
     gptq::gptq_group_params_cpu(ga);
@@ -85,6 +93,14 @@ void compare(const Setup& s) {
   EXPECT_EQ(d_param.to_host(), param);
   EXPECT_EQ(d_loss.to_host(), loss);
   if (s.format == Format::kNVFP4) EXPECT_EQ(d_pin.to_host(), pin);
+  if (s.asymmetric) EXPECT_EQ(d_zero.to_host(), zero);
+}
+
+TEST(GptqCuda, AsymmetricIntMatchesCpu) {
+  MOPT_SKIP_WITHOUT_CUDA();
+  compare({Format::kInt, 16, true, false, true});
+  compare({Format::kInt, 32, false, true, true});
+  compare({Format::kInt, 0, false, false, true});
 }
 
 TEST(GptqCuda, PerRowIntMatchesCpu) {

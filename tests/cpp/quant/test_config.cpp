@@ -59,5 +59,23 @@ TEST(QuantizerConfig, FullRangeIsSignedIntegerOnly) {
   }
 }
 
+TEST(QuantizerConfig, AsymmetricIsSignedIntegerWithMaxCalibration) {
+  const auto c = QuantizerAttributeConfig::from_json(R"({"num_bits": 4, "asymmetric": true})");
+  EXPECT_TRUE(c.asymmetric);
+  EXPECT_TRUE(c.uses_full_range());  // all 2^b codes
+  EXPECT_FALSE(c.full_range);
+  EXPECT_EQ(QuantizerAttributeConfig::from_json(c.to_json()), c);
+  EXPECT_FALSE(QuantizerAttributeConfig::from_json("{}").asymmetric);
+  for (const char* bad : {R"({"num_bits": 4, "asymmetric": true, "narrow_range": true})",
+                          R"({"num_bits": 4, "asymmetric": true, "unsigned": true})",
+                          R"({"num_bits": [4, 3], "asymmetric": true})",
+                          R"({"asymmetric": 1})"}) {
+    EXPECT_THROW(QuantizerAttributeConfig::from_json(bad), c10::ValueError) << bad;
+  }
+  EXPECT_THROW(QuantizerAttributeConfig::from_json(
+                   R"({"num_bits": 8, "asymmetric": true, "calibrator": "histogram"})"),
+               c10::NotImplementedError);
+}
+
 }  // namespace
 }  // namespace mopt

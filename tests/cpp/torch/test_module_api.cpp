@@ -136,6 +136,44 @@ TEST(TensorQuantizer, CloneAndSaveLoad) {
   EXPECT_TRUE(at::equal(*fresh->amax(), *q->amax()));
 }
 
+// Asymmetric: calibration stores amax (half width of [min, max]) and the zero point; both are
+// buffers that clone, save and load; a zero point outside the codes is refused and changes nothing.
+TEST(TensorQuantizer, AsymmetricZeroPointsCalibrateSaveAndLoad) {
+  const auto cfg =
+      QuantizerAttributeConfig::from_json(R"({"num_bits": 4, "axis": 0, "asymmetric": true})");
+  TensorQuantizer q(cfg);
+  const at::Tensor x = torch::stack({torch::linspace(-0.5, 2.5, 31), torch::linspace(0, 1, 31)});
+  q->core().enable_calib();
+  q->core().disable_quant();
+  q->forward(x);
+  q->load_calib_amax();
+  q->core().disable_calib();
+  q->core().enable_quant();
+  ASSERT_TRUE(q->zero_point().has_value());
+  EXPECT_TRUE(at::allclose(*q->amax(), torch::tensor({{1.5f}, {0.5f}})));
+  // row 0: step 3/15, zero point round(-8 + 0.5 / 0.2) = -5 (half even); row 1: -8
+  EXPECT_TRUE(at::equal(*q->zero_point(), torch::tensor({{-6.0f}, {-8.0f}})) ||
+              at::equal(*q->zero_point(), torch::tensor({{-5.0f}, {-8.0f}})));
+  const at::Tensor y = q->forward(x);
+  EXPECT_LE((y - x).abs().max().item<float>(), 0.1f + 1e-6f);  // half a step of row 0
+  EXPECT_EQ(y[1][0].item<float>(), 0.0f);  // zero stays exact
+
+  std::stringstream stream;
+  torch::save(q, stream);
+  TensorQuantizer fresh(cfg);
+  torch::load(fresh, stream);
+  ASSERT_TRUE(fresh->zero_point().has_value());
+  EXPECT_TRUE(at::equal(*fresh->zero_point(), *q->zero_point()));
+  EXPECT_TRUE(at::equal(fresh->forward(x), y));
+
+  const at::Tensor before = q->zero_point()->clone();
+  EXPECT_THROW(q->set_zero_point(torch::tensor({{8.0f}, {0.0f}})), c10::ValueError);
+  EXPECT_THROW(q->set_zero_point(torch::tensor({{0.5f}, {0.0f}})), c10::ValueError);
+  EXPECT_TRUE(at::equal(*q->zero_point(), before));
+  TensorQuantizer sym(QuantizerAttributeConfig::from_json(R"({"num_bits": 4, "axis": 0})"));
+  EXPECT_THROW(sym->set_zero_point(torch::zeros({2, 1})), c10::ValueError);
+}
+
 TEST(TensorQuantizer, HistogramCalibratorCalibrates) {
   TensorQuantizer q(QuantizerAttributeConfig::from_json(R"({"calibrator": "histogram"})"));
   EXPECT_EQ(q->extra_repr(),

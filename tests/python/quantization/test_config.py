@@ -39,7 +39,8 @@ def test_attribute_defaults_match_spec():
     c = QuantizerAttributeConfig()
     assert c.model_dump() == {
         "enable": True, "num_bits": 8, "axis": None, "fake_quant": True, "unsigned": False,
-        "narrow_range": False, "full_range": False, "type": "static", "block_sizes": None,
+        "narrow_range": False, "full_range": False, "asymmetric": False,
+        "type": "static", "block_sizes": None,
         "bias": None, "calibrator": "max", "pass_through_bwd": False,
         "trt_high_precision_dtype": "Float", "rotate": False, "learn_amax": False,
     }

@@ -44,8 +44,12 @@ class _SwappedCalibrators:
 
     def __enter__(self) -> _SwappedCalibrators:
         self.originals = [q.calibrator for q, _ in self.pairs]
-        for q, cal in self.pairs:
-            q.calibrator = cal
+        try:
+            for q, cal in self.pairs:
+                q.calibrator = cal  # an asymmetric quantizer refuses a non-min/max calibrator
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

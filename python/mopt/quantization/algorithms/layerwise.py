@@ -175,8 +175,8 @@ def replace_amax(quantizer: TensorQuantizer, amax: torch.Tensor) -> None:
 
 
 def apply_update(module: nn.Module, update: dict) -> None:
-    """Writes a solver's update (weight, pre_quant_scale, input_amax, weight_amax,
-    recalibrate_weight) into the layer; the weight is saved first, so a failed mtq.quantize
+    """Writes a solver's update (weight, pre_quant_scale, input_amax, weight_amax with
+    weight_zero_point, recalibrate_weight) into the layer; the weight is saved first, so a failed mtq.quantize
     restores it."""
     iq, wq = module.input_quantizer, module.weight_quantizer
     if update["weight"] is not None:
@@ -189,6 +189,8 @@ def apply_update(module: nn.Module, update: dict) -> None:
         replace_amax(iq, update["input_amax"])
     if update["weight_amax"] is not None:
         replace_amax(wq, update["weight_amax"])
+    if update.get("weight_zero_point") is not None:
+        wq.zero_point = update["weight_zero_point"]
     if update["recalibrate_weight"]:
         recalibrate_weight(module)
 

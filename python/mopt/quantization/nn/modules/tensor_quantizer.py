@@ -172,6 +172,9 @@ class TensorQuantizer(nn.Module):
     full_range = property(
         lambda self: self._attr.full_range, lambda self, v: self._update("full_range", v)
     )
+    asymmetric = property(
+        lambda self: self._attr.asymmetric, lambda self, v: self._update("asymmetric", v)
+    )
     fake_quant = property(
         lambda self: self._attr.fake_quant, lambda self, v: self._update("fake_quant", v)
     )
@@ -288,10 +291,32 @@ class TensorQuantizer(nn.Module):
                 current.copy_(value.to(current.device))
 
     def reset_amax(self) -> None:
-        """Removes the calibrated amax and resets the calibrator."""
+        """Removes the calibrated amax (and zero point) and resets the calibrator."""
         self._buffers.pop("_amax", None)
+        self._buffers.pop("_zero_point", None)
         self._core.reset_calibrator()
         self._refresh()
+
+    @property
+    def zero_point(self) -> torch.Tensor | None:
+        """The zero points of an asymmetric quantizer (integer codes in amax's shape), None
+        when unset; calibration sets them with amax."""
+        return self._buffers.get("_zero_point")
+
+    @zero_point.setter
+    def zero_point(self, value: torch.Tensor | float | None) -> None:
+        if value is None:
+            self._buffers.pop("_zero_point", None)
+            return
+        amax = self._buffers.get("_amax")
+        value = self._core.zero_point_to_store(torch.as_tensor(value, dtype=torch.float32), amax)
+        current = self._buffers.get("_zero_point")
+        if current is None or current.shape != value.shape:
+            device = amax.device if amax is not None else value.device
+            self.register_buffer("_zero_point", value.to(device).clone())
+        else:
+            with torch.no_grad():
+                current.copy_(value.to(current.device))
 
     @property
     def pre_quant_scale(self) -> torch.Tensor | None:
@@ -363,6 +388,9 @@ class TensorQuantizer(nn.Module):
         if current is not None and current.shape != amax.shape:
             self._buffers.pop("_amax")
         self._store_amax(amax, validate=False)  # check_amax reports bad calibration results
+        zero_point = self._core.compute_zero_point()
+        if zero_point is not None:
+            self.zero_point = zero_point
 
     def export_amax(self) -> torch.Tensor | None:
         """amax for export (fp32), None for dynamic quantizers."""
@@ -372,9 +400,10 @@ class TensorQuantizer(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         amax = self._buffers.get("_amax")
         pqs = self._buffers.get("_pre_quant_scale")
+        zp = self._buffers.get("_zero_point")
         if self._forward_cfg is not None:
-            return torch.ops.mopt.quantize_tensor(inputs, amax, pqs, self._forward_cfg)
-        out = self._core.forward(inputs, amax, pqs)
+            return torch.ops.mopt.quantize_tensor(inputs, amax, pqs, self._forward_cfg, zp)
+        out = self._core.forward(inputs, amax, pqs, zp)
         # the core may have warned once and switched to plain quantization
         self.__dict__["_forward_cfg"] = self._core.forward_config(amax is not None)
         return out
@@ -384,7 +413,7 @@ class TensorQuantizer(nn.Module):
         """Properties to rebuild this quantizer, in ModelOpt's layout (``_num_bits``,
         ``_disabled``, ..., and the buffer shapes under ``_pytorch_state_metadata``); tensors
         live in state_dict, so `properties_only` changes nothing."""
-        buffers = {k: self._buffers.get(k) for k in ("_amax", "_pre_quant_scale")}
+        buffers = {k: self._buffers.get(k) for k in ("_amax", "_pre_quant_scale", "_zero_point")}
         return json.loads(_C.quantizer_state_json(self._core, buffers))
 
     def set_from_modelopt_state(self, modelopt_state: dict, properties_only: bool = False) -> None:
@@ -426,7 +455,7 @@ class TensorQuantizer(nn.Module):
         layout = p.get("file_amax_shape")
         self.__dict__["_file_amax_shape"] = None if layout is None else tuple(layout)
         if not properties_only:
-            for buf in ("_amax", "_pre_quant_scale"):
+            for buf in ("_amax", "_pre_quant_scale", "_zero_point"):
                 self._buffers.pop(buf, None)
                 if buf in buffers:  # register_buffer's effect for a name known to be valid
                     self._buffers[buf] = buffers[buf]
@@ -443,8 +472,12 @@ class TensorQuantizer(nn.Module):
             amax = state_dict[prefix + "_amax"] = amax.reshape(current.shape)
         if isinstance(amax, torch.Tensor):  # checked before anything is copied
             self._core.amax_to_store(amax, None, True)
+        zero_point = state_dict.get(prefix + "_zero_point")
+        if isinstance(zero_point, torch.Tensor):
+            self._core.zero_point_to_store(zero_point,
+                                           amax if isinstance(amax, torch.Tensor) else current)
         # A checkpoint may hold buffers this quantizer has not created yet.
-        for buf in ("_amax", "_pre_quant_scale"):
+        for buf in ("_amax", "_pre_quant_scale", "_zero_point"):
             key = prefix + buf
             if key in state_dict and buf not in self._buffers:
                 self.register_buffer(buf, torch.empty_like(state_dict[key]))
@@ -498,14 +531,15 @@ class TensorQuantizer(nn.Module):
 
     @property
     def bias(self):
-        """The affine offset of the attribute config (None: symmetric)."""
+        """ModelOpt's float affine offset of the attribute config (always None in mopt; integer
+        zero points are the ``asymmetric`` attribute)."""
         return self._attr.bias
 
     def reset_bias(self) -> None:
         """Nothing to do: mopt keeps no calibrated bias."""
 
-    _NO_BIAS = ("affine-bias calibration of quantizers (a calibrated `bias` for KV caches); "
-                "mopt's quantizers are symmetric")
+    _NO_BIAS = ("affine-bias calibration of quantizers (a calibrated float `bias` for KV "
+                "caches); mopt's affine integers use zero points instead ('asymmetric': True)")
     bias_axis = property(refused_method("TensorQuantizer.bias_axis", _NO_BIAS))
     bias_method = property(refused_method("TensorQuantizer.bias_method", _NO_BIAS))
     bias_type = property(refused_method("TensorQuantizer.bias_type", _NO_BIAS))
