@@ -7,6 +7,8 @@
 #include "mopt/algorithms/calibration.h"
 #include "mopt/algorithms/gptq.h"
 #include "mopt/algorithms/smoothquant.h"
+#include "mopt/core/error.h"
+#include "mopt/quant/quantizer_core.h"
 
 namespace py = pybind11;
 
@@ -127,6 +129,19 @@ void bind_algorithms(py::module_& m) {
         },
         py::arg("name"), py::arg("weight_quantizer"), py::arg("weight_has_pre_quant_scale"),
         "NotImplementedError for a layer GPTQ cannot run on.");
+  m.def(
+      "max_calibration_from_weights",
+      [](const std::vector<const QuantizerCore*>& cores, const std::vector<bool>& reads_weight) {
+        MOPT_CHECK_VALUE(cores.size() == reads_weight.size(), "max_calibration_from_weights: ",
+                         cores.size(), " quantizer cores but ", reads_weight.size(), " flags");
+        std::vector<algorithms::MaxCalibrationQuantizer> quantizers;
+        for (size_t i = 0; i < cores.size(); ++i) quantizers.push_back({cores[i], reads_weight[i]});
+        return algorithms::max_calibration_from_weights(quantizers);
+      },
+      py::arg("cores"), py::arg("reads_layer_weight"),
+      "True when max calibration needs no forward_loop: every quantizer core that needs "
+      "calibration reads its layer's weight (the flag at its index) with a plain max calibrator.");
+  m.attr("MAX_CALIBRATION_FROM_WEIGHTS_NOTE") = algorithms::max_calibration_from_weights_note();
   m.def(
       "parse_algorithm",
       [](const std::string& json, const std::vector<std::string>& external) {

@@ -8,9 +8,12 @@
 #include <cstdint>
 #include <limits>
 #include <set>
+#include <typeinfo>
 
 #include "core/json_parse.h"
+#include "mopt/calib/max_calibrator.h"
 #include "mopt/core/error.h"
+#include "mopt/quant/quantizer_core.h"
 
 namespace mopt::algorithms {
 
@@ -156,7 +159,10 @@ CalibrationOptions parse_options(const std::string& method, const json& obj) {
   Options o(method, obj);
   CalibrationOptions out;
   if (method == "max") {
-    out = MaxCalibration{};
+    MaxCalibration m;
+    m.skip_forward_without_activation_calib =
+        o.boolean("skip_forward_without_activation_calib", true);
+    out = m;
   } else if (method == "smoothquant") {
     SmoothQuantCalibration s;
     s.alpha = o.number("alpha", 1.0);
@@ -289,6 +295,28 @@ const std::vector<std::string>& calibration_methods() {
   return names;
 }
 
+bool max_calibration_from_weights(const std::vector<MaxCalibrationQuantizer>& quantizers) {
+  for (const auto& q : quantizers) {
+    MOPT_CHECK_VALUE(q.core != nullptr, "max_calibration_from_weights: a quantizer without core");
+    if (!q.core->needs_calibration()) continue;
+    if (!q.reads_layer_weight) return false;
+    // Collecting one tensor once or N times is the same only for a plain running max: a
+    // histogram counts each batch, a step calibrator counts calls, track_amax keeps every batch.
+    const Calibrator* c = q.core->calibrator().get();
+    if (typeid(*c) != typeid(MaxCalibrator)) return false;
+    if (static_cast<const MaxCalibrator*>(c)->track_amax()) return false;
+  }
+  return true;
+}
+
+const std::string& max_calibration_from_weights_note() {
+  static const std::string note =
+      "mopt: max calibration: no quantizer needs activation data, so the weight quantizers "
+      "were calibrated from the weights without running forward_loop (algorithm "
+      "{\"method\": \"max\", \"skip_forward_without_activation_calib\": false} runs it)";
+  return note;
+}
+
 std::vector<CalibrationStep> parse_calibration_steps(
     const std::string& algorithm_json, const std::vector<std::string>& external_methods) {
   json a;
@@ -327,7 +355,9 @@ std::string CalibrationStep::options_json() const {
   std::visit(
       [&](const auto& o) {
         using T = std::decay_t<decltype(o)>;
-        if constexpr (std::is_same_v<T, SmoothQuantCalibration>) {
+        if constexpr (std::is_same_v<T, MaxCalibration>) {
+          j["skip_forward_without_activation_calib"] = o.skip_forward_without_activation_calib;
+        } else if constexpr (std::is_same_v<T, SmoothQuantCalibration>) {
           j["alpha"] = o.alpha;
           j["debug"] = o.debug;
         } else if constexpr (std::is_same_v<T, AwqCalibration>) {

@@ -9,6 +9,7 @@
 #include <ATen/ops/lt.h>
 #include <c10/util/Exception.h>
 
+#include <iostream>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -177,9 +178,68 @@ void collect_and_load(torch::nn::Module& model, const ForwardLoop& loop) {
   finish_stats_collection(model);
 }
 
-void max_calibrate(torch::nn::Module& model, const ForwardLoop& loop) {
+// Every quantizer of the weight slot of a converted layer with a materialized, non-empty weight:
+// the layer's forward passes quant_weight() to them as it is.
+std::unordered_set<const TensorQuantizerImpl*> layer_weight_quantizers(torch::nn::Module& model) {
+  std::unordered_set<const TensorQuantizerImpl*> out;
+  for (const Node& node : named_modules(model)) {
+    auto* qm = dynamic_cast<QuantModule*>(node.module);
+    if (!qm || !qm->is_converted()) continue;
+    const at::Tensor weight = qm->quant_weight();
+    if (!weight.defined() || weight.is_meta() || weight.numel() == 0) continue;
+    for (const TensorQuantizer& q : slot_quantizers(*qm, QuantModule::kWeight)) out.insert(q.get());
+  }
+  return out;
+}
+
+bool calibrates_from_weights(torch::nn::Module& model) {
+  const auto readable = layer_weight_quantizers(model);
+  std::vector<algorithms::MaxCalibrationQuantizer> quantizers;
+  for (auto* q : all_quantizers(model)) quantizers.push_back({&q->core(), readable.count(q) > 0});
+  return algorithms::max_calibration_from_weights(quantizers);
+}
+
+// Max calibration as one forward pass would do it, without the data: every quantizer that needs
+// calibration (only weight quantizers, see calibrates_from_weights) collects with quantization
+// off while each layer's weight goes through its weight quantizer, stages in order.
+void calibrate_from_weights(torch::nn::Module& model) {
+  enable_stats_collection(model);
+  try {
+    at::NoGradGuard no_grad;
+    for (const Node& node : named_modules(model)) {
+      auto* qm = dynamic_cast<QuantModule*>(node.module);
+      if (!qm || !qm->is_converted()) continue;
+      bool collecting = false;
+      for (const auto& q : slot_quantizers(*qm, QuantModule::kWeight)) {
+        collecting = collecting || q->is_calib_enabled();
+      }
+      if (!collecting) continue;
+      const ModulePtr wq = qm->quantizer(QuantModule::kWeight);
+      if (auto* s = dynamic_cast<SequentialQuantizerImpl*>(wq.get())) {
+        s->forward(qm->quant_weight());
+      } else {
+        std::dynamic_pointer_cast<TensorQuantizerImpl>(wq)->forward(qm->quant_weight());
+      }
+    }
+  } catch (...) {
+    abort_stats_collection(model);
+    throw;
+  }
+  finish_stats_collection(model);
+}
+
+// With `from_weights_if_possible` (the max step's skip_forward_without_activation_calib), a
+// model whose only quantizers to calibrate read layer weights is calibrated from the weights and
+// forward_loop is not run: the same amax, without the passes over the data.
+void max_calibrate(torch::nn::Module& model, const ForwardLoop& loop,
+                   bool from_weights_if_possible) {
   if (!loop) {
     weight_only_calibrate(model, false);
+    return;
+  }
+  if (from_weights_if_possible && calibrates_from_weights(model)) {
+    std::cout << algorithms::max_calibration_from_weights_note() << std::endl;
+    calibrate_from_weights(model);
     return;
   }
   collect_and_load(model, loop);
@@ -436,7 +496,7 @@ std::vector<QuantModule*> awq_lite(torch::nn::Module& model, const ForwardLoop& 
     layers.push_back({l, std::move(solver), input_quantized});
   }
   if (layers.empty()) {
-    max_calibrate(model, loop);
+    max_calibrate(model, loop, /*from_weights_if_possible=*/false);
     return {};
   }
   std::vector<SolvedLayer*> searched;
@@ -506,7 +566,7 @@ std::vector<QuantModule*> awq_clip(torch::nn::Module& model, const ForwardLoop& 
     layers.push_back({l, std::move(solver), input_quantized});
   }
   if (layers.empty()) {
-    max_calibrate(model, loop);
+    max_calibrate(model, loop, /*from_weights_if_possible=*/false);
     return {};
   }
   {
@@ -715,7 +775,7 @@ void histogram_calibrate(torch::nn::Module& model, const ForwardLoop& loop,
   }
   CalibratorSwap swap;
   for (size_t i = 0; i < targets.size(); ++i) swap.swap(targets[i], calibrators[i]);
-  max_calibrate(model, loop);
+  max_calibrate(model, loop, /*from_weights_if_possible=*/false);
 }
 
 // Activation quantizers take a percentile of their per-step amaxes; weights keep max calibration.
@@ -735,12 +795,12 @@ void step_percentile_calibrate(torch::nn::Module& model, const ForwardLoop& loop
   }
   CalibratorSwap swap;
   for (size_t i = 0; i < targets.size(); ++i) swap.swap(targets[i], calibrators[i]);
-  max_calibrate(model, loop);
+  max_calibrate(model, loop, /*from_weights_if_possible=*/false);
 }
 
 void mse_calibrate(torch::nn::Module& model, const ForwardLoop& loop,
                    const algorithms::MseCalibration& opts) {
-  max_calibrate(model, loop);
+  max_calibrate(model, loop, /*from_weights_if_possible=*/false);
   std::vector<TensorQuantizerImpl*> targets;
   std::vector<TensorQuantizerImpl*> statics;
   for (auto* q : all_quantizers(model)) {
@@ -839,7 +899,7 @@ void run_step(torch::nn::Module& model, const ForwardLoop& loop,
       [&](const auto& o) {
         using T = std::decay_t<decltype(o)>;
         if constexpr (std::is_same_v<T, algorithms::MaxCalibration>) {
-          max_calibrate(model, loop);
+          max_calibrate(model, loop, o.skip_forward_without_activation_calib);
         } else if constexpr (std::is_same_v<T, algorithms::SmoothQuantCalibration>) {
           smoothquant(model, loop, o);
         } else if constexpr (std::is_same_v<T, algorithms::AwqCalibration>) {

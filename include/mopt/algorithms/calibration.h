@@ -14,10 +14,19 @@
 #include "mopt/calib/calibrator.h"
 #include "mopt/calib/step_calibrator.h"
 
+namespace mopt {
+class QuantizerCore;
+}  // namespace mopt
+
 namespace mopt::algorithms {
 
 /// `max`: running max of |x| per quantizer.
-struct MaxCalibration {};
+struct MaxCalibration {
+  /// When only weight quantizers need calibration (see max_calibration_from_weights), calibrate
+  /// them from the layers' weights and skip forward_loop (ModelOpt's option name; its default
+  /// is false, mopt's true: the amaxes are the same, only the wasted passes go).
+  bool skip_forward_without_activation_calib = true;
+};
 
 /// `smoothquant`.
 struct SmoothQuantCalibration {
@@ -80,6 +89,24 @@ struct CalibrationStep {
   /// The options with every field, as a JSON object (what Python passes as keyword arguments).
   std::string options_json() const;
 };
+
+/// A quantizer as max calibration sees it.
+struct MaxCalibrationQuantizer {
+  const QuantizerCore* core = nullptr;
+  /// The weight quantizer (or a stage of one) of a layer whose forward passes the weight the
+  /// driver reads from the layer, as it is, to it: no hook, transform or sharding in between.
+  bool reads_layer_weight = false;
+};
+
+/// True when max calibration needs no forward_loop: every quantizer that needs calibration
+/// (QuantizerCore::needs_calibration) reads its layer's weight and collects with a plain
+/// MaxCalibrator, so feeding each weight once through its weight quantizer gives the amax that
+/// a forward per calibration batch gives (the running max of one tensor is that tensor's max).
+/// Also true when no quantizer needs calibration.
+bool max_calibration_from_weights(const std::vector<MaxCalibrationQuantizer>& quantizers);
+
+/// The line the front ends print once when max calibration skips forward_loop.
+const std::string& max_calibration_from_weights_note();
 
 /// The built-in methods, sorted.
 const std::vector<std::string>& calibration_methods();

@@ -60,9 +60,11 @@ void quantize(const torch::nn::ModuleHolder<ModuleType>& model, const QuantizeCo
 /// order (algorithms::parse_calibration_steps turns a config's `algorithm` into them): max,
 /// smoothquant, awq_lite / awq_clip / awq_full, gptq, mse, entropy / percentile / histogram_mse,
 /// with the numbers of Python's mtq.calibrate on the same module and data. Without forward_loop
-/// only the weights are calibrated. Inside a CalibrationGroupScope, statistics are combined over
-/// its process group. Afterwards a NaN, infinite or negative amax raises RuntimeError naming the
-/// quantizer and its layer.
+/// only the weights are calibrated; a max step whose only quantizers to calibrate read layer
+/// weights (algorithms::max_calibration_from_weights) calibrates them from the weights and does
+/// not run forward_loop (skip_forward_without_activation_calib: false runs it). Inside a
+/// CalibrationGroupScope, statistics are combined over its process group. Afterwards a NaN,
+/// infinite or negative amax raises RuntimeError naming the quantizer and its layer.
 void calibrate(torch::nn::Module& model, const std::vector<algorithms::CalibrationStep>& steps,
                const ForwardLoop& forward_loop = nullptr);
 

@@ -397,6 +397,113 @@ TEST(Quantize, WeightOnlyWithoutForwardLoop) {
   EXPECT_FALSE(q1->input_quantizer()->amax().has_value());
 }
 
+// Max calibration when only weight quantizers need calibration: calibrated from the weights,
+// forward_loop not run, amaxes bitwise those of the forward-loop path (forced with the max
+// step's skip_forward_without_activation_calib: false), one line on stdout.
+TEST(Quantize, WeightOnlyMaxSkipsTheForwardLoopWithTheSameAmax) {
+  const auto batches = calib_batches(3, 12);
+  QuantizeConfig w4a8_weights = QuantizeConfig::from_json(R"({
+    "quant_cfg": {
+      "*weight_quantizer": [{"num_bits": 4, "block_sizes": {"-1": 4, "type": "static"}},
+                            {"num_bits": [4, 3], "axis": null}],
+      "default": {"enable": false}},
+    "algorithm": "max"})");
+  const std::vector<std::pair<std::string, QuantizeConfig>> cases = {
+      {"int8_weight_only", configs::int8_weight_only()},
+      {"int8_dynamic", configs::int8_dynamic()},
+      {"int4_blockwise_weight_only", configs::int4_blockwise_weight_only()},
+      {"fp8_per_channel_per_token", configs::fp8_per_channel_per_token()},
+      {"w4a8_weights", w4a8_weights}};
+  const std::string note = algorithms::max_calibration_from_weights_note();
+  for (const auto& [name, cfg] : cases) {
+    SCOPED_TRACE(name);
+    QuantizeConfig forced = cfg;
+    forced.algorithm = R"({"method": "max", "skip_forward_without_activation_calib": false})";
+    torch::nn::Sequential skipped = make_mlp(), looped = make_mlp();
+    int skipped_calls = 0, looped_calls = 0;
+    testing::internal::CaptureStdout();
+    mopt::quantize(skipped, cfg, [&](torch::nn::Module&) {
+      ++skipped_calls;
+      for (const auto& b : batches) skipped->forward(b);
+    });
+    const std::string skip_out = testing::internal::GetCapturedStdout();
+    testing::internal::CaptureStdout();
+    mopt::quantize(looped, forced, [&](torch::nn::Module&) {
+      ++looped_calls;
+      for (const auto& b : batches) looped->forward(b);
+    });
+    const std::string loop_out = testing::internal::GetCapturedStdout();
+    EXPECT_EQ(skipped_calls, 0);
+    EXPECT_EQ(looped_calls, 1);
+    EXPECT_NE(skip_out.find(note), std::string::npos);
+    EXPECT_EQ(skip_out.find(note), skip_out.rfind(note));  // once
+    EXPECT_EQ(loop_out.find(note), std::string::npos);
+    const auto a = named_quantizers(*skipped), b = named_quantizers(*looped);
+    ASSERT_EQ(a.size(), b.size());
+    int calibrated = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      SCOPED_TRACE(a[i].first);
+      EXPECT_EQ(a[i].first, b[i].first);
+      ASSERT_EQ(a[i].second->amax().has_value(), b[i].second->amax().has_value());
+      if (!a[i].second->amax()) continue;
+      EXPECT_TRUE(at::equal(*a[i].second->amax(), *b[i].second->amax()));
+      ++calibrated;
+    }
+    EXPECT_GT(calibrated, 0);
+    torch::NoGradGuard no_grad;
+    const at::Tensor x = torch::randn({4, 12});
+    EXPECT_TRUE(at::equal(skipped->forward(x), looped->forward(x)));
+  }
+}
+
+TEST(Quantize, StaticActivationQuantizersKeepTheForwardLoop) {
+  const auto batches = calib_batches(3, 12);
+  for (const QuantizeConfig& cfg : {configs::int8_default(), configs::fp8_default()}) {
+    torch::nn::Sequential mlp = make_mlp();
+    int calls = 0;
+    mopt::quantize(mlp, cfg, [&](torch::nn::Module&) {
+      ++calls;
+      for (const auto& b : batches) mlp->forward(b);
+    });
+    EXPECT_EQ(calls, 1);
+  }
+  // so do the other algorithms, whose searches need the data even for weights
+  torch::nn::Sequential mlp = make_mlp();
+  QuantizeConfig mse = configs::int8_weight_only();
+  mse.algorithm = "mse";
+  int calls = 0;
+  mopt::quantize(mlp, mse, [&](torch::nn::Module&) {
+    ++calls;
+    for (const auto& b : batches) mlp->forward(b);
+  });
+  EXPECT_EQ(calls, 2);  // the max step, then the MSE search
+}
+
+// The rule both front ends apply (algorithms::max_calibration_from_weights).
+TEST(MaxCalibrationFromWeights, OnlyWeightQuantizersWithAPlainMaxCalibrator) {
+  using algorithms::max_calibration_from_weights;
+  const auto parse = QuantizerAttributeConfig::from_json;
+  QuantizerCore weight(parse(R"({"num_bits": 8, "axis": 0})"));
+  QuantizerCore static_input(parse(R"({"num_bits": 8})"));
+  QuantizerCore dynamic_input(parse(R"({"num_bits": 8, "type": "dynamic"})"));
+  QuantizerCore disabled_input(parse(R"({"num_bits": 8, "enable": false})"));
+  EXPECT_TRUE(max_calibration_from_weights({}));
+  EXPECT_TRUE(max_calibration_from_weights({{&weight, true}, {&dynamic_input, false},
+                                            {&disabled_input, false}}));
+  EXPECT_FALSE(max_calibration_from_weights({{&weight, true}, {&static_input, false}}));
+  // a weight the driver cannot read as the layer's forward sees it
+  EXPECT_FALSE(max_calibration_from_weights({{&weight, false}}));
+  // a histogram counts every batch; a MaxCalibrator with track_amax keeps each batch's amax
+  QuantizerCore histogram = weight;
+  histogram.set_calibrator(std::make_shared<HistogramCalibrator>());
+  EXPECT_FALSE(max_calibration_from_weights({{&histogram, true}}));
+  QuantizerCore tracking = weight;
+  tracking.set_calibrator(std::make_shared<MaxCalibrator>(8, std::vector<int64_t>{0}, false,
+                                                          /*track_amax=*/true));
+  EXPECT_FALSE(max_calibration_from_weights({{&tracking, true}}));
+  EXPECT_THROW(max_calibration_from_weights({{nullptr, true}}), c10::ValueError);
+}
+
 TEST(Quantize, SequentialQuantizerAndClassScopedEntries) {
   torch::manual_seed(4);
   torch::nn::Sequential net(torch::nn::Conv2d(torch::nn::Conv2dOptions(2, 4, 3).padding(1)),

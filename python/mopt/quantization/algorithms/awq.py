@@ -115,7 +115,7 @@ def _awq_lite(model: nn.Module, forward_loop: Callable, alpha_step: float,
             raise ValueError(f"awq_lite: layer '{name}': {e}") from e
         layers.append(SolvedLayer(name, module, solver, input_quantized))
     if not layers:  # nothing to search: the other quantizers still get their max calibration
-        max_calibrate(model, forward_loop)
+        max_calibrate(model, forward_loop, skip_forward_without_activation_calib=False)
         return []
 
     with QuantizersOff(layers):
@@ -187,7 +187,7 @@ def _awq_clip(model: nn.Module, forward_loop: Callable, max_co_batch_size: int,
         iq.enable_quant()
         layers.append(SolvedLayer(name, module, solver, input_quantized))
     if not layers:
-        max_calibrate(model, forward_loop)
+        max_calibrate(model, forward_loop, skip_forward_without_activation_calib=False)
         return []
 
     with QuantizersOff(layers):

@@ -85,7 +85,7 @@ def _histogram_calibrate(algorithm: str, method: str, model: nn.Module,
         cal.set_default_method(method, **amax_options)
         calibrators.append(cal)
     with _SwappedCalibrators(list(zip(targets, calibrators))):
-        max_calibrate(model, forward_loop)
+        max_calibrate(model, forward_loop, skip_forward_without_activation_calib=False)
 
 
 def entropy_calibrate(model: nn.Module, forward_loop: ForwardLoop | None = None,
@@ -126,7 +126,7 @@ def mse_calibrate(model: nn.Module, forward_loop: ForwardLoop | None = None,
     """Max calibration, then per channel the amax multiplier with the least output MSE over
     `num_steps` candidates on [start_multiplier, stop_multiplier] (``step_size``, ModelOpt
     >= 0.41's form, is turned into num_steps when the config is parsed)."""
-    max_calibrate(model, forward_loop)
+    max_calibrate(model, forward_loop, skip_forward_without_activation_calib=False)
     static = [q for _, q in named_quantizers(model) if q.needs_calibration]
     # A NaN/Inf amax is left for calibrate's check, which names the layer.
     targets = [
@@ -175,7 +175,7 @@ def step_percentile_calibrate(model: nn.Module, forward_loop: ForwardLoop | None
                                          percentile=percentile, collect=collect)
                    for q in targets]
     with _SwappedCalibrators(list(zip(targets, calibrators))):
-        max_calibrate(model, forward_loop)
+        max_calibrate(model, forward_loop, skip_forward_without_activation_calib=False)
 
 
 register_calibration_algorithm("entropy", entropy_calibrate)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ... import _C
 from ..utils import named_quantizers, quantized_modules
 from .registry import register_calibration_algorithm
 
@@ -24,6 +25,9 @@ __all__ = [
     "weight_only_calibrate",
     "weight_stages",
     "max_calibrate",
+    "calibrates_from_weights",
+    "calibrate_from_weights",
+    "layer_weight_quantizers",
 ]
 
 ForwardLoop = Callable[[nn.Module], Any]
@@ -116,10 +120,74 @@ def collect_and_load(model: nn.Module, forward_loop: ForwardLoop) -> None:
         finish_stats_collection(model)
 
 
-def max_calibrate(model: nn.Module, forward_loop: ForwardLoop | None = None) -> None:
-    """Max calibration: running max of |x| per quantizer; weights only without forward_loop."""
+def _reads_layer_weight(module: nn.Module, weight: Any) -> bool:
+    # The library's forward hands `module.weight` to the weight quantizer as it is. A forward of
+    # the class's or the instance's own (accelerate wraps it), a tensor subclass (FSDP2's
+    # DTensor), a meta weight (offloaded) or an empty one (ZeRO-3 and FSDP1 keep a 0-element
+    # placeholder outside forward) may not be what the weight quantizer sees in a forward.
+    from ..nn.modules.quant_module import QuantLinearConvBase
+
+    return (type(module).forward is QuantLinearConvBase.forward
+            and "forward" not in vars(module)
+            and type(weight) in (torch.Tensor, nn.Parameter)
+            and not weight.is_meta and weight.numel() > 0)
+
+
+def layer_weight_quantizers(model: nn.Module) -> set[int]:
+    """ids of the quantizers (SequentialQuantizer stages too) that see their layer's weight,
+    read from the layer, exactly as the layer's forward passes it. A layer under a forward
+    pre-hook (its own or an ancestor's: FSDP2 and DeepSpeed ZeRO-3 gather weights there) is left
+    out."""
+    hooked: set[int] = set()
+    if torch.nn.modules.module._global_forward_pre_hooks:
+        hooked = {id(m) for m in model.modules()}
+    for m in model.modules():
+        if m._forward_pre_hooks:
+            hooked.update(id(sub) for sub in m.modules())
+    return {id(q) for _, module, weight, quantizers in weight_stages(model)
+            if id(module) not in hooked and _reads_layer_weight(module, weight)
+            for q in quantizers}
+
+
+def calibrates_from_weights(model: nn.Module) -> bool:
+    """True when max calibration needs no forward_loop (``_C.max_calibration_from_weights``):
+    only weight quantizers that see their layer's weight need calibration."""
+    readable = layer_weight_quantizers(model)
+    quantizers = [q for _, q in named_quantizers(model)]
+    return _C.max_calibration_from_weights([q.core for q in quantizers],
+                                           [id(q) in readable for q in quantizers])
+
+
+def calibrate_from_weights(model: nn.Module) -> None:
+    """Max calibration as one forward pass would do it, without the data: every quantizer that
+    needs calibration collects (quantization off) while each layer's weight goes through its
+    weight quantizer, stages in order."""
+    enable_stats_collection(model)
+    try:
+        with torch.no_grad():
+            for _, module, weight, quantizers in weight_stages(model):
+                if any(q.is_calib_enabled for q in quantizers):
+                    module.weight_quantizer(weight)
+    except BaseException:
+        abort_stats_collection(model)
+        raise
+    finish_stats_collection(model)
+
+
+def max_calibrate(model: nn.Module, forward_loop: ForwardLoop | None = None,
+                  skip_forward_without_activation_calib: bool = True) -> None:
+    """Max calibration: running max of |x| per quantizer; weights only without forward_loop.
+
+    When only weight quantizers need calibration (``calibrates_from_weights``) and
+    `skip_forward_without_activation_calib` (ModelOpt's option; its default is False), they are
+    calibrated from the weights and `forward_loop` is not run: the same amax, without the passes
+    over the data (one line says so)."""
     if forward_loop is None:
         weight_only_calibrate(model)
+        return
+    if skip_forward_without_activation_calib and calibrates_from_weights(model):
+        print(_C.MAX_CALIBRATION_FROM_WEIGHTS_NOTE)
+        calibrate_from_weights(model)
         return
     collect_and_load(model, forward_loop)
     weight_only_calibrate(model, only_uncalibrated=True)
