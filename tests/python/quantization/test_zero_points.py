@@ -20,13 +20,7 @@ from .algorithms._sq_awq_common import (
     linear_weights,
     quantize,
 )
-
-
-def _round_half_even64(v: torch.Tensor) -> torch.Tensor:
-    f = torch.floor(v)
-    d = v - f
-    up = (d > 0.5) | ((d == 0.5) & (torch.remainder(f, 2) == 1))
-    return torch.where(up, f + 1, f)
+from .test_integer_ranges import _round_half_even64
 
 
 def oracle_asym(x: torch.Tensor, reduce_dims: tuple[int, ...], bits: int):
