@@ -24,9 +24,10 @@ Recipes, with G = 32 for stories260K and 128 for smollm2-135m:
             W8A8 example) and W8A8 round-to-nearest; torchao Int8DynamicActivationInt8Weight.
 * int8_wo   INT8 weight-only per channel: mopt int8_wo, llm-compressor W8A16 made per channel
             (its preset groups by 128), torchao Int8WeightOnly.
-* int4_rtn  INT4 weight-only, symmetric groups of G, round to nearest: mopt int4[_b32] (codes
-            -7..7, scale amax/7) and int4[_b32]_full (all 16 codes, amax/7.5, the layout
-            compressed-tensors uses); llm-compressor W4A16; torchao Int4WeightOnly (asymmetric
+* int4_rtn  INT4 weight-only, groups of G, round to nearest: mopt int4[_b32] (codes
+            -7..7, scale amax/7), int4[_b32]_full (all 16 codes, amax/7.5, the layout
+            compressed-tensors uses) and int4[_b32]_asym (zero points, min/max); where the peers
+            fall back to groups of 64, mopt runs int4_b64_* there too; llm-compressor W4A16; torchao Int4WeightOnly (asymmetric
             tinygemm layout) and IntxWeightOnly(int4, symmetric, PerGroup(G)).
 * int4_gptq GPTQ in the same layouts: mopt int4[_b32]_gptq[_full] (percdamp 0.01, no act-order);
             llm-compressor GPTQModifier W4A16 with its defaults (dampening_frac 0.01, actorder
@@ -232,23 +233,39 @@ def mopt_awq(recipe: str, rtn_name: str, name: str) -> Variant:
 
 
 def mopt_variants(group: int) -> list[Variant]:
-    b = "_b32" if group == 32 else ""
+    """mopt's rows at groups of `group`: ModelOpt's range (not at 64, which has no such
+    recipe), all 16 codes (`_full`) and zero points (`_asym`)."""
+    b = {32: "_b32", 64: "_b64", 128: ""}[group]
     v = [
         mopt_registry("w8a8", "int8_dyn"),
         mopt_registry("w8a8", "int8_sq_dyn"),
         mopt_registry("int8_wo", "int8_wo"),
-        mopt_registry("int4_rtn", f"int4{b}"),
-        mopt_registry("int4_rtn", f"int4{b}_full"),
-        mopt_registry("int4_gptq", f"int4{b}_gptq"),
-        mopt_registry("int4_gptq", f"int4{b}_gptq_full"),
     ]
+    rtn = ([f"int4{b}"] if group != 64 else []) + [f"int4{b}_full", f"int4{b}_asym"]
+    v += [mopt_registry("int4_rtn", name) for name in rtn]
+    gptq = ([f"int4{b}_gptq"] if group != 64 else []) + [f"int4{b}_gptq_full",
+                                                         f"int4{b}_gptq_asym"]
     if group == 128:
-        v += [mopt_registry("int4_awq", "int4_awq"), mopt_registry("int4_awq", "int4_full_awq")]
+        gptq = ["int4_gptq", "int4_gptq_full", "int4_gptq_asym"]
+    v += [mopt_registry("int4_gptq", name) for name in gptq]
+    if group == 128:
+        v += [mopt_registry("int4_awq", name)
+              for name in ("int4_awq", "int4_full_awq", "int4_awq_asym", "int4_awq_full_asym")]
     else:
-        v += [
-            mopt_awq("int4_awq", f"int4{b}", f"int4{b} + awq_lite"),
-            mopt_awq("int4_awq", f"int4{b}_full", f"int4{b}_full + awq_lite"),
-        ]
+        v += [mopt_awq("int4_awq", name, f"{name} + awq_lite")
+              for name in rtn if not name.endswith("_asym")]
+        v += [mopt_registry("int4_awq", f"int4{b}_awq_asym")]
+        if group == 32:
+            v += [mopt_registry("int4_awq", "int4_b32_awq_full_asym")]
+    return v
+
+
+def mopt_variants_for(ctx: Context) -> list[Variant]:
+    """mopt at the model's group and, where the peers fall back to a smaller one, there too (so
+    every peer row has a like-for-like mopt row)."""
+    v = mopt_variants(ctx.group)
+    if ctx.fallback_group in (32, 64):
+        v += [x for x in mopt_variants(ctx.fallback_group) if x.recipe.startswith("int4")]
     return v
 
 
@@ -704,8 +721,8 @@ def main() -> int:
                   not args.no_pin_shim)
 
     variants: list[Variant] = []
-    for lib, make in (("mopt", mopt_variants), ("llmcompressor", llmc_variants),
-                      ("torchao", torchao_variants)):
+    for lib, make in (("mopt", lambda _: mopt_variants_for(ctx)),
+                      ("llmcompressor", llmc_variants), ("torchao", torchao_variants)):
         if lib in libraries:
             variants += make(group)
     variants = [v for v in variants if v.recipe in recipes]
