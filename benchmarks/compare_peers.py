@@ -27,12 +27,15 @@ Recipes, with G = 32 for stories260K and 128 for smollm2-135m:
 * int4_rtn  INT4 weight-only, groups of G, round to nearest: mopt int4[_b32] (codes
             -7..7, scale amax/7), int4[_b32]_full (all 16 codes, amax/7.5, the layout
             compressed-tensors uses) and int4[_b32]_asym (zero points, min/max); where the peers
-            fall back to groups of 64, mopt runs int4_b64_* there too; llm-compressor W4A16; torchao Int4WeightOnly (asymmetric
-            tinygemm layout) and IntxWeightOnly(int4, symmetric, PerGroup(G)).
-* int4_gptq GPTQ in the same layouts: mopt int4[_b32]_gptq[_full] (percdamp 0.01, no act-order);
+            fall back to groups of 64, mopt runs int4_b64_* there too; llm-compressor W4A16;
+            torchao Int4WeightOnly (asymmetric tinygemm layout) and IntxWeightOnly(int4,
+            symmetric, PerGroup(G)).
+* int4_gptq GPTQ in the same layouts: mopt int4[_b32]_gptq[_full|_asym] (percdamp 0.01, no
+            act-order);
             llm-compressor GPTQModifier W4A16 with its defaults (dampening_frac 0.01, actorder
             static, block_size 128).
-* int4_awq  AWQ: mopt awq_lite (alpha_step 0.1) on both layouts; llm-compressor AWQModifier
+* int4_awq  AWQ: mopt awq_lite (alpha_step 0.1) on both layouts, with zero points too (and
+            AWQ lite + clip); llm-compressor AWQModifier
             (defaults: duo_scaling, n_grid 20) + W4A16, symmetric and its default asymmetric.
             llm-compressor 0.14's AWQ pins its CPU activation cache (for copies to a GPU) and so
             raises without an accelerator; on CPU the pinning is made a no-op for these rows

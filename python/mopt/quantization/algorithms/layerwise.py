@@ -176,8 +176,8 @@ def replace_amax(quantizer: TensorQuantizer, amax: torch.Tensor) -> None:
 
 def apply_update(module: nn.Module, update: dict) -> None:
     """Writes a solver's update (weight, pre_quant_scale, input_amax, weight_amax with
-    weight_zero_point, recalibrate_weight) into the layer; the weight is saved first, so a failed mtq.quantize
-    restores it."""
+    weight_zero_point, recalibrate_weight) into the layer; the weight is saved first, so a
+    failed mtq.quantize restores it."""
     iq, wq = module.input_quantizer, module.weight_quantizer
     if update["weight"] is not None:
         ParameterBackup.save(module, "weight")
