@@ -24,7 +24,11 @@ MaxCalibrator::MaxCalibrator(int64_t num_bits, std::optional<std::vector<int64_t
 void MaxCalibrator::collect(const at::Tensor& x) {
   if (x.numel() == 0) return;  // an empty batch is no data (its amax would read as 0)
   const std::vector<int64_t> keep = axis_ ? *axis_ : std::vector<int64_t>{};
-  at::Tensor batch = mopt::compute_amax(x.detach(), keep);
+  at::Tensor lo, hi;
+  if (asymmetric_) std::tie(lo, hi) = mopt::compute_min_max(x.detach(), keep);
+  // max |x| = max(-min, max): an asymmetric calibrator reads the data once
+  at::Tensor batch =
+      asymmetric_ ? at::maximum(at::neg(lo), hi) : mopt::compute_amax(x.detach(), keep);
   if (!calib_amax_.defined()) {
     calib_amax_ = batch;
   } else {
@@ -35,7 +39,6 @@ void MaxCalibrator::collect(const at::Tensor& x) {
   }
   if (track_amax_) amaxs_.push_back(batch.cpu());
   if (asymmetric_) {
-    auto [lo, hi] = mopt::compute_min_max(x.detach(), keep);
     // minimum / maximum propagate NaN like the amax above
     calib_min_ = calib_min_.defined() ? at::minimum(calib_min_, lo) : lo;
     calib_max_ = calib_max_.defined() ? at::maximum(calib_max_, hi) : hi;

@@ -12,6 +12,7 @@
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros_like.h>
 
+#include "fake_quant/fake_quant_math.h"
 #include "mopt/quant/fake_quant.h"
 
 namespace mopt::ops {
@@ -57,10 +58,13 @@ class FakeQuantIntAsymFunction : public torch::autograd::Function<FakeQuantIntAs
                             bool pass_through_bwd) {
     ctx->saved_data["pass_through"] = pass_through_bwd;
     if (!pass_through_bwd) {
-      const double qmax = static_cast<double>((int64_t{1} << (num_bits - 1)) - 1);
-      const at::Tensor step = amax.detach().to(at::kFloat) / (qmax + 0.5);
+      namespace fq = kernels::fake_quant;
+      const int bits = static_cast<int>(num_bits);
+      const double qmin = fq::int_minbound(bits, false, false);
+      const double qmax = fq::int_maxbound(bits, false);
+      const at::Tensor step = amax.detach().to(at::kFloat) / fq::int_scale_bound(bits, false, true);
       const at::Tensor zp = zero_point.detach().to(at::kFloat);
-      ctx->save_for_backward({x, (-qmax - 1.0 - zp) * step, (qmax - zp) * step});
+      ctx->save_for_backward({x, (qmin - zp) * step, (qmax - zp) * step});
     }
     at::AutoDispatchBelowADInplaceOrView guard;
     return fake_quant_int_asym(x, amax, zero_point, num_bits, pass_through_bwd);

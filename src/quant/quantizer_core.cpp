@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "fake_quant/fake_quant_math.h"
 #include "mopt/calib/histogram_calibrator.h"
 #include "mopt/calib/max_calibrator.h"
 #include "mopt/calib/mse_calibrator.h"
@@ -181,9 +182,8 @@ void QuantizerCore::rebuild_calibrator() {
 double quantizer_maxbound(const QuantizerAttributeConfig& attributes) {
   const NumBits& n = attributes.num_bits;
   if (n.is_float) return minifloat_max_value(n.exponent, n.mantissa);
-  const auto maxb =
-      static_cast<double>((int64_t{1} << (n.bits - 1 + (attributes.is_unsigned ? 1 : 0))) - 1);
-  return attributes.uses_full_range() ? maxb + 0.5 : maxb;
+  return kernels::fake_quant::int_scale_bound(n.bits, attributes.is_unsigned,
+                                              attributes.uses_full_range());
 }
 
 double QuantizerCore::maxbound() const { return quantizer_maxbound(attr_); }
@@ -322,12 +322,13 @@ at::Tensor QuantizerCore::zero_point_to_store(const at::Tensor& value,
                      shape_tuple(amax->sizes()));
   }
   if (v.numel() > 0 && !v.is_meta()) {
-    const double qmax = static_cast<double>((int64_t{1} << (attr_.num_bits.bits - 1)) - 1);
+    const float qmin = kernels::fake_quant::int_minbound(attr_.num_bits.bits, false, false);
+    const float qmax = kernels::fake_quant::int_maxbound(attr_.num_bits.bits, false);
     const at::Tensor flat = v.reshape(-1);
     const float lo = at::amin(flat).item<float>(), hi = at::amax(flat).item<float>();
-    MOPT_CHECK_VALUE(lo >= -qmax - 1 && hi <= qmax, "quantizer '", label(), "': zero points must "
-                     "be codes of the ", attr_.num_bits.bits, "-bit format, in [", -qmax - 1,
-                     ", ", qmax, "]; got values in [", lo, ", ", hi, "]");
+    MOPT_CHECK_VALUE(lo >= qmin && hi <= qmax, "quantizer '", label(), "': zero points must "
+                     "be codes of the ", attr_.num_bits.bits, "-bit format, in [", qmin, ", ",
+                     qmax, "]; got values in [", lo, ", ", hi, "]");
     MOPT_CHECK_VALUE(at::equal(v, v.round()), "quantizer '", label(), "': zero points must be "
                      "integer codes; got fractional values");
   }

@@ -14,12 +14,14 @@ import torch
 from mopt.quantization.config import QuantizerAttributeConfig
 
 from .algorithms._sq_awq_common import (
+    assert_state_unchanged,
     eval_perplexity,
     float_activations,
     fresh_model,
     linear_weights,
     oracle_smoothquant,
     quantize,
+    state_snapshot,
 )
 
 
@@ -107,12 +109,10 @@ def test_full_range_rejects_contradictions(attrs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         QuantizerAttributeConfig(**attrs)
     model = fresh_model()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = state_snapshot(model)
     with pytest.raises((ValueError, TypeError), match=match):
         mtq.quantize(model, _weight_cfg(**attrs), None)
-    after = model.state_dict()
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert_state_unchanged(model, before)
 
 
 def oracle_per_token_int8(x: torch.Tensor) -> torch.Tensor:

@@ -14,11 +14,13 @@ from mopt.quantization.config import QuantizerAttributeConfig
 from mopt.quantization.nn import TensorQuantizer
 
 from .algorithms._sq_awq_common import (
+    assert_state_unchanged,
     eval_perplexity,
     float_activations,
     fresh_model,
     linear_weights,
     quantize,
+    state_snapshot,
 )
 from .test_integer_ranges import _round_half_even64
 
@@ -243,13 +245,11 @@ def test_save_and_restore_keeps_zero_points(tmp_path):
 ])
 def test_bad_asymmetric_configs_raise_and_leave_the_model(attrs, exc, match):
     model = fresh_model()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = state_snapshot(model)
     with pytest.raises(exc, match=match):
         QuantizerAttributeConfig(**attrs) if exc is ValueError else None
         mtq.quantize(model, _weight_cfg(**attrs), None)
-    after = model.state_dict()
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert_state_unchanged(model, before)
 
 
 def test_zero_points_outside_the_codes_are_refused():
@@ -283,7 +283,7 @@ def test_searched_calibration_of_asymmetric_quantizers_is_refused(algorithm):
     # MSE searches weights and activations; the histogram methods search activations (weights
     # keep their max calibration): asymmetric inputs then.
     model = fresh_model()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = state_snapshot(model)
     if algorithm == "mse":
         cfg = copy.deepcopy(mtq.INT4_B32_ASYM_CFG)
     else:
@@ -292,6 +292,4 @@ def test_searched_calibration_of_asymmetric_quantizers_is_refused(algorithm):
     cfg["algorithm"] = algorithm
     with pytest.raises(NotImplementedError, match="asymmetric"):
         quantize(cfg, model)
-    after = model.state_dict()
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert_state_unchanged(model, before)

@@ -66,6 +66,17 @@ def float_activations() -> dict[str, list[torch.Tensor]]:
     return {n: [x.double().reshape(-1, x.shape[-1]) for x in v] for n, v in acts.items()}
 
 
+def state_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every tensor of the model's state dict (to check a failed call changed none)."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_state_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def linear_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: m.weight.detach().double().clone() for name, m in model.named_modules()
             if isinstance(m, nn.Linear) and "lm_head" not in name}
