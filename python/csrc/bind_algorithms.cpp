@@ -170,8 +170,23 @@ void bind_algorithms(py::module_& m) {
   py::class_<SmoothQuantLayer, algorithms::LayerSolver, py::smart_holder>(m, "SmoothQuantLayer")
       .def(py::init<at::Tensor, double, std::string>(), py::arg("weight"), py::arg("alpha") = 1.0,
            py::arg("name") = "")
+      .def(py::init([](at::Tensor weight, const py::object& input_cfg, const py::object& weight_cfg,
+                       double alpha_step, int64_t max_tokens_per_batch, std::string name) {
+             algorithms::SmoothQuantSearchOptions options;
+             options.alpha_step = alpha_step;
+             options.max_tokens_per_batch = max_tokens_per_batch;
+             return std::make_shared<SmoothQuantLayer>(std::move(weight),
+                                                       config_from_py(input_cfg),
+                                                       config_from_py(weight_cfg), options,
+                                                       std::move(name));
+           }),
+           py::arg("weight"), py::arg("input_cfg"), py::arg("weight_cfg"),
+           py::arg("alpha_step") = 0.1, py::arg("max_tokens_per_batch") = 64,
+           py::arg("name") = "",
+           "SmoothQuant with a per-layer alpha search on the quantizers' configs.")
       .def("collect", py::overload_cast<const at::Tensor&>(&SmoothQuantLayer::collect),
            py::arg("x"), release_gil())
+      .def("search", &SmoothQuantLayer::search, py::arg("x"), release_gil())
       .def("scale", &SmoothQuantLayer::scale, release_gil())
       .def("weight_max", &SmoothQuantLayer::weight_max, release_gil())
       .def("compute", &SmoothQuantLayer::compute, py::arg("prior_pre_quant_scale") = py::none(),
@@ -179,6 +194,11 @@ void bind_algorithms(py::module_& m) {
       .def_property_readonly("act_amax", &SmoothQuantLayer::act_amax)
       .def_property_readonly("num_batches", [](const SmoothQuantLayer& s) { return s.num_batches(0); })
       .def_property_readonly("alpha", &SmoothQuantLayer::alpha)
+      .def_property_readonly("searches", &SmoothQuantLayer::searches)
+      .def_property_readonly("alphas", &SmoothQuantLayer::alphas)
+      .def_property_readonly("losses", &SmoothQuantLayer::losses)
+      .def_property_readonly("num_search_steps", &SmoothQuantLayer::num_search_steps)
+      .def_property_readonly("num_search_tokens", &SmoothQuantLayer::num_search_tokens)
       .def_property_readonly("name", &SmoothQuantLayer::name);
 
   py::class_<AwqLiteResult>(m, "AwqLiteResult")

@@ -165,9 +165,30 @@ CalibrationOptions parse_options(const std::string& method, const json& obj) {
     out = m;
   } else if (method == "smoothquant") {
     SmoothQuantCalibration s;
-    s.alpha = o.number("alpha", 1.0);
-    MOPT_CHECK_VALUE(s.alpha >= 0.0 && s.alpha <= 1.0,
-                     "smoothquant alpha must be a number in [0, 1], got ", s.alpha);
+    if (o.has("alpha") && obj["alpha"].is_string()) {
+      const std::string alpha = o.text("alpha", "auto");
+      MOPT_CHECK_VALUE(alpha == "auto", "smoothquant alpha must be a number in [0, 1] or "
+                       "'auto' (a per-layer search), got '", alpha, "'");
+      SmoothQuantSearchOptions search;
+      search.alpha_step = o.number("alpha_step", search.alpha_step);
+      MOPT_CHECK_VALUE(search.alpha_step > 0.0 && search.alpha_step <= 1.0,
+                       "smoothquant alpha_step must be a number in (0, 1], got ",
+                       search.alpha_step);
+      MOPT_CHECK_VALUE(1.0 / search.alpha_step <= kMaxAwqGridPoints, "smoothquant alpha_step ",
+                       search.alpha_step, " gives more than ", kMaxAwqGridPoints,
+                       " alphas to search");
+      search.max_tokens_per_batch =
+          positive(o.integer("max_tokens_per_batch", search.max_tokens_per_batch), "smoothquant",
+                   "max_tokens_per_batch");
+      s.search = search;
+    } else {
+      s.alpha = o.number("alpha", 1.0);
+      MOPT_CHECK_VALUE(s.alpha >= 0.0 && s.alpha <= 1.0,
+                       "smoothquant alpha must be a number in [0, 1], got ", s.alpha);
+      MOPT_CHECK_VALUE(!o.has("alpha_step") && !o.has("max_tokens_per_batch"),
+                       "smoothquant alpha_step and max_tokens_per_batch apply to the alpha search "
+                       "only: give alpha='auto' with them");
+    }
     s.debug = o.boolean("debug", false);
     out = s;
   } else if (method == "awq_lite" || method == "awq_clip" || method == "awq_full") {
@@ -358,7 +379,13 @@ std::string CalibrationStep::options_json() const {
         if constexpr (std::is_same_v<T, MaxCalibration>) {
           j["skip_forward_without_activation_calib"] = o.skip_forward_without_activation_calib;
         } else if constexpr (std::is_same_v<T, SmoothQuantCalibration>) {
-          j["alpha"] = o.alpha;
+          if (o.search) {
+            j["alpha"] = "auto";
+            j["alpha_step"] = o.search->alpha_step;
+            j["max_tokens_per_batch"] = o.search->max_tokens_per_batch;
+          } else {
+            j["alpha"] = o.alpha;
+          }
           j["debug"] = o.debug;
         } else if constexpr (std::is_same_v<T, AwqCalibration>) {
           if (o.lite) j["alpha_step"] = o.lite->alpha_step;

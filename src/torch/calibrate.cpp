@@ -444,9 +444,15 @@ void smoothquant(torch::nn::Module& model, const ForwardLoop& loop,
       warn(*reason);
       continue;
     }
-    layers.push_back({l, std::make_unique<algorithms::SmoothQuantLayer>(l.module->weight,
-                                                                        opts.alpha, l.name),
-                      true});
+    std::unique_ptr<LayerSolver> solver;
+    if (opts.search) {
+      solver = std::make_unique<algorithms::SmoothQuantLayer>(
+          l.module->weight, iq->attribute_config(), wq->attribute_config(), *opts.search, l.name);
+    } else {
+      solver = std::make_unique<algorithms::SmoothQuantLayer>(l.module->weight, opts.alpha,
+                                                              l.name);
+    }
+    layers.push_back({l, std::move(solver), true});
   }
   // The smoothed input quantizers stay out of the max pass: their amax comes from the
   // per-channel statistics. Disabled, a quantizer still applies an earlier pre_quant_scale.
@@ -458,10 +464,31 @@ void smoothquant(torch::nn::Module& model, const ForwardLoop& loop,
     throw;
   }
   for (auto& s : layers) tensor_quantizer(*s.layer.module, QuantModule::kInput)->enable();
+  if (opts.search) {
+    // the alpha search: the searched layers compute in float, as in the first pass
+    std::vector<SolvedLayer*> searched;
+    for (auto& s : layers) {
+      if (s.solver->num_batches(0) > 0) searched.push_back(&s);
+    }
+    QuantizersOff off(layers);
+    solver_pass(model, loop, searched, 1, /*calibrate_others=*/false);
+  }
   for (auto& s : layers) {
     if (s.solver->num_batches(0) == 0) {
       warn("smoothquant: layer '" + s.layer.name + "' was not reached by forward_loop; it is "
            "not smoothed and its input quantizer stays uncalibrated");
+      continue;
+    }
+    if (opts.search && s.solver->num_batches(1) == 0) {
+      warn("smoothquant: layer '" + s.layer.name + "' was reached by the first call of "
+           "forward_loop but not by the second (forward_loop must forward the same data each "
+           "call); it is not smoothed and gets max calibration");
+      auto* iq = tensor_quantizer(*s.layer.module, QuantModule::kInput);
+      if (iq->is_static()) {
+        const auto* sq = static_cast<const algorithms::SmoothQuantLayer*>(s.solver.get());
+        replace_amax(*iq, sq->act_amax().amax());
+      }
+      recalibrate_weight(*s.layer.module);
       continue;
     }
     apply_update(s.layer, s.solver->solve(layer_state(s.layer)));

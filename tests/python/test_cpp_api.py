@@ -117,6 +117,8 @@ def test_fnmatch_edge_cases(name, pattern):
 PARITY_CASES = [(name, None) for name in sorted(mtq.config.choices)] + [
     ("INT8_DEFAULT_CFG", "smoothquant"),
     ("INT8_DEFAULT_CFG", {"method": "smoothquant", "alpha": 0.5}),
+    ("INT8_DEFAULT_CFG", {"method": "smoothquant", "alpha": "auto", "alpha_step": 0.25}),
+    ("INT8_SMOOTHQUANT_DYNAMIC_CFG", {"method": "smoothquant", "alpha": "auto"}),
     ("INT8_DEFAULT_CFG", "mse"),
     ("INT8_DEFAULT_CFG", {"method": "mse", "num_steps": 7, "start_multiplier": 0.5}),
     ("INT8_DEFAULT_CFG", "entropy"),

@@ -28,9 +28,11 @@ struct MaxCalibration {
   bool skip_forward_without_activation_calib = true;
 };
 
-/// `smoothquant`.
+/// `smoothquant`: a fixed alpha, or {"alpha": "auto"} (with optional alpha_step and
+/// max_tokens_per_batch) for a per-layer search.
 struct SmoothQuantCalibration {
   double alpha = 1.0;
+  std::optional<SmoothQuantSearchOptions> search;  // set for alpha "auto"
   bool debug = false;  // Python: keep what was computed on each layer (module.smoothquant)
 };
 

@@ -217,6 +217,131 @@ TEST(SmoothQuant, ErrorsNameTheLayer) {
   EXPECT_THROW(fold_pre_quant_scale(w, -at::ones({8}), at::ones({8})), c10::ValueError);
 }
 
+// The alpha search's loss for one alpha, in float64: the mean over sampled tokens and outputs
+// of (Q_in(x s) Q_w(W / s)^T - x W^T)^2, Q_w int8 per output row, Q_in int8 with the per-tensor
+// amax max_j act_j s_j (static) or each token's own max (dynamic), summed over batches.
+double naive_sq_search_loss(const std::vector<Matrix>& batches, const Matrix& w,
+                            const std::vector<double>& act, double alpha, bool dynamic,
+                            int64_t max_tokens) {
+  const size_t in = w[0].size();
+  std::vector<double> s(in);
+  double input_amax = 0;
+  for (size_t j = 0; j < in; ++j) {
+    double wmax = 0;
+    for (const auto& row : w) wmax = std::max(wmax, std::fabs(row[j]));
+    s[j] = std::clamp(std::pow(wmax, 1 - alpha) / std::pow(act[j], alpha), 1e-4, 1e4);
+    input_amax = std::max(input_amax, act[j] * s[j]);
+  }
+  Matrix ws = w;
+  for (auto& row : ws) {
+    for (size_t j = 0; j < in; ++j) row[j] /= s[j];
+  }
+  const Matrix wq = naive_block_quant(ws, static_cast<int>(in), 8);
+  double total = 0;
+  for (const Matrix& x : batches) {
+    const size_t stride = std::max<size_t>(1, x.size() / max_tokens);
+    double sum = 0;
+    size_t tokens = 0;
+    for (size_t t = 0; t < x.size(); t += stride, ++tokens) {
+      std::vector<double> xs(in);
+      double token_amax = 0;
+      for (size_t j = 0; j < in; ++j) {
+        xs[j] = x[t][j] * s[j];
+        token_amax = std::max(token_amax, std::fabs(xs[j]));
+      }
+      for (size_t j = 0; j < in; ++j) {
+        xs[j] = naive_fake_quant_int(xs[j], dynamic ? token_amax : input_amax, 8);
+      }
+      for (size_t r = 0; r < w.size(); ++r) {
+        double yq = 0, y = 0;
+        for (size_t j = 0; j < in; ++j) {
+          yq += xs[j] * wq[r][j];
+          y += x[t][j] * w[r][j];
+        }
+        sum += (yq - y) * (yq - y);
+      }
+    }
+    total += sum / static_cast<double>(tokens * w.size());
+  }
+  return total;
+}
+
+class SmoothQuantSearch : public ::testing::TestWithParam<bool> {};
+
+TEST_P(SmoothQuantSearch, LossesAndChoiceMatchNaiveSearch) {
+  const bool dynamic = GetParam();
+  at::manual_seed(3);
+  const at::Tensor w = at::randn({10, 24});
+  const QuantizerAttributeConfig input_cfg =
+      dynamic ? cfg_of(R"({"num_bits": 8, "type": "dynamic", "block_sizes": {"-1": null}})")
+              : cfg_of(R"({"num_bits": 8})");
+  SmoothQuantSearchOptions options;
+  options.alpha_step = 0.25;
+  options.max_tokens_per_batch = 7;
+  SmoothQuantLayer layer(w, input_cfg, cfg_of(R"({"num_bits": 8, "axis": 0})"), options,
+                         "blocks.1.attn.qkv");
+  ASSERT_TRUE(layer.searches());
+  EXPECT_EQ(layer.num_passes(), 2);
+  std::vector<at::Tensor> batches;
+  for (int i = 0; i < 3; ++i) batches.push_back(outlier_activations({2, 11, 24}, 20 + i));
+  for (const auto& b : batches) layer.collect(0, b);
+  layer.finish_pass(0);
+  for (const auto& b : batches) layer.collect(1, b);
+  layer.finish_pass(1);
+  EXPECT_EQ(layer.num_batches(1), 3);
+  EXPECT_EQ(layer.num_search_tokens(), 3 * 8);  // 22 tokens, every 22 / 7 = 3rd one
+
+  std::vector<Matrix> xs;
+  std::vector<double> act(24, 0.0);
+  for (const auto& b : batches) {
+    xs.push_back(to_matrix(b.reshape({-1, 24})));
+    for (const auto& row : xs.back()) {
+      for (size_t j = 0; j < 24; ++j) act[j] = std::max(act[j], std::fabs(row[j]));
+    }
+  }
+  const std::vector<double> expected_alphas = {0.0, 0.25, 0.5, 0.75, 1.0};
+  ASSERT_EQ(layer.alphas(), expected_alphas);
+  const std::vector<double> losses = to_vector(layer.losses());
+  size_t best = 0;
+  std::vector<double> naive;
+  for (size_t k = 0; k < expected_alphas.size(); ++k) {
+    naive.push_back(naive_sq_search_loss(xs, to_matrix(w), act, expected_alphas[k], dynamic, 7));
+    // fp32 rounding may flip a code where x * scale lands within float error of a half step
+    EXPECT_NEAR(losses[k], naive[k], 2e-3 * naive[k]) << "alpha " << expected_alphas[k];
+    if (naive[k] < naive[best]) best = k;
+  }
+  EXPECT_EQ(layer.alpha(), expected_alphas[best]);
+  // the update smooths with the chosen alpha
+  SmoothQuantLayer fixed(w, expected_alphas[best]);
+  for (const auto& b : batches) fixed.collect(b);
+  EXPECT_TRUE(at::allclose(layer.scale(), fixed.scale()));
+}
+
+INSTANTIATE_TEST_SUITE_P(StaticAndDynamicInputs, SmoothQuantSearch, ::testing::Bool());
+
+TEST(SmoothQuantSearchErrors, BadOptionsAndMissingPassesNameTheLayer) {
+  const at::Tensor w = at::randn({4, 8});
+  const QuantizerAttributeConfig in8 = cfg_of(R"({"num_bits": 8})");
+  const QuantizerAttributeConfig w8 = cfg_of(R"({"num_bits": 8, "axis": 0})");
+  EXPECT_THROW(SmoothQuantLayer(w, in8, w8, SmoothQuantSearchOptions{0.0, 64}), c10::ValueError);
+  EXPECT_THROW(SmoothQuantLayer(w, in8, w8, SmoothQuantSearchOptions{0.1, 0}), c10::ValueError);
+  SmoothQuantLayer layer(w, in8, w8, SmoothQuantSearchOptions{}, "model.layers.0.mlp.up_proj");
+  EXPECT_THROW(layer.search(at::randn({3, 8})), c10::Error);  // before any statistics
+  layer.collect(at::randn({3, 8}));
+  layer.finish_pass(0);
+  try {
+    layer.alpha();
+    FAIL() << "expected an error for a search pass without data";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("up_proj"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("search"), std::string::npos);
+  }
+  SmoothQuantLayer plain(w, 0.5);
+  EXPECT_FALSE(plain.searches());
+  EXPECT_EQ(plain.num_passes(), 1);
+  EXPECT_THROW(plain.search(at::randn({3, 8})), c10::Error);
+}
+
 // ---------------------------------------------------------------------------------------------
 // AWQ helpers
 
@@ -512,6 +637,10 @@ TEST(SmoothQuantSkip, StaticPerTensorOrDynamicInputs) {
   const auto other_format = smoothquant_skip_reason("l", &fp8, &weight);
   ASSERT_TRUE(other_format.has_value());
   EXPECT_NE(other_format->find("8-bit integer"), std::string::npos);
+  const QuantizerCore asym = core(R"({"num_bits": 8, "asymmetric": true})");
+  const auto static_asym = smoothquant_skip_reason("l", &asym, &weight);
+  ASSERT_TRUE(static_asym.has_value());
+  EXPECT_NE(static_asym->find("zero point"), std::string::npos);
 }
 
 }  // namespace

@@ -58,6 +58,7 @@ const std::vector<std::string>& algorithm_seeds() {
       R"("max")",
       R"(null)",
       R"({"method": "smoothquant", "alpha": 0.5})",
+      R"({"method": "smoothquant", "alpha": "auto", "alpha_step": 0.25})",
       R"({"method": "awq_lite", "alpha_step": 0.1})",
       R"({"method": "awq_clip", "max_co_batch_size": 1024, "max_tokens_per_batch": 64,
           "min_clip_ratio": 0.5, "shrink_step": 0.05})",

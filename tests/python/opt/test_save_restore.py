@@ -128,6 +128,7 @@ ALGORITHMS: list[tuple[str, Any, str]] = [
     ("mse-int4", {"method": "mse", "num_steps": 6}, "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"),
     ("smoothquant", "smoothquant", "INT8_DEFAULT_CFG"),
     ("smoothquant-0.5", {"method": "smoothquant", "alpha": 0.5}, "INT8_DEFAULT_CFG"),
+    ("smoothquant-auto", {"method": "smoothquant", "alpha": "auto"}, "INT8_DEFAULT_CFG"),
     ("awq_lite", "awq_lite", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"),
     ("awq_lite-w4a8", "awq_lite", "W4A8_AWQ_BETA_CFG"),
     ("awq_clip", "awq_clip", "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"),

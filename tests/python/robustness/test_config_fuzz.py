@@ -50,6 +50,7 @@ ALGORITHM_SEEDS: list[Any] = [
     "max",
     None,
     {"method": "smoothquant", "alpha": 0.5},
+    {"method": "smoothquant", "alpha": "auto", "alpha_step": 0.25, "max_tokens_per_batch": 32},
     {"method": "awq_lite", "alpha_step": 0.1},
     {"method": "awq_clip", "min_clip_ratio": 0.5, "shrink_step": 0.05},
     {"method": "awq_full", "alpha_step": 0.25},
