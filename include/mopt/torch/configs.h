@@ -116,7 +116,7 @@ QuantizeConfig int4_blockwise_weight_only();
 QuantizeConfig int4_awq();
 /// INT4 blocks of 128 with GPTQ (runs from Python only).
 QuantizeConfig int4_blockwise_gptq();
-/// INT4 blocks of 128 over all 16 codes (full_range: scale amax / 7.5), RTN / GPTQ.
+/// INT4 blocks of 128 over all 16 codes (full_range: scale amax / 7.5), RTN / GPTQ (act_order).
 QuantizeConfig int4_blockwise_full_range();
 QuantizeConfig int4_blockwise_gptq_full_range();
 /// INT4 weight-only blocks of 32 (ModelOpt's range / all 16 codes), RTN.
