@@ -10,6 +10,7 @@
 
 #include <string>
 
+#include "mopt/quant/block_quant.h"
 #include "mopt/quant/fake_quant.h"
 #include "mopt/quant/quantize_tensor.h"
 
@@ -161,6 +162,21 @@ TEST(LsqGradient, PostAmaxNeedsAStaticSymmetricFormat) {
   EXPECT_THROW(quantize_tensor(x, at::ones({4, 1}), c10::nullopt, R"({"num_bits": 8, "axis": 0})",
                                c10::nullopt, at::ones({4, 2})),
                c10::ValueError);
+}
+
+TEST(LsqGradient, BlockFormatsRefuseAnAmaxThatRequiresGrad) {
+  at::manual_seed(6);
+  const at::Tensor x = at::randn({4, 32});
+  const at::Tensor block = x.abs().reshape({4, 2, 16}).amax({2}).requires_grad_(true);
+  EXPECT_THROW(fake_quant_nvfp4(x, at::full({}, 3.0).requires_grad_(true)),
+               c10::NotImplementedError);
+  EXPECT_THROW(fake_quant_nvfp4(x, at::full({}, 3.0), 16, block), c10::NotImplementedError);
+  EXPECT_THROW(fake_quant_mx(x, 2, 1, 16, block), c10::NotImplementedError);
+  EXPECT_THROW(fake_quant_nf4(x, 16, 0, block), c10::NotImplementedError);
+  // without gradients (inference, or a frozen copy) the same amax quantizes as before
+  const at::Tensor frozen = fake_quant_nvfp4(x, at::full({}, 3.0), 16, block.detach());
+  at::NoGradGuard no_grad;
+  EXPECT_TRUE(at::equal(fake_quant_nvfp4(x, at::full({}, 3.0), 16, block), frozen));
 }
 
 }  // namespace
