@@ -228,6 +228,7 @@ def test_learned_scales_survive_save_and_restore(tmp_path):
     mto.restore(fresh, tmp_path / "lsq.pth")
     for a, b in zip(_weight_quantizers(model), _weight_quantizers(fresh)):
         assert b.learnable_amax == ["pre", "post"]
+        assert "lsq(pre=" in repr(b) and "learn=['pre', 'post']" in repr(b)
         assert isinstance(b.amax_pre, torch.nn.Parameter)
         assert torch.equal(a.amax_pre, b.amax_pre) and torch.equal(a.amax_post, b.amax_post)
     assert torch.equal(model(x), fresh(x))

@@ -644,7 +644,11 @@ class TensorQuantizer(nn.Module):
         return self._core.short_amax(self.amax)
 
     def extra_repr(self) -> str:
-        return self._core.extra_repr(self.amax, self.pre_quant_scale)
+        text = self._core.extra_repr(self.amax, self.pre_quant_scale)
+        if self._lsq is None:
+            return text
+        pre = "tied" if self._lsq[2] else self._core.short_amax(self.amax_pre)
+        return f"{text} lsq(pre={pre}, learn={self.learnable_amax})"
 
 
 class SequentialQuantizer(nn.Sequential):
