@@ -46,6 +46,15 @@ py::dict quantizer_state_to_py(const opt::QuantizerState& s) {
   out["buffers"] = buffers;
   out["file_amax_shape"] =
       s.file_amax_shape ? py::cast(*s.file_amax_shape) : py::object(py::none());
+  py::object lsq = py::none();
+  if (s.lsq) {
+    py::dict d;
+    d["learn_pre"] = s.lsq->learn_pre;
+    d["learn_post"] = s.lsq->learn_post;
+    d["tied"] = s.lsq->tied;
+    lsq = d;
+  }
+  out["lsq"] = lsq;
   return out;
 }
 
@@ -158,15 +167,19 @@ void bind_opt(py::module_& m) {
       "(None where it has none), read from the same parse.");
   m.def(
       "quantizer_state_json",
-      [](const QuantizerCore& core, const std::map<std::string, std::optional<at::Tensor>>& bufs) {
+      [](const QuantizerCore& core, const std::map<std::string, std::optional<at::Tensor>>& bufs,
+         const std::optional<std::tuple<bool, bool, bool>>& lsq) {
         std::map<std::string, at::Tensor> defined;
         for (const auto& [name, t] : bufs) {
           if (t) defined[name] = *t;
         }
-        return opt::quantizer_state_json(core, defined);
+        std::optional<opt::LsqState> l;
+        if (lsq) l = opt::LsqState{std::get<0>(*lsq), std::get<1>(*lsq), std::get<2>(*lsq)};
+        return opt::quantizer_state_json(core, defined, l);
       },
-      py::arg("core"), py::arg("buffers"),
-      "One quantizer's properties (ModelOpt's layout) as JSON, with its buffers' shapes.");
+      py::arg("core"), py::arg("buffers"), py::arg("lsq") = py::none(),
+      "One quantizer's properties (ModelOpt's layout) as JSON, with its buffers' shapes; "
+      "lsq = (learn_pre, learn_post, tied) for a quantizer with learned scales.");
   m.def("sequential_quantizer_state_json", &opt::sequential_quantizer_state_json, py::arg("n"));
   m.def(
       "parse_quantizer_state",

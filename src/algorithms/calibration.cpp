@@ -80,6 +80,12 @@ class Options {
     return v.get<std::string>();
   }
 
+  // The value of `key` as given (null when absent), for options that are objects or lists.
+  json raw(const char* key) {
+    accepted_.push_back(key);
+    return has(key) ? obj_[key] : json();
+  }
+
   std::optional<bool> optional_boolean(const char* key) {
     accepted_.push_back(key);
     if (!has(key)) return std::nullopt;
@@ -153,6 +159,48 @@ HistogramCalibration histogram_options(Options& o, const std::string& algorithm,
                      " leaves no candidate among num_bins=", h.num_bins, " bins");
   }
   return h;
+}
+
+CalibrationOptions parse_options(const std::string& method, const json& obj);
+
+// lsq's options: the scale calibration it runs first, which amaxes learn, and whether they tie.
+LsqCalibration lsq_options(Options& o) {
+  LsqCalibration l;
+  const json scale = o.raw("scale_algorithm");
+  json scale_opts = json::object();
+  if (!scale.is_null()) {
+    MOPT_CHECK_TYPE(scale.is_object() && scale.contains("method") && scale["method"].is_string(),
+                    "lsq scale_algorithm must be a dict {'method': 'max' | 'mse', **options} or "
+                    "None, got ", scale.dump());
+    l.scale_method = scale["method"].get<std::string>();
+    for (auto it = scale.begin(); it != scale.end(); ++it) {
+      if (it.key() != "method") scale_opts[it.key()] = it.value();
+    }
+  }
+  MOPT_CHECK_VALUE(l.scale_method == "max" || l.scale_method == "mse",
+                   "lsq scale_algorithm method must be 'max' or 'mse', got '", l.scale_method, "'");
+  l.scale_options_json =
+      CalibrationStep{l.scale_method, parse_options(l.scale_method, scale_opts)}.options_json();
+  const json learn = o.raw("learnable_amax");
+  if (!learn.is_null()) {
+    MOPT_CHECK_TYPE(learn.is_string() || learn.is_array(),
+                    "lsq learnable_amax must be 'pre', 'post' or a list of them, got ",
+                    learn.dump());
+    const json entries = learn.is_string() ? json::array({learn}) : learn;
+    l.learn_pre = l.learn_post = false;
+    for (const json& e : entries) {
+      MOPT_CHECK_VALUE(e.is_string() && (e == "pre" || e == "post"),
+                       "lsq learnable_amax entries must be 'pre' or 'post', got ", e.dump(),
+                       " in ", learn.dump());
+      (e == "pre" ? l.learn_pre : l.learn_post) = true;
+    }
+  }
+  l.tied_amax = o.boolean("tied_amax", false);
+  MOPT_CHECK_VALUE(!l.tied_amax || l.learn_pre == l.learn_post,
+                   "lsq tied_amax shares one amax between pre and post, so learnable_amax must "
+                   "be ['pre', 'post'] or [], got ", learn.dump());
+  l.quantize_pre_scale = o.boolean("quantize_pre_scale", true);
+  return l;
 }
 
 CalibrationOptions parse_options(const std::string& method, const json& obj) {
@@ -256,6 +304,8 @@ CalibrationOptions parse_options(const std::string& method, const json& obj) {
                      sp.percentile);
     sp.collect = parse_step_collect(o.text("collect", "max"));
     out = sp;
+  } else if (method == "lsq") {
+    out = lsq_options(o);
   }
   o.check_consumed();
   return out;
@@ -311,7 +361,7 @@ json histogram_json(const HistogramCalibration& h) {
 
 const std::vector<std::string>& calibration_methods() {
   static const std::vector<std::string> names = {
-      "awq_clip", "awq_full", "awq_lite", "entropy", "gptq", "histogram_mse", "max",
+      "awq_clip", "awq_full", "awq_lite", "entropy", "gptq", "histogram_mse", "lsq", "max",
       "mse", "percentile", "smoothquant", "step_percentile"};
   return names;
 }
@@ -413,6 +463,16 @@ std::string CalibrationStep::options_json() const {
           j["collect"] = step_collect_name(o.collect);
         } else if constexpr (std::is_same_v<T, ExternalCalibration>) {
           j = json::parse(o.options_json);
+        } else if constexpr (std::is_same_v<T, LsqCalibration>) {
+          json scale = json{{"method", o.scale_method}};
+          scale.update(json::parse(o.scale_options_json));
+          j["scale_algorithm"] = scale;
+          json learn = json::array();
+          if (o.learn_pre) learn.push_back("pre");
+          if (o.learn_post) learn.push_back("post");
+          j["learnable_amax"] = learn;
+          j["tied_amax"] = o.tied_amax;
+          j["quantize_pre_scale"] = o.quantize_pre_scale;
         }
       },
       options);

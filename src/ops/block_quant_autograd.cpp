@@ -1,7 +1,9 @@
 // Autograd for the block_quant family: a clipped straight-through estimator. The gradient passes
 // where |x| <= the amax the scales were derived from (the static block amax, else NVFP4's tensor
 // amax) and is zero elsewhere; dynamic MX and NF4 scales cover every element of their block, so
-// their gradient passes everywhere, as with pass_through_bwd. No gradient to any amax.
+// their gradient passes everywhere, as with pass_through_bwd. No gradient to any amax: their
+// block scales are rounded to FP8 or powers of two, so an amax that requires grad is refused
+// rather than left silently without one (learned scales, LSQ, cover fake_quant_int/_fp).
 #include <ATen/ops/abs.h>
 #include <ATen/ops/le.h>
 #include <ATen/ops/where.h>
@@ -9,6 +11,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "mopt/core/error.h"
 #include "mopt/quant/block_quant.h"
 
 namespace mopt::ops {
@@ -41,6 +44,14 @@ at::Tensor clipped_grad(AutogradContext* ctx, const at::Tensor& grad) {
   const auto saved = ctx->get_saved_variables();
   return at::where(at::le(at::abs(saved[0]), saved[1].to(saved[0].scalar_type())), grad,
                    at::zeros_like(grad));
+}
+
+void refuse_learned_amax(const c10::optional<at::Tensor>& amax, const char* op, const char* what) {
+  MOPT_CHECK_IMPLEMENTED(!(at::GradMode::is_enabled() && amax.has_value() && amax->defined() &&
+                           amax->requires_grad()),
+                         op, ": ", what, " requires grad, but this format has no gradient to its "
+                         "scales (block scales quantized to FP8 or powers of two); learned scales "
+                         "(LSQ) cover the integer and minifloat formats (fake_quant_int/_fp)");
 }
 
 at::Tensor defined_or_empty(const c10::optional<at::Tensor>& t) {
@@ -111,12 +122,16 @@ at::Tensor fake_quant_nvfp4_autograd(const at::Tensor& x,
                                      int64_t block_size,
                                      const c10::optional<at::Tensor>& block_amax,
                                      bool pass_through_bwd) {
+  // here, not in forward, which autograd runs with gradients off
+  refuse_learned_amax(global_amax, "fake_quant_nvfp4", "global_amax");
+  refuse_learned_amax(block_amax, "fake_quant_nvfp4", "block_amax");
   return FakeQuantNvfp4Function::apply(x, global_amax, block_size, block_amax, pass_through_bwd);
 }
 
 at::Tensor fake_quant_mx_autograd(const at::Tensor& x, int64_t exponent_bits, int64_t mantissa_bits,
                                   int64_t block_size, const c10::optional<at::Tensor>& block_amax,
                                   bool pass_through_bwd) {
+  refuse_learned_amax(block_amax, "fake_quant_mx", "block_amax");
   return FakeQuantMxFunction::apply(x, exponent_bits, mantissa_bits, block_size, block_amax,
                                     pass_through_bwd);
 }
@@ -125,6 +140,7 @@ at::Tensor fake_quant_nf4_autograd(const at::Tensor& x, int64_t block_size,
                                    int64_t scale_block_size,
                                    const c10::optional<at::Tensor>& block_amax,
                                    bool pass_through_bwd) {
+  refuse_learned_amax(block_amax, "fake_quant_nf4", "block_amax");
   return FakeQuantNf4Function::apply(x, block_size, scale_block_size, block_amax, pass_through_bwd);
 }
 

@@ -1,11 +1,16 @@
 // Autograd for the fake_quant family: clipped straight-through estimator (gradient passes where
-// |x| <= amax, zero elsewhere), or pass-through; no gradient to amax. amax is not differentiable.
+// |x| <= amax, zero elsewhere), or pass-through. A symmetric amax that requires grad gets the
+// LSQ gradient (Esser et al. 2020, learned step size): with y = s * Q(x / s), s = amax / B and
+// the rounding passed straight through, dy/damax = (y - x) / amax where x / s lies inside the
+// code range and y / amax (the clamp bound over B) outside it, summed to amax's shape.
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <ATen/ExpandUtils.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/ge.h>
+#include <ATen/ops/gt.h>
 #include <ATen/ops/logical_and.h>
 #include <ATen/ops/le.h>
 #include <ATen/ops/scalar_tensor.h>
@@ -26,26 +31,57 @@ at::Tensor clipped_ste(const at::Tensor& grad, const at::Tensor& x, const at::Te
   return at::where(at::le(at::abs(x), bound.to(x.scalar_type())), grad, at::zeros_like(grad));
 }
 
+// LSQ gradient to amax of y = fake_quant(x, amax) (fp32 math): grad * (y - x [lo <= x <= hi])
+// / amax, where [lo, hi] (broadcast like amax) is the input range that maps inside the codes,
+// zero where amax <= 2^-24 (the output is 0 there whatever amax is), summed to amax's shape.
+at::Tensor lsq_amax_grad(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,
+                         const at::Tensor& amax, const at::Tensor& lo, const at::Tensor& hi) {
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor a = amax.to(at::kFloat);
+  const at::Tensor inside = at::logical_and(at::ge(xf, lo), at::le(xf, hi));
+  const at::Tensor residual = y.to(at::kFloat) - at::where(inside, xf, at::zeros_like(xf));
+  const at::Tensor live = at::gt(a, kernels::fake_quant::kMinAmax);
+  const at::Tensor per_element =
+      at::where(live, grad.to(at::kFloat) * residual / a, at::zeros_like(residual));
+  return at::sum_to(per_element, amax.sizes()).to(amax.scalar_type());
+}
+
 class FakeQuantIntFunction : public torch::autograd::Function<FakeQuantIntFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& amax,
                             int64_t num_bits, bool is_unsigned, bool narrow_range,
                             bool pass_through_bwd, bool full_range) {
     ctx->saved_data["pass_through"] = pass_through_bwd;
-    if (!pass_through_bwd) ctx->save_for_backward({x, amax.detach()});
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return fake_quant_int(x, amax, num_bits, is_unsigned, narrow_range, pass_through_bwd,
-                          full_range);
+    const bool learn = amax.requires_grad();
+    ctx->saved_data["learn_amax"] = learn;
+    at::Tensor y;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      y = fake_quant_int(x, amax, num_bits, is_unsigned, narrow_range, pass_through_bwd,
+                         full_range);
+    }
+    if (learn) {
+      namespace fq = kernels::fake_quant;
+      const int bits = static_cast<int>(num_bits);
+      const at::Tensor step = amax.detach().to(at::kFloat) /
+                              fq::int_scale_bound(bits, is_unsigned, full_range);
+      ctx->save_for_backward({x, amax.detach(), y.detach(),
+                              step * fq::int_minbound(bits, is_unsigned, narrow_range),
+                              step * fq::int_maxbound(bits, is_unsigned)});
+    } else if (!pass_through_bwd) {
+      ctx->save_for_backward({x, amax.detach()});
+    }
+    return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    at::Tensor gx = grads[0];
-    if (!ctx->saved_data["pass_through"].toBool()) {
-      const auto saved = ctx->get_saved_variables();
-      gx = clipped_ste(grads[0], saved[0], saved[1]);
+    at::Tensor gx = grads[0], gamax;
+    const auto saved = ctx->get_saved_variables();
+    if (!ctx->saved_data["pass_through"].toBool()) gx = clipped_ste(grads[0], saved[0], saved[1]);
+    if (ctx->saved_data["learn_amax"].toBool()) {
+      gamax = lsq_amax_grad(grads[0], saved[0], saved[2], saved[1], saved[3], saved[4]);
     }
-    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+    return {gx, gamax, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -89,25 +125,38 @@ class FakeQuantFpFunction : public torch::autograd::Function<FakeQuantFpFunction
                             const c10::optional<at::Tensor>& amax, int64_t exponent_bits,
                             int64_t mantissa_bits, bool pass_through_bwd) {
     ctx->saved_data["pass_through"] = pass_through_bwd;
-    if (!pass_through_bwd) {
-      // Without amax the unscaled cast saturates at the format maximum.
-      at::Tensor bound = amax.has_value() && amax->defined()
-                             ? amax->detach()
-                             : at::scalar_tensor(minifloat_max_value(exponent_bits, mantissa_bits),
-                                                 x.options().dtype(at::kFloat));
+    const bool has_amax = amax.has_value() && amax->defined();
+    const bool learn = has_amax && amax->requires_grad();
+    ctx->saved_data["learn_amax"] = learn;
+    at::Tensor y;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      y = fake_quant_fp(x, amax, exponent_bits, mantissa_bits, pass_through_bwd);
+    }
+    // Without amax the unscaled cast saturates at the format maximum.
+    const at::Tensor bound = has_amax
+                                 ? amax->detach()
+                                 : at::scalar_tensor(minifloat_max_value(exponent_bits,
+                                                                         mantissa_bits),
+                                                     x.options().dtype(at::kFloat));
+    if (learn) {
+      // saturating at +-amax: the codes cover exactly [-amax, amax]
+      const at::Tensor a = bound.to(at::kFloat);
+      ctx->save_for_backward({x, bound, y.detach(), -a, a});
+    } else if (!pass_through_bwd) {
       ctx->save_for_backward({x, bound});
     }
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return fake_quant_fp(x, amax, exponent_bits, mantissa_bits, pass_through_bwd);
+    return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    at::Tensor gx = grads[0];
-    if (!ctx->saved_data["pass_through"].toBool()) {
-      const auto saved = ctx->get_saved_variables();
-      gx = clipped_ste(grads[0], saved[0], saved[1]);
+    at::Tensor gx = grads[0], gamax;
+    const auto saved = ctx->get_saved_variables();
+    if (!ctx->saved_data["pass_through"].toBool()) gx = clipped_ste(grads[0], saved[0], saved[1]);
+    if (ctx->saved_data["learn_amax"].toBool()) {
+      gamax = lsq_amax_grad(grads[0], saved[0], saved[2], saved[1], saved[3], saved[4]);
     }
-    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {gx, gamax, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

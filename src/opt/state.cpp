@@ -333,7 +333,8 @@ ModeState state_from_json(const std::string& text, const std::string& source) {
 }
 
 std::string quantizer_state_json(const QuantizerCore& core,
-                                 const std::map<std::string, at::Tensor>& buffers) {
+                                 const std::map<std::string, at::Tensor>& buffers,
+                                 const std::optional<LsqState>& lsq) {
   const json attr = core::parse_json(core.attributes_json(), "quantizer attributes");
   json state = json::object();
   state["_disabled"] = core.flags().disabled;
@@ -351,12 +352,23 @@ std::string quantizer_state_json(const QuantizerCore& core,
   // already, and a recalibration uses max.
   if (state.value("_calibrator", json("max")) == "custom") state["_calibrator"] = "max";
   state["_dynamic"] = attr.value("type", std::string("static")) == "dynamic";
-  json specs = json::object();
+  if (lsq) {
+    state["_lsq"] = true;
+    json learn = json::array();
+    if (lsq->learn_pre) learn.push_back("pre");
+    if (lsq->learn_post) learn.push_back("post");
+    state["_learnable_amax"] = learn;
+    state["_tied_amax"] = lsq->tied;
+  }
+  json specs = json::object(), params = json::object();
   for (const auto& [name, t] : buffers) {
     if (!t.defined()) continue;
-    specs[name] = {{"dtype", dtype_name(t.scalar_type())}, {"shape", t.sizes().vec()}};
+    const bool learned = lsq && ((name == "_amax" && lsq->learn_post) ||
+                                 (name == "_amax_pre" && lsq->learn_pre));
+    (learned ? params : specs)[name] = {{"dtype", dtype_name(t.scalar_type())},
+                                        {"shape", t.sizes().vec()}};
   }
-  state["_pytorch_state_metadata"] = {{"buffers", specs}, {"params", json::object()}};
+  state["_pytorch_state_metadata"] = {{"buffers", specs}, {"params", params}};
   return state.dump();
 }
 
@@ -365,6 +377,27 @@ std::string sequential_quantizer_state_json(int64_t n) {
 }
 
 namespace {
+
+// `_lsq`, `_learnable_amax` and `_tied_amax` of a quantizer with learned scales.
+LsqState parse_lsq_state(const json& j, const std::string& what) {
+  MOPT_CHECK_VALUE(j["_lsq"] == true, what, ": '_lsq' must be a boolean, got ", j["_lsq"].dump());
+  LsqState lsq;
+  const json learn = j.value("_learnable_amax", json::array());
+  MOPT_CHECK_VALUE(learn.is_array() && learn.size() <= 2, what,
+                   ": '_learnable_amax' must be a list of 'pre' / 'post', got ", learn.dump());
+  for (const json& e : learn) {
+    MOPT_CHECK_VALUE(e == "pre" || e == "post", what,
+                     ": '_learnable_amax' entries must be 'pre' or 'post', got ", e.dump());
+    (e == "pre" ? lsq.learn_pre : lsq.learn_post) = true;
+  }
+  const json tied = j.value("_tied_amax", json(false));
+  MOPT_CHECK_VALUE(tied.is_boolean(), what, ": '_tied_amax' must be a boolean");
+  lsq.tied = tied.get<bool>();
+  MOPT_CHECK_VALUE(!lsq.tied || lsq.learn_pre == lsq.learn_post, what,
+                   ": a tied amax is learned for both pre and post or for neither, got ",
+                   learn.dump());
+  return lsq;
+}
 
 // The properties of one quantizer state (everything but its buffers): flags, attributes (and
 // their JSON), and `export_shape` for nvidia-modelopt's flattened block amax.
@@ -424,6 +457,10 @@ QuantizerState parse_quantizer_properties(const std::string& name, const json& j
       used.insert("_amax_shape_for_export");
     }
   }
+  if (j.contains("_lsq") && j["_lsq"] != false) {
+    state.lsq = parse_lsq_state(j, what);
+    used.insert({"_lsq", "_learnable_amax", "_tied_amax"});
+  }
   if (j.contains("_dynamic")) {
     MOPT_CHECK_VALUE(j["_dynamic"].is_boolean(), what, ": '_dynamic' must be a boolean");
     attr["type"] = j["_dynamic"].get<bool>() ? "dynamic" : "static";
@@ -462,39 +499,48 @@ void parse_quantizer_buffers(const std::string& name, const json& j,
   if (j.contains("_pytorch_state_metadata")) {
     const json& meta = j["_pytorch_state_metadata"];
     MOPT_CHECK_VALUE(meta.is_object(), what, ": '_pytorch_state_metadata' must be an object");
+    // learned amaxes (algorithm lsq) are parameters: mopt's own names, as LSQ state says
+    json tensors = meta.value("buffers", json::object());
+    MOPT_CHECK_VALUE(tensors.is_object(), what, ": buffers must be an object");
     if (meta.contains("params")) {
-      MOPT_CHECK_IMPLEMENTED(meta["params"].is_object() && meta["params"].empty(), what,
-                             ": learned parameters ", ascii(meta["params"].dump(), 200),
-                             " (nvidia-modelopt's learn_amax) are not supported by mopt");
-    }
-    if (meta.contains("buffers")) {
-      MOPT_CHECK_VALUE(meta["buffers"].is_object(), what, ": buffers must be an object");
-      for (const auto& [buf, spec] : meta["buffers"].items()) {
-        MOPT_CHECK_IMPLEMENTED(buf == "_amax" || buf == "_pre_quant_scale" ||
-                                   buf == "_zero_point", what, ": buffer '", buf,
-                               "' is not one mopt's quantizers have (_amax, _pre_quant_scale, "
-                               "_zero_point)");
-        MOPT_CHECK_VALUE(spec.is_object() && spec.contains("shape"), what, ": buffer '", buf,
-                         "' needs a shape");
-        BufferSpec b;
-        b.shape = shape_of(spec["shape"], what + ": " + buf + " shape");
-        if (spec.contains("dtype")) {
-          MOPT_CHECK_VALUE(spec["dtype"].is_string(), what, ": ", buf, " dtype must be a name");
-          b.dtype = spec["dtype"].get<std::string>();
-          MOPT_CHECK_VALUE(b.dtype == "float32" || b.dtype == "float16" ||
-                               b.dtype == "bfloat16" || b.dtype == "float64",
-                           what, ": ", buf, " dtype '", ascii(b.dtype),
-                           "' is not a floating type (float32, float16, bfloat16, float64)");
-        }
-        // mopt keeps every amax and zero point in fp32
-        if (buf == "_amax" || buf == "_zero_point") b.dtype = "float32";
-        if (buf == "_amax" && export_shape) {
-          state.file_amax_shape = b.shape;
-          b.shape = reshaped(b.shape, *export_shape, what);
-          b.shape.push_back(1);
-        }
-        state.buffers[buf] = b;
+      const json& params = meta["params"];
+      MOPT_CHECK_VALUE(params.is_object(), what, ": params must be an object");
+      for (const auto& [name, spec] : params.items()) {
+        const bool learned = state.lsq && ((name == "_amax" && state.lsq->learn_post) ||
+                                           (name == "_amax_pre" && state.lsq->learn_pre));
+        MOPT_CHECK_IMPLEMENTED(learned, what, ": learned parameter '", name, "' of ",
+                               ascii(params.dump(), 200), " is not one mopt's quantizers have "
+                               "(nvidia-modelopt's learn_amax is not supported; mopt's lsq "
+                               "learns _amax and _amax_pre)");
+        tensors[name] = spec;
       }
+    }
+    for (const auto& [buf, spec] : tensors.items()) {
+      const bool lsq_pre = buf == "_amax_pre" && state.lsq && !state.lsq->tied;
+      MOPT_CHECK_IMPLEMENTED(buf == "_amax" || buf == "_pre_quant_scale" ||
+                                 buf == "_zero_point" || lsq_pre, what, ": buffer '", buf,
+                             "' is not one mopt's quantizers have (_amax, _pre_quant_scale, "
+                             "_zero_point; _amax_pre with untied lsq)");
+      MOPT_CHECK_VALUE(spec.is_object() && spec.contains("shape"), what, ": buffer '", buf,
+                       "' needs a shape");
+      BufferSpec b;
+      b.shape = shape_of(spec["shape"], what + ": " + buf + " shape");
+      if (spec.contains("dtype")) {
+        MOPT_CHECK_VALUE(spec["dtype"].is_string(), what, ": ", buf, " dtype must be a name");
+        b.dtype = spec["dtype"].get<std::string>();
+        MOPT_CHECK_VALUE(b.dtype == "float32" || b.dtype == "float16" ||
+                             b.dtype == "bfloat16" || b.dtype == "float64",
+                         what, ": ", buf, " dtype '", ascii(b.dtype),
+                         "' is not a floating type (float32, float16, bfloat16, float64)");
+      }
+      // mopt keeps every amax and zero point in fp32
+      if (buf == "_amax" || buf == "_amax_pre" || buf == "_zero_point") b.dtype = "float32";
+      if (buf == "_amax" && export_shape) {
+        state.file_amax_shape = b.shape;
+        b.shape = reshaped(b.shape, *export_shape, what);
+        b.shape.push_back(1);
+      }
+      state.buffers[buf] = b;
     }
   }
 }

@@ -191,7 +191,8 @@ void validate(const QuantizerAttributeConfig& c) {
   MOPT_CHECK_VALUE(!(c.axis.has_value() && c.block_sizes.has_value()),
                    "'axis' and 'block_sizes' cannot both be set; use axis for per-channel "
                    "scales or block_sizes for blocks");
-  MOPT_CHECK_VALUE(!c.learn_amax, "'learn_amax' must be False (it is reserved)");
+  MOPT_CHECK_VALUE(!c.learn_amax, "'learn_amax' must be False (it is reserved); learned "
+                   "scales are the calibration algorithm {'method': 'lsq'}");
   MOPT_CHECK_IMPLEMENTED(!c.rotate, "'rotate' (Hadamard rotation before quantization) is not "
                          "implemented in mopt");
   MOPT_CHECK_IMPLEMENTED(c.fake_quant, "'fake_quant': False (real quantized storage) is not "

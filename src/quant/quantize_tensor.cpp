@@ -3,12 +3,16 @@
 #include <torch/library.h>
 
 #include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/gt.h>
 #include <ATen/ops/mul.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
 
 #include <algorithm>
 #include <string_view>
 
 #include "core/tensor_utils.h"
+#include "fake_quant/fake_quant_math.h"
 #include "mopt/core/error.h"
 #include "mopt/quant/fake_quant.h"
 #include "quant/block_formats.h"
@@ -150,9 +154,22 @@ at::Tensor fake_quant_asym(const at::Tensor& view, const c10::optional<at::Tenso
   return fake_quant_int_asym(view, a, zp, cfg.num_bits.bits, cfg.pass_through_bwd);
 }
 
+// LSQ's dequantization amax (ModelOpt's dual LSQ, w_q = Q(w / s_pre) * s_post): the output
+// quantized with amax, rescaled by amax_post / amax; zero where amax quantizes to zero.
+at::Tensor rescale_to_post_amax(const at::Tensor& y, const at::Tensor& amax,
+                                const at::Tensor& amax_post) {
+  MOPT_CHECK_VALUE(amax_post.sym_sizes() == amax.sym_sizes(), "amax_post of shape ",
+                   amax_post.sym_sizes(), " does not match amax of shape ", amax.sym_sizes());
+  const at::Tensor a = amax.to(at::kFloat);
+  const at::Tensor ratio = at::where(at::gt(a, kernels::fake_quant::kMinAmax),
+                                     amax_post.to(at::kFloat) / a, at::zeros_like(a));
+  return at::mul(y, ratio).to(y.scalar_type());
+}
+
 at::Tensor quantize_tensor_impl(const at::Tensor& x_in, const c10::optional<at::Tensor>& amax,
                                 const c10::optional<at::Tensor>& pqs, c10::string_view cfg_json,
-                                const c10::optional<at::Tensor>& zero_point) {
+                                const c10::optional<at::Tensor>& zero_point,
+                                const c10::optional<at::Tensor>& amax_post) {
   const QuantizerAttributeConfig& cfg = parse_quantizer_config_cached(std::string(cfg_json));
   MOPT_CHECK_TYPE(x_in.is_floating_point(), "quantize_tensor got a torch.",
                   c10::getDtypeNames(x_in.scalar_type()).first,
@@ -162,6 +179,13 @@ at::Tensor quantize_tensor_impl(const at::Tensor& x_in, const c10::optional<at::
   if (!cfg.enable) return x;
   const ResolvedFormat format = resolve_format(cfg);
   const bool have_amax = amax.has_value() && amax->defined();
+  const bool have_post = amax_post.has_value() && amax_post->defined();
+  MOPT_CHECK_IMPLEMENTED(!have_post || (have_amax && !format.dynamic && !cfg.asymmetric &&
+                                        format.info->kernel == std::string_view("fake_quant")),
+                         "amax_post (LSQ's dequantization amax) needs a static symmetric integer "
+                         "or FP8/minifloat quantizer with an amax; this one is ",
+                         format.name, cfg.asymmetric ? " asymmetric" : "",
+                         format.dynamic ? " dynamic" : "", have_amax ? "" : " without amax");
   if (format.info->kernel == std::string_view("block_quant")) {
     return quantize_block_format(x, have_amax ? *amax : at::Tensor(), cfg, format);
   }
@@ -180,6 +204,7 @@ at::Tensor quantize_tensor_impl(const at::Tensor& x_in, const c10::optional<at::
   }
   at::Tensor a = (have_amax && !format.dynamic) ? *amax : mopt::compute_amax(view.detach(), keep);
   at::Tensor y = fake_quant_with_amax(view, a, cfg);
+  if (have_post) y = rescale_to_post_amax(y, a, *amax_post);
   return cfg.block_sizes ? block_unview(y, x.sym_sizes(), plan) : y;
 }
 
@@ -220,13 +245,15 @@ std::vector<int64_t> quantizer_amax_axes(const QuantizerAttributeConfig& cfg, in
 at::Tensor quantize_tensor(const at::Tensor& x, const c10::optional<at::Tensor>& amax,
                            const c10::optional<at::Tensor>& pre_quant_scale,
                            const std::string& cfg_json,
-                           const c10::optional<at::Tensor>& zero_point) {
+                           const c10::optional<at::Tensor>& zero_point,
+                           const c10::optional<at::Tensor>& amax_post) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mopt::quantize_tensor", "")
                        .typed<at::Tensor(const at::Tensor&, const c10::optional<at::Tensor>&,
                                          const c10::optional<at::Tensor>&, c10::string_view,
+                                         const c10::optional<at::Tensor>&,
                                          const c10::optional<at::Tensor>&)>();
-  return op.call(x, amax, pre_quant_scale, cfg_json, zero_point);
+  return op.call(x, amax, pre_quant_scale, cfg_json, zero_point, amax_post);
 }
 
 at::Tensor quantizer_calib_view(const at::Tensor& x,
@@ -241,7 +268,7 @@ at::Tensor quantizer_calib_view(const at::Tensor& x,
 
 TORCH_LIBRARY_FRAGMENT(mopt, m) {
   m.def("quantize_tensor(Tensor x, Tensor? amax, Tensor? pre_quant_scale, str cfg, "
-        "Tensor? zero_point=None) -> Tensor");
+        "Tensor? zero_point=None, Tensor? amax_post=None) -> Tensor");
   m.def("quantizer_calib_view(Tensor x, Tensor? pre_quant_scale, str cfg) -> Tensor");
 }
 

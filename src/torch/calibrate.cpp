@@ -951,6 +951,13 @@ void run_step(torch::nn::Module& model, const ForwardLoop& loop,
 
 void calibrate(torch::nn::Module& model, const std::vector<algorithms::CalibrationStep>& steps,
                const ForwardLoop& forward_loop) {
+  for (const auto& step : steps) {  // before any step changes the model
+    MOPT_CHECK_IMPLEMENTED(!std::holds_alternative<algorithms::LsqCalibration>(step.options),
+                           "calibration algorithm 'lsq' is not implemented by mopt::calibrate: "
+                           "the C++ TensorQuantizer holds amax as a buffer, not as a trainable "
+                           "parameter (learned pre/post amax); use the Python API "
+                           "(mopt.quantization.calibrate) for learned scales");
+  }
   const bool was_training = model.is_training();
   model.eval();
   try {

@@ -113,6 +113,9 @@ void apply_quantizer_state(torch::nn::Module& model, const json& states,
   MOPT_CHECK_VALUE(states.is_object(), source, ": the quantize metadata has no quantizer_state");
   std::map<std::string, opt::QuantizerState> parsed;
   for (auto& [name, s] : opt::parse_quantizer_states(states.dump())) {
+    MOPT_CHECK_IMPLEMENTED(!s.lsq, source, ": quantizer '", name, "' has learned scales "
+                           "(algorithm 'lsq'); the C++ TensorQuantizer holds amax as a buffer "
+                           "and has no separate pre amax: restore it with the Python API");
     parsed.emplace(name, std::move(s));
   }
   for (const Node& node : named_modules(model)) {

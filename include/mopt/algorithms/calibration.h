@@ -73,6 +73,21 @@ struct StepPercentileCalibration {
   StepCollect collect = StepCollect::kMax;
 };
 
+/// `lsq` (learned scales, ModelOpt's LSQConfig): calibrate with `scale_algorithm`, then make
+/// the amax of every static symmetric integer or minifloat weight quantizer trainable, with a
+/// quantization ("pre") and a dequantization ("post") amax: w_q = Q(w / s_pre) * s_post,
+/// s = amax / B. The C++ ops give the LSQ gradient to whichever of them requires grad.
+struct LsqCalibration {
+  std::string scale_method = "mse";      // "max" or "mse" (ModelOpt's default: mse)
+  std::string scale_options_json = "{}";  // that method's checked options, every field
+  bool learn_pre = false;                 // learnable_amax holds "pre"
+  bool learn_post = true;                 // learnable_amax holds "post"
+  bool tied_amax = false;                 // one amax for both (both learned or both frozen)
+  /// ModelOpt's FP8 quantization of the pre scale, which applies to NVFP4 block scales only;
+  /// mopt's LSQ formats have unquantized scales, so it is accepted and has no effect.
+  bool quantize_pre_scale = true;
+};
+
 /// A method registered by a front end (a Python function): its options, unchecked, as JSON.
 struct ExternalCalibration {
   std::string options_json = "{}";
@@ -81,7 +96,7 @@ struct ExternalCalibration {
 using CalibrationOptions =
     std::variant<MaxCalibration, SmoothQuantCalibration, AwqCalibration, GptqCalibration,
                  MseCalibration, HistogramCalibration, StepPercentileCalibration,
-                 ExternalCalibration>;
+                 ExternalCalibration, LsqCalibration>;
 
 /// One step of calibration: the method and its options.
 struct CalibrationStep {

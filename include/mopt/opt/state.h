@@ -90,6 +90,15 @@ struct BufferSpec {
   std::vector<int64_t> shape;
 };
 
+/// A quantizer with learned scales (algorithm `lsq`): which amaxes are trainable parameters.
+/// `_amax` is the dequantization ("post") amax, `_amax_pre` the quantization one; tied, `_amax`
+/// is both. Written under ModelOpt's property names (`_lsq`, `_learnable_amax`, `_tied_amax`).
+struct LsqState {
+  bool learn_pre = false;
+  bool learn_post = false;
+  bool tied = false;
+};
+
 /// One quantizer's recorded properties.
 struct QuantizerState {
   bool sequential = false;     // a SequentialQuantizer: only num_quantizers is set
@@ -102,12 +111,16 @@ struct QuantizerState {
   /// static block quantizer: (rows * blocks, 1)); buffers["_amax"] has mopt's shape, and the
   /// front end reshapes the file's tensor from this shape to it.
   std::optional<std::vector<int64_t>> file_amax_shape;
+  /// Set for a quantizer with learned scales; its parameters are listed in `buffers` too.
+  std::optional<LsqState> lsq;
 };
 
 /// The properties of one TensorQuantizer, as a JSON object in ModelOpt's layout, with the
-/// shapes of its defined `buffers` ("_amax", "_pre_quant_scale").
+/// shapes of its defined `buffers` ("_amax", "_pre_quant_scale"); with `lsq`, the learnable
+/// amaxes are recorded as parameters and the LSQ properties are written.
 std::string quantizer_state_json(const QuantizerCore& core,
-                                 const std::map<std::string, at::Tensor>& buffers);
+                                 const std::map<std::string, at::Tensor>& buffers,
+                                 const std::optional<LsqState>& lsq = std::nullopt);
 /// The properties of a SequentialQuantizer of `n` quantizers.
 std::string sequential_quantizer_state_json(int64_t n);
 /// Reads one quantizer's properties (mopt's or nvidia-modelopt's layout). Keys mopt has no

@@ -19,11 +19,14 @@ namespace mopt {
 /// describes. amax is the calibrated amax in the shape of quantizer_amax_shape; when it is absent
 /// (or the config is dynamic) the amax of the input is used. An asymmetric config takes the
 /// zero point stored with amax (same shape), or the input's own min/max range when dynamic.
-/// Differentiable (clipped STE).
+/// Differentiable (clipped STE; an amax that requires grad gets the LSQ gradient). amax_post
+/// (LSQ with separate amaxes, static symmetric integer/minifloat only): dequantize with it,
+/// y = Q(x / s) * s_post with s = amax / B, s_post = amax_post / B.
 at::Tensor quantize_tensor(const at::Tensor& x, const c10::optional<at::Tensor>& amax,
                            const c10::optional<at::Tensor>& pre_quant_scale,
                            const std::string& cfg_json,
-                           const c10::optional<at::Tensor>& zero_point = c10::nullopt);
+                           const c10::optional<at::Tensor>& zero_point = c10::nullopt,
+                           const c10::optional<at::Tensor>& amax_post = c10::nullopt);
 
 /// The tensor a calibrator of this quantizer sees: x * pre_quant_scale, reshaped into
 /// [..., n_blocks, block, ...] (zero padded) for static block quantization.

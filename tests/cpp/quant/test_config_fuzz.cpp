@@ -69,6 +69,9 @@ const std::vector<std::string>& algorithm_seeds() {
       R"({"method": "entropy", "num_bins": 2048, "stride": 1, "start_bin": 128})",
       R"({"method": "percentile", "percentile": 99.9, "skip_zeros": true})",
       R"(["max", {"method": "histogram_mse", "num_bins": 256}])",
+      R"({"method": "lsq", "scale_algorithm": {"method": "max"}, "learnable_amax": ["pre", "post"],
+          "tied_amax": true, "quantize_pre_scale": false})",
+      R"({"method": "lsq", "learnable_amax": "pre"})",
   };
   return seeds;
 }

@@ -145,6 +145,10 @@ ALGORITHMS: list[tuple[str, Any, str]] = [
      "INT8_DEFAULT_CFG"),
     ("none", None, "INT8_WEIGHT_ONLY_CFG"),
     ("list", ["smoothquant", {"method": "mse"}], "INT8_DEFAULT_CFG"),
+    ("lsq", {"method": "lsq", "scale_algorithm": {"method": "max"}}, "INT8_WEIGHT_ONLY_CFG"),
+    ("lsq-tied-fp8", {"method": "lsq", "learnable_amax": ["pre", "post"], "tied_amax": True},
+     "FP8_DEFAULT_CFG"),
+    ("lsq-pre-int4", {"method": "lsq", "learnable_amax": "pre"}, "INT4_BLOCKWISE_WEIGHT_ONLY_CFG"),
 ]
 
 
@@ -255,9 +259,14 @@ def assert_same_model(ref: nn.Module, got: nn.Module, arch: Arch) -> None:
         assert q.attribute_config == g.attribute_config, name
         assert q.mode == g.mode, name
         _same_optional(q.amax, g.amax, f"{name}.amax")
+        # learned scales (lsq): the same pre amax and the same trainable parameters
+        assert q.learnable_amax == g.learnable_amax, name
+        _same_optional(q.amax_pre, g.amax_pre, f"{name}.amax_pre")
         _same_optional(q.pre_quant_scale, g.pre_quant_scale, f"{name}.pre_quant_scale")
     # the same tensors; their order may differ (a restored quantizer registers _amax before
     # _pre_quant_scale, whatever order calibration created them in)
+    assert sorted(n for n, _ in ref.named_parameters()) == \
+        sorted(n for n, _ in got.named_parameters())
     sref, sgot = ref.state_dict(), got.state_dict()
     assert sorted(sref) == sorted(sgot)
     for k, v in sref.items():

@@ -61,6 +61,9 @@ ALGORITHM_SEEDS: list[Any] = [
     {"method": "percentile", "percentile": 99.9},
     {"method": "step_percentile", "num_steps": 4, "percentile": 90, "collect": "mean"},
     ["max", {"method": "histogram_mse", "num_bins": 256}],
+    {"method": "lsq", "scale_algorithm": {"method": "max"}, "learnable_amax": ["pre", "post"],
+     "tied_amax": True, "quantize_pre_scale": False},
+    {"method": "lsq", "learnable_amax": "pre"},
 ]
 
 HOSTILE_SCALARS: list[Any] = [

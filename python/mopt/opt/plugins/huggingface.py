@@ -225,13 +225,14 @@ def _check_loaded_quantizers(model: Any, path: str) -> None:
     for name, q in model.named_modules():
         if not isinstance(q, TensorQuantizer):
             continue
-        amax = q._buffers.get("_amax")
-        try:
-            if amax is not None:
-                q._core.amax_to_store(amax, None, True)
-        except (ValueError, RuntimeError) as e:
-            raise ValueError(f"mopt: the checkpoint of {path} holds a bad '{name}._amax': "
-                             f"{e}") from e
+        for key in ("_amax", "_amax_pre"):  # _amax_pre: learned scales (lsq)
+            amax = q._amax_tensor(key)
+            try:
+                if amax is not None:
+                    q._core.amax_to_store(amax, None, True)
+            except (ValueError, RuntimeError) as e:
+                raise ValueError(f"mopt: the checkpoint of {path} holds a bad '{name}.{key}': "
+                                 f"{e}") from e
         q._refresh()
 
 

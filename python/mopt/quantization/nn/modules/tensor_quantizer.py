@@ -82,6 +82,11 @@ class TensorQuantizer(nn.Module):
     one-time warning).
     """
 
+    # Learned scales (algorithm lsq): None, or (learn_pre, learn_post, tied). `_amax` is then the
+    # dequantization ("post") amax and `_amax_pre` (untied only) the quantization one; each is an
+    # nn.Parameter when learned, else a buffer.
+    _lsq: tuple[bool, bool, bool] | None = None
+
     def __init__(
         self,
         quant_attribute_cfg: QuantizerAttributeConfig | dict | None = None,
@@ -116,7 +121,7 @@ class TensorQuantizer(nn.Module):
         """Caches, as plain attributes a traced forward can read, what the core decided."""
         self.__dict__["_cfg_json"] = self._core.attributes_json
         self.__dict__["_forward_cfg"] = self._core.forward_config(
-            self._buffers.get("_amax") is not None)
+            self._amax_tensor() is not None)
 
     # -- configuration --------------------------------------------------------------------------
     def set_from_attribute_config(self, attribute_cfg: QuantizerAttributeConfig | dict) -> None:
@@ -268,9 +273,64 @@ class TensorQuantizer(nn.Module):
         return None if self.amax is None else self.amax / self.maxbound
 
     # -- state ----------------------------------------------------------------------------------
+    def _amax_tensor(self, name: str = "_amax") -> torch.Tensor | None:
+        """The amax buffer, or parameter when it is learned (algorithm lsq)."""
+        t = self._buffers.get(name)
+        return self._parameters.get(name) if t is None else t
+
     @property
     def amax(self) -> torch.Tensor | None:
-        return self._buffers.get("_amax")
+        """The calibrated amax (with learned scales: the dequantization one, ``amax_post``)."""
+        return self._amax_tensor()
+
+    @property
+    def amax_pre(self) -> torch.Tensor | None:
+        """The amax the input is quantized with: ``_amax_pre`` for untied learned scales."""
+        if self._lsq is not None and not self._lsq[2]:
+            return self._amax_tensor("_amax_pre")
+        return self._amax_tensor()
+
+    @property
+    def amax_post(self) -> torch.Tensor | None:
+        """The amax the codes are dequantized with (``amax``)."""
+        return self._amax_tensor()
+
+    @property
+    def learnable_amax(self) -> list[str]:
+        """Which amaxes are trained (algorithm lsq): a subset of ["pre", "post"]."""
+        if self._lsq is None:
+            return []
+        return [n for n, on in zip(("pre", "post"), self._lsq[:2]) if on]
+
+    def enable_lsq(self, learnable_amax: str | list[str] = ("post",),
+                   tied_amax: bool = False) -> None:
+        """Learned scales (LSQ): the calibrated amax becomes a quantization ("pre") and a
+        dequantization ("post") amax, ``w_q = Q(w / s_pre) * s_post`` with ``s = amax / B``; the
+        ones in `learnable_amax` become nn.Parameters that the C++ ops give the LSQ gradient.
+        `tied_amax`: one tensor serves as both (learned when both are named). Options are
+        checked by the `lsq` algorithm's parser (mopt._C.parse_algorithm)."""
+        amax = self._amax_tensor()
+        if amax is None:
+            raise ValueError(f"mopt: quantizer '{self.name}': enable_lsq needs a calibrated amax")
+        learn = {learnable_amax} if isinstance(learnable_amax, str) else set(learnable_amax)
+        value = amax.detach().float().clone()
+        self._drop_amax_tensors()
+        self._put_amax("_amax", value, "post" in learn)
+        if not tied_amax:
+            self._put_amax("_amax_pre", value.clone(), "pre" in learn)
+        self.__dict__["_lsq"] = ("pre" in learn, "post" in learn, bool(tied_amax))
+        self._refresh()
+
+    def _put_amax(self, name: str, value: torch.Tensor, learned: bool) -> None:
+        if learned:
+            self.register_parameter(name, nn.Parameter(value))
+        else:
+            self.register_buffer(name, value)
+
+    def _drop_amax_tensors(self) -> None:
+        for name in ("_amax", "_amax_pre"):
+            self._buffers.pop(name, None)
+            self._parameters.pop(name, None)
 
     @amax.setter
     def amax(self, value: torch.Tensor | float | None) -> None:
@@ -280,7 +340,7 @@ class TensorQuantizer(nn.Module):
         self._store_amax(value, validate=True)
 
     def _store_amax(self, value: torch.Tensor | float, validate: bool) -> None:
-        current = self._buffers.get("_amax")
+        current = self._amax_tensor()
         value = self._core.amax_to_store(torch.as_tensor(value, dtype=torch.float32), current,
                                          validate)
         if current is None:
@@ -291,8 +351,10 @@ class TensorQuantizer(nn.Module):
                 current.copy_(value.to(current.device))
 
     def reset_amax(self) -> None:
-        """Removes the calibrated amax (and zero point) and resets the calibrator."""
-        self._buffers.pop("_amax", None)
+        """Removes the calibrated amax (and zero point, and learned scales) and resets the
+        calibrator."""
+        self._drop_amax_tensors()
+        self.__dict__["_lsq"] = None
         self._buffers.pop("_zero_point", None)
         self._core.reset_calibrator()
         self._refresh()
@@ -384,9 +446,11 @@ class TensorQuantizer(nn.Module):
             amax = self.calibrator.compute_amax(*args, **kwargs)
         if amax is None:
             return
-        current = self._buffers.get("_amax")
-        if current is not None and current.shape != amax.shape:
-            self._buffers.pop("_amax")
+        current = self._amax_tensor()
+        if self._lsq is not None or (current is not None and current.shape != amax.shape):
+            # recalibration replaces learned scales by the calibrated amax
+            self._drop_amax_tensors()
+            self.__dict__["_lsq"] = None
         self._store_amax(amax, validate=False)  # check_amax reports bad calibration results
         zero_point = self._core.compute_zero_point()
         if zero_point is not None:
@@ -398,11 +462,14 @@ class TensorQuantizer(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        amax = self._buffers.get("_amax")
+        amax = self._amax_tensor()
         pqs = self._buffers.get("_pre_quant_scale")
         zp = self._buffers.get("_zero_point")
+        post = None
+        if self._lsq is not None and not self._lsq[2]:
+            amax, post = self._amax_tensor("_amax_pre"), amax
         if self._forward_cfg is not None:
-            return torch.ops.mopt.quantize_tensor(inputs, amax, pqs, self._forward_cfg, zp)
+            return torch.ops.mopt.quantize_tensor(inputs, amax, pqs, self._forward_cfg, zp, post)
         out = self._core.forward(inputs, amax, pqs, zp)
         # the core may have warned once and switched to plain quantization
         self.__dict__["_forward_cfg"] = self._core.forward_config(amax is not None)
@@ -413,8 +480,10 @@ class TensorQuantizer(nn.Module):
         """Properties to rebuild this quantizer, in ModelOpt's layout (``_num_bits``,
         ``_disabled``, ..., and the buffer shapes under ``_pytorch_state_metadata``); tensors
         live in state_dict, so `properties_only` changes nothing."""
-        buffers = {k: self._buffers.get(k) for k in ("_amax", "_pre_quant_scale", "_zero_point")}
-        return json.loads(_C.quantizer_state_json(self._core, buffers))
+        buffers = {k: self._buffers.get(k) for k in ("_pre_quant_scale", "_zero_point")}
+        buffers["_amax"] = self._amax_tensor()
+        buffers["_amax_pre"] = self._amax_tensor("_amax_pre")
+        return json.loads(_C.quantizer_state_json(self._core, buffers, self._lsq))
 
     def set_from_modelopt_state(self, modelopt_state: dict, properties_only: bool = False) -> None:
         """Restores properties from get_modelopt_state() (mopt's or nvidia-modelopt's); buffers
@@ -454,18 +523,30 @@ class TensorQuantizer(nn.Module):
         # nvidia-modelopt's block quantizers store amax flattened: load_state_dict reshapes it
         layout = p.get("file_amax_shape")
         self.__dict__["_file_amax_shape"] = None if layout is None else tuple(layout)
+        lsq = p.get("lsq")
         if not properties_only:
-            for buf in ("_amax", "_pre_quant_scale", "_zero_point"):
+            self._drop_amax_tensors()
+            for buf in ("_pre_quant_scale", "_zero_point"):
                 self._buffers.pop(buf, None)
-                if buf in buffers:  # register_buffer's effect for a name known to be valid
+            for buf in ("_amax", "_amax_pre", "_pre_quant_scale", "_zero_point"):
+                if buf not in buffers:
+                    continue
+                learned = lsq is not None and (
+                    (buf == "_amax" and lsq["learn_post"]) or
+                    (buf == "_amax_pre" and lsq["learn_pre"]))
+                if learned:
+                    self._parameters[buf] = nn.Parameter(buffers[buf])
+                else:  # register_buffer's effect for a name known to be valid
                     self._buffers[buf] = buffers[buf]
                     self._non_persistent_buffers_set.discard(buf)
+            self.__dict__["_lsq"] = None if lsq is None else (
+                lsq["learn_pre"], lsq["learn_post"], lsq["tied"])
         self._refresh()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         amax = state_dict.get(prefix + "_amax")
-        current = self._buffers.get("_amax")
+        current = self._amax_tensor()
         layout = self.__dict__.get("_file_amax_shape")
         if (isinstance(amax, torch.Tensor) and current is not None and layout is not None
                 and tuple(amax.shape) == layout and amax.numel() == current.numel()):
@@ -479,7 +560,7 @@ class TensorQuantizer(nn.Module):
         # A checkpoint may hold buffers this quantizer has not created yet.
         for buf in ("_amax", "_pre_quant_scale", "_zero_point"):
             key = prefix + buf
-            if key in state_dict and buf not in self._buffers:
+            if key in state_dict and buf not in self._buffers and buf not in self._parameters:
                 self.register_buffer(buf, torch.empty_like(state_dict[key]))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
@@ -563,7 +644,11 @@ class TensorQuantizer(nn.Module):
         return self._core.short_amax(self.amax)
 
     def extra_repr(self) -> str:
-        return self._core.extra_repr(self.amax, self.pre_quant_scale)
+        text = self._core.extra_repr(self.amax, self.pre_quant_scale)
+        if self._lsq is None:
+            return text
+        pre = "tied" if self._lsq[2] else self._core.short_amax(self.amax_pre)
+        return f"{text} lsq(pre={pre}, learn={self.learnable_amax})"
 
 
 class SequentialQuantizer(nn.Sequential):
