@@ -17,6 +17,8 @@
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros_like.h>
 
+#include <utility>
+
 #include "fake_quant/fake_quant_math.h"
 #include "mopt/quant/fake_quant.h"
 
@@ -44,6 +46,20 @@ at::Tensor lsq_amax_grad(const at::Tensor& grad, const at::Tensor& x, const at::
   const at::Tensor per_element =
       at::where(live, grad.to(at::kFloat) * residual / a, at::zeros_like(residual));
   return at::sum_to(per_element, amax.sizes()).to(amax.scalar_type());
+}
+
+// The backward of the symmetric int and minifloat functions, whose forward saved {x, amax} for
+// the clipped STE, or {x, amax, y, lo, hi} when amax learns: the gradients to x and to amax
+// (undefined unless amax learns).
+std::pair<at::Tensor, at::Tensor> input_and_amax_grads(AutogradContext* ctx,
+                                                       const at::Tensor& grad) {
+  at::Tensor gx = grad, gamax;
+  const auto saved = ctx->get_saved_variables();
+  if (!ctx->saved_data["pass_through"].toBool()) gx = clipped_ste(grad, saved[0], saved[1]);
+  if (ctx->saved_data["learn_amax"].toBool()) {
+    gamax = lsq_amax_grad(grad, saved[0], saved[2], saved[1], saved[3], saved[4]);
+  }
+  return {gx, gamax};
 }
 
 class FakeQuantIntFunction : public torch::autograd::Function<FakeQuantIntFunction> {
@@ -75,12 +91,7 @@ class FakeQuantIntFunction : public torch::autograd::Function<FakeQuantIntFuncti
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    at::Tensor gx = grads[0], gamax;
-    const auto saved = ctx->get_saved_variables();
-    if (!ctx->saved_data["pass_through"].toBool()) gx = clipped_ste(grads[0], saved[0], saved[1]);
-    if (ctx->saved_data["learn_amax"].toBool()) {
-      gamax = lsq_amax_grad(grads[0], saved[0], saved[2], saved[1], saved[3], saved[4]);
-    }
+    const auto [gx, gamax] = input_and_amax_grads(ctx, grads[0]);
     return {gx, gamax, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -150,12 +161,7 @@ class FakeQuantFpFunction : public torch::autograd::Function<FakeQuantFpFunction
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    at::Tensor gx = grads[0], gamax;
-    const auto saved = ctx->get_saved_variables();
-    if (!ctx->saved_data["pass_through"].toBool()) gx = clipped_ste(grads[0], saved[0], saved[1]);
-    if (ctx->saved_data["learn_amax"].toBool()) {
-      gamax = lsq_amax_grad(grads[0], saved[0], saved[2], saved[1], saved[3], saved[4]);
-    }
+    const auto [gx, gamax] = input_and_amax_grads(ctx, grads[0]);
     return {gx, gamax, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
