@@ -65,6 +65,7 @@ def restore_quantizer_state(model: nn.Module, metadata: dict, undo: list) -> dic
         replaced = True
     if replaced:
         quantizers = _quantizers(model)
+    parsed = _without_absent_disabled(parsed, quantizers)
     _C.check_tensors_match([(n, []) for n in quantizers], [(n, []) for n in parsed],
                            "quantizer_state")
     reshapes = {}
@@ -76,6 +77,28 @@ def restore_quantizer_state(model: nn.Module, metadata: dict, undo: list) -> dic
             if p["file_amax_shape"] is not None:
                 reshapes[f"{name}._amax"] = p["buffers"]["_amax"][1]
     return reshapes
+
+
+def _without_absent_disabled(parsed: dict, quantizers: dict) -> dict:
+    """`parsed` less the entries of quantizers the model does not have that are disabled and
+    hold no tensors (with their SequentialQuantizer parent when every child is such): ModelOpt
+    inserts them where mopt inserts none (an Embedding's quantizers, attention's softmax bmm
+    quantizer), and a disabled quantizer computes nothing, so the model is the same without it.
+    Any other absent entry stays and fails the name check."""
+
+    def inert(name: str) -> bool:
+        p = parsed[name]
+        if name in quantizers or p["buffers"]:
+            return False
+        if p["sequential"]:
+            children = [f"{name}.{i}" for i in range(p["num_quantizers"])]
+            return all(c in parsed and inert(c) for c in children)
+        return json.loads(p["attributes_json"]).get("enable") is False
+
+    drop = {name for name in parsed if inert(name)}
+    drop |= {c for name in drop if parsed[name]["sequential"]
+             for c in (f"{name}.{i}" for i in range(parsed[name]["num_quantizers"]))}
+    return {n: p for n, p in parsed.items() if n not in drop}
 
 
 def _quantizers(model: nn.Module) -> dict[str, nn.Module]:
