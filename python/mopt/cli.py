@@ -3,6 +3,7 @@
     mopt ptq --model default --configs int8,fp8 --out out/ptq
     mopt sparsify --model default --modes magnitude,sparsegpt --pattern 2:4 --out out/sparsify
     mopt cache --model default --budget-psnr 33 --quantize int8 --out out/cache
+    mopt export --model default --config fp8 --format hf --out out/export/fp8_hf
 
 quantizes (sparsifies) a fresh copy of the model per config (mode) and prints one table (see
 mopt.ptq, docs/llm_ptq.md; mopt.ptq.sparsify, docs/mopt_sparsify.md). Printing is this module's
@@ -153,6 +154,35 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     cache.add_argument("--no-plot", action="store_true", help="do not write the PNG grid")
     cache.add_argument("--no-progress", action="store_true", help="no progress bar")
+    export = sub.add_parser(
+        "export",
+        help="quantize an LLM with one ptq config and export it for a serving engine",
+        description=(
+            "Quantize the model with one mopt ptq config (calibrated as mopt ptq does), "
+            "measure its fake-quantized perplexity on --eval-text, and export it to --out (a new "
+            "or empty folder, written whole or not at all): hf = ModelOpt's unified Hugging "
+            "Face checkpoint (TensorRT-LLM, vLLM, SGLang), compressed-tensors (transformers, "
+            "vLLM), onnx (Q/DQ, onnxruntime / TensorRT), gguf (llama.cpp). Prints the files and "
+            "how to load them; writes results.json into --out. Exit status 0 on success, 2 for "
+            "bad input (nothing written)."
+        ),
+    )
+    export.add_argument("--model", default="default",
+                        help="'default' (shipped stories260K), 'smollm2-135m', a llama2.c .bin "
+                        "checkpoint or a Hugging Face model folder")
+    export.add_argument("--config", required=True,
+                        help="one mopt ptq config short name (see mopt ptq --list-configs)")
+    export.add_argument("--format", required=True, dest="fmt",
+                        choices=["hf", "compressed-tensors", "onnx", "gguf"],
+                        help="what to write")
+    export.add_argument("--out", required=True, help="output folder (new or empty)")
+    for flag, kw in (("--calib-text", {}), ("--eval-text", {}), ("--tokenizer", {}),
+                     ("--seq-len", {"type": int}), ("--calib-samples", {"type": int,
+                                                                         "default": 16}),
+                     ("--calib-seq-len", {"type": int}), ("--seed", {"type": int, "default": 0}),
+                     ("--device", {"default": "cpu"})):
+        export.add_argument(flag, **kw, help="as for mopt ptq")
+    export.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -342,10 +372,22 @@ def _cache(args: argparse.Namespace) -> int:
     return 1 if any(r["status"] == "failed" for r in results["rows"]) else 0
 
 
-_COMMANDS = {"ptq": _ptq, "sparsify": _sparsify, "cache": _cache}
+def _export(args: argparse.Namespace) -> int:
+    from .export.run import run_export
+
+    run_export(model=args.model, config=args.config, fmt=args.fmt, out_dir=args.out,
+               calib_text=args.calib_text, eval_text=args.eval_text, tokenizer=args.tokenizer,
+               seq_len=args.seq_len, calib_samples=args.calib_samples,
+               calib_seq_len=args.calib_seq_len, seed=args.seed,
+               progress=not args.no_progress, device=args.device)
+    return 0
+
+
+_COMMANDS = {"ptq": _ptq, "sparsify": _sparsify, "cache": _cache, "export": _export}
 # The logger whose INFO records each command prints (sparsify runs in mopt.ptq.sparsify and writes
 # through mopt.ptq.report, so it shows the same tree).
-_LOGGERS = {"ptq": "mopt.ptq", "sparsify": "mopt.ptq", "cache": "mopt.cache_diffusion"}
+_LOGGERS = {"ptq": "mopt.ptq", "sparsify": "mopt.ptq", "cache": "mopt.cache_diffusion",
+            "export": "mopt.export"}
 
 
 class _ConsoleHandler(logging.Handler):
@@ -393,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _console_logging(args.command):
             return _COMMANDS[args.command](args)
-    except (FileNotFoundError, ValueError, NotImplementedError, TypeError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, NotImplementedError, TypeError) as e:
         _error(args.command, e)  # bad input, found before anything was written
         return 2
     except OSError as e:  # the machine failed the run (e.g. a full disk while writing results)

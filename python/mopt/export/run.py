@@ -1,0 +1,171 @@
+"""``mopt export``: quantize a model with a ``mopt ptq`` config and export it for an engine.
+
+    mopt export --model default --config fp8 --format hf --out out/export/fp8_hf
+
+The model is calibrated exactly as ``mopt ptq`` calibrates it (same texts, windows and seed),
+its fake-quantized perplexity is measured on the evaluation text (the number to compare with the
+engine that loads the export), and the exporter of the format writes the folder: all of it or
+nothing (``mopt.export.files.atomic_dir``). Prints the files written, their sizes against the
+model's bf16 weights, and how to load the folder; writes ``results.json`` (``mopt ptq``'s schema)
+into it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import shutil
+import time
+from typing import Callable
+
+import torch
+
+from .files import atomic_dir, check_output_dir
+
+__all__ = ["EXPORT_FORMATS", "run_export"]
+
+logger = logging.getLogger("mopt.export")
+
+# format -> (file the exporter writes, or None for a folder; how an engine loads it)
+EXPORT_FORMATS = {
+    "hf": (None, "TensorRT-LLM: tensorrt_llm.LLM(model='{out}'); vLLM: "
+                 "vllm.LLM(model='{out}', quantization='modelopt')"),
+    "compressed-tensors": (None, "transformers.AutoModelForCausalLM.from_pretrained('{out}') "
+                                 "(pip install compressed-tensors); vLLM: vllm.LLM('{out}')"),
+    "onnx": ("model.onnx", "onnxruntime.InferenceSession('{out}/model.onnx'); TensorRT: "
+                           "trtexec --onnx={out}/model.onnx"),
+    "gguf": ("model.gguf", "llama_cpp.Llama(model_path='{out}/model.gguf'); llama.cpp: "
+                           "llama-cli -m {out}/model.gguf"),
+}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json")
+
+
+def _export(fmt: str, model: torch.nn.Module, stage: pathlib.Path, example: torch.Tensor,
+            tokenizer_path: str | None) -> None:
+    """Runs the exporter of `fmt` into the (empty) folder `stage`."""
+    from mopt import export as mexp
+
+    if fmt == "hf":
+        mexp.export_hf_checkpoint(model, export_dir=str(stage / "ckpt"))
+    elif fmt == "compressed-tensors":
+        mexp.export_compressed_tensors(model, str(stage / "ckpt"))
+    elif fmt == "onnx":
+        mexp.export_onnx(model, (example,), str(stage / EXPORT_FORMATS[fmt][0]))
+    else:
+        kw = {"tokenizer": tokenizer_path} if tokenizer_path else {}
+        mexp.export_gguf(model, str(stage / EXPORT_FORMATS[fmt][0]), **kw)
+    inner = stage / "ckpt"
+    if inner.is_dir():  # a folder format: its files become the output folder's
+        for p in inner.iterdir():
+            shutil.move(str(p), str(stage / p.name))
+        inner.rmdir()
+
+
+def run_export(
+    model: str = "default",
+    config: str = "int8",
+    fmt: str = "hf",
+    out_dir: str | os.PathLike = "out/export",
+    *,
+    calib_text: str | os.PathLike | None = None,
+    eval_text: str | os.PathLike | None = None,
+    tokenizer: str | None = None,
+    seq_len: int | None = None,
+    calib_samples: int = 16,
+    calib_seq_len: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] | None = logger.info,
+    device: str = "cpu",
+) -> dict:
+    """Quantizes `model` with the ``mopt ptq`` config `config` (calibrated as ``mopt ptq``
+    does), exports it in `fmt` (a key of EXPORT_FORMATS) into the new folder `out_dir` and
+    returns the results dict (also ``out_dir/results.json``). Every argument is checked before
+    the model is loaded (ValueError / FileNotFoundError / FileExistsError, nothing written)."""
+    from mopt import data as mdata
+    from mopt.eval import make_forward_loop, perplexity, sliding_windows, text_calibration_batches
+    from mopt.ptq.configs import config_availability, resolve_configs
+    from mopt.ptq.models import read_text, resolve_model
+    from mopt.ptq.size import deployed_weight_bytes
+
+    log = log or (lambda s: None)
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of "
+                         + ", ".join(EXPORT_FORMATS))
+    entries = resolve_configs([config])
+    if len(entries) != 1:
+        raise ValueError(f"--config names one mopt ptq config, got {config!r}")
+    entry = entries[0]
+    reason = config_availability(entry)
+    if reason is not None:
+        raise NotImplementedError(f"config {entry.name} cannot run: {reason}")
+    out = check_output_dir(out_dir)
+    if model == "minilm":
+        raise ValueError("mopt export takes a causal LLM (--model default, a llama2.c .bin, a "
+                         "Hugging Face folder or smollm2-135m); minilm is an encoder")
+    eval_str = mdata.default_eval_text() if eval_text is None else read_text(eval_text,
+                                                                             "eval text")
+    calib_str = (mdata.default_calib_text() if calib_text is None
+                 else read_text(calib_text, "calibration text"))
+    source = resolve_model(model, tokenizer)
+    seq_len = seq_len or min(source.max_seq_len, 512)
+    calib_seq_len = calib_seq_len or seq_len
+    eval_ids = source.encode(eval_str)
+    sliding_windows(len(eval_ids), seq_len)
+    batches = text_calibration_batches(source.encode(calib_str), calib_samples, calib_seq_len,
+                                       seed)
+    dev = torch.device(device)
+
+    import mopt.quantization as mtq
+
+    base = source.load().to(dev)
+    float_bytes = sum(p.numel() for p in base.parameters()) * 2  # bf16
+    t0 = time.perf_counter()
+    mtq.quantize(base, entry.build(), make_forward_loop(batches, 4))
+    calib_s = time.perf_counter() - t0
+    log(f"model: {source.description}; config {entry.name} ({entry.description}); "
+        f"calibrated in {calib_s:.1f} s")
+    ppl = perplexity(base, eval_ids, seq_len, batch_size=8, progress=progress)
+    t0 = time.perf_counter()
+    with atomic_dir(out) as stage:
+        tok_path = tokenizer
+        if tok_path is None and os.path.isdir(model):
+            for name in _TOKENIZER_FILES:  # so the folder loads with its tokenizer
+                if os.path.isfile(os.path.join(model, name)):
+                    shutil.copy2(os.path.join(model, name), stage / name)
+        _export(fmt, base, stage, torch.tensor([eval_ids[:seq_len]], device=dev), tok_path)
+        export_s = time.perf_counter() - t0
+        files = sorted((p.name, p.stat().st_size) for p in stage.iterdir() if p.is_file())
+        total = sum(b for _, b in files)
+        results = {
+            "setup": {"command": "export", "model": model,
+                      "model_description": source.description, "config": entry.name,
+                      "format": fmt, "out": str(out),
+                      "eval_text": "mopt.data.default_eval_text()" if eval_text is None
+                      else str(eval_text), "eval_tokens": len(eval_ids), "seq_len": seq_len,
+                      "calib_samples": calib_samples, "calib_seq_len": calib_seq_len,
+                      "seed": seed, "bf16_weight_bytes": float_bytes},
+            "rows": [{"config": entry.name, "metric": ppl, "metric_name": "perplexity",
+                      "format": fmt, "status": "ok", "files": dict(files),
+                      "total_bytes": total, "ratio_to_bf16": total / float_bytes,
+                      "weight_bytes_as_deployed": deployed_weight_bytes(base).total_bytes,
+                      "calib_seconds": calib_s, "export_seconds": export_s}],
+        }
+        (stage / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    log(_table(files, total, float_bytes))
+    log(f"fake-quantized perplexity (mopt, {entry.name}): {ppl:.4f}; exported in "
+        f"{export_s:.1f} s to {out}")
+    log("load it with: " + EXPORT_FORMATS[fmt][1].format(out=out))
+    return results
+
+
+def _table(files: list[tuple[str, int]], total: int, float_bytes: int) -> str:
+    width = max([len(n) for n, _ in files] + [len("total")])
+    lines = [f"{'file':<{width}}  {'bytes':>12}", f"{'-' * width}  {'-' * 12}"]
+    lines += [f"{n:<{width}}  {b:>12,}" for n, b in files]
+    lines.append(f"{'total':<{width}}  {total:>12,}  ({total / float_bytes:.2f}x the bf16 "
+                 f"weights, {float_bytes:,} bytes)")
+    return "\n".join(lines)
