@@ -85,7 +85,14 @@ def test_same_checkpoint_as_modelopt(modelopt_dir, tmp_path, fmt):
     for k in t_ref:
         a, b = t_ours[k], t_ref[k]
         assert (a.dtype, tuple(a.shape)) == (b.dtype, tuple(b.shape)), k
-        if a.dtype in (torch.float8_e4m3fn, torch.uint8, torch.int8):
+        if a.dtype == torch.int8:
+            # ModelOpt's export divides by the rounded fp32 scale, round(w / (amax / 127)); its
+            # fake quantization and mopt's codes use w * (127 / amax). Where the exact quotient
+            # lies within an ulp of a .5 tie the two round apart by one code (2 of 1.3M codes
+            # here, e.g. 26.5000017 -> 26 in ModelOpt's export, 27 in mopt's).
+            diff = (a.int() - b.int()).abs()
+            assert diff.max() <= 1 and (diff > 0).sum() <= max(1, a.numel() // 10000), k
+        elif a.dtype in (torch.float8_e4m3fn, torch.uint8):
             diff = (a.view(torch.uint8) != b.view(torch.uint8)).sum().item()
             assert diff == 0, f"{k}: {diff} of {a.numel()} codes differ"
         else:
@@ -119,7 +126,9 @@ def _dequantize_oracle(t: dict[str, torch.Tensor], prefix: str, fmt: str) -> tor
                                           ("NVFP4_DEFAULT_CFG", "nvfp4")])
 def test_exported_weights_are_the_fake_quantized_weights(tmp_path, cfg_name, fmt):
     """Layers outside any fused group (o_proj, down_proj) dequantize, by the layout's own
-    formula, to exactly the weight mopt's fake quantization computes."""
+    formula (code * scale, as an engine computes it), to the weight mopt's fake quantization
+    computes: exactly for NVFP4; within one fp32 rounding for INT4, whose kernel forms
+    code * amax / 7 in another order (pack_weight's own dequantize replays it exactly)."""
     model = build_llama()
     batches = calib_batches()
     mtq.quantize(model, getattr(mtq, cfg_name), lambda m: [m(b) for b in batches])
@@ -129,7 +138,11 @@ def test_exported_weights_are_the_fake_quantized_weights(tmp_path, cfg_name, fmt
         lin = model.get_submodule(name)
         with torch.no_grad():
             fq = lin.weight_quantizer(lin.weight)
-        assert torch.equal(_dequantize_oracle(t, name + ".", fmt), fq), name
+        deq = _dequantize_oracle(t, name + ".", fmt)
+        if fmt == "nvfp4":
+            assert torch.equal(deq, fq), name
+        else:
+            torch.testing.assert_close(deq, fq, rtol=2.0**-22, atol=0)  # one ulp of the value
 
 
 def test_nvfp4_awq_folds_scales_into_the_previous_linear(tmp_path):

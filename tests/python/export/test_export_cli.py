@@ -1,0 +1,60 @@
+"""`mopt export`: one config, one format, a folder written whole; bad input exits 2 with
+nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from safetensors import safe_open
+
+from mopt import cli
+
+
+def run(capsys, *args):
+    rc = cli.main(["export", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_fp8_to_hf_folder(capsys, tmp_path):
+    out_dir = tmp_path / "fp8_hf"
+    rc, out, err = run(capsys, "--config", "fp8", "--format", "hf", "--out", str(out_dir),
+                       "--no-progress", "--calib-samples", "4")
+    assert rc == 0, err
+    assert sorted(os.listdir(out_dir)) == ["config.json", "generation_config.json",
+                                           "hf_quant_config.json", "model.safetensors",
+                                           "results.json"]
+    results = json.loads((out_dir / "results.json").read_text())
+    row = results["rows"][0]
+    assert results["setup"]["format"] == "hf" and row["config"] == "fp8"
+    assert row["metric"] > 1 and row["files"]["model.safetensors"] > 0
+    assert "model.safetensors" in out and "load it with" in out and "perplexity" in out
+    with safe_open(str(out_dir / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    assert "model.layers.0.self_attn.q_proj.weight_scale" in names
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", "int9", "--format", "hf"], "unknown config name"),
+    (["--config", "fp8", "--format", "tflite"], "invalid choice"),
+    (["--config", "mxfp8", "--format", "hf"], "no equivalent"),
+])
+def test_bad_input_writes_nothing(capsys, tmp_path, args, message):
+    out_dir = tmp_path / "x"
+    try:
+        rc, _, err = run(capsys, *args, "--out", str(out_dir), "--no-progress",
+                         "--calib-samples", "2")
+    except SystemExit as e:  # argparse's own choices check
+        rc, err = e.code, capsys.readouterr().err
+    assert rc == 2 and message in err
+    assert not out_dir.exists()
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_non_empty_out_is_refused(capsys, tmp_path):
+    (tmp_path / "mine.txt").write_text("keep")
+    rc, _, err = run(capsys, "--config", "fp8", "--format", "hf", "--out", str(tmp_path))
+    assert rc == 2 and "not empty" in err
+    assert os.listdir(tmp_path) == ["mine.txt"]
