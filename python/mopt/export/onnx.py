@@ -41,7 +41,8 @@ from torch import nn
 
 from .files import ExportError, atomic_file, check_output_file
 
-__all__ = ["export_onnx", "DEFAULT_OPSET", "OnnxQuantizerPlan", "plan_quantizers"]
+__all__ = ["export_onnx", "DEFAULT_OPSET", "OnnxQuantizerPlan", "plan_quantizers",
+           "onnxruntime_session"]
 
 # Opset 21 is the first with int4 and blocked QuantizeLinear / DequantizeLinear.
 DEFAULT_OPSET = 21
@@ -315,6 +316,27 @@ def _marker_forward(q: Any, plan: OnnxQuantizerPlan):
 
 
 # -- weight folding --------------------------------------------------------------------------------
+def _optimize_keeping_qdq(model: Any) -> None:
+    """onnxscript's optimization of torch.onnx.export (inline, fold constants, rewrite, remove
+    unused, lift constants) without its merging of equal initializers: two quantizers with equal
+    scales on one tensor (a query, key and value input quantizer) would otherwise share one Q/DQ
+    pair, and a scale could no longer be told apart by its quantizer's name."""
+    import onnx_ir.passes.common as common
+    from onnxscript import optimizer, rewriter
+
+    common.InlinePass()(model)
+    for _ in range(2):
+        optimizer.fold_constants(model)
+        rewriter.rewrite(model)
+        common.RemoveUnusedNodesPass()(model)
+    for p in (common.RemoveUnusedFunctionsPass(), common.RemoveUnusedOpsetsPass(),
+              common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+              common.LiftSubgraphInitializersToMainGraphPass(),
+              common.CommonSubexpressionEliminationPass(), common.OutputFixPass(),
+              common.NameFixPass()):
+        p(model)
+
+
 def strip_default_attributes(model_proto: Any) -> None:
     """Drops the attributes the translation spells out at their defaults from Q/DQ nodes
     (``output_dtype=0``, ``block_size=0``, ``saturate=1``): onnxruntime's int8-to-uint8 rewrite
@@ -406,9 +428,10 @@ def export_onnx(model: nn.Module, args: tuple | torch.Tensor, path: str | os.Pat
             program = torch.onnx.export(
                 model, args, kwargs=kwargs, dynamo=True, opset_version=opset,
                 custom_translation_table={torch.ops.mopt_onnx.qdq.default: _qdq_onnx},
-                optimize=True, verbose=verbose, report=False, **kw)
+                optimize=False, verbose=verbose, report=False, **kw)
     finally:
         model.train(was_training)
+    _optimize_keeping_qdq(program.model)
     proto = program.model_proto
     strip_default_attributes(proto)
     folded = fold_weight_quantize(proto) if fold_weights else 0
@@ -423,3 +446,27 @@ def export_onnx(model: nn.Module, args: tuple | torch.Tensor, path: str | os.Pat
                            "calls": p.calls} for n, p in plans.items()},
         "seconds": time.perf_counter() - start,
     }
+
+
+# onnxruntime 1.32 graph rewrites that break valid Q/DQ graphs on CPU: the int8 -> uint8 rewrite
+# leaves a QuantizeLinear whose output_dtype (int8) contradicts its new uint8 zero point (the
+# session fails to load MiniLM), and one of the extended-level fusions gives wrong outputs for
+# FP8 Q/DQ after Conv + ReLU (the digits CNN's logits move by 3; the basic level is exact).
+ORT_DISABLED_OPTIMIZERS = ("QDQS8ToU8Transformer",)
+
+
+def onnxruntime_session(path: str | os.PathLike, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session for an exported graph: ORT_DISABLED_OPTIMIZERS off, and only
+    the basic graph optimizations for graphs with FP8 Q/DQ."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(path), load_external_data=False)
+    fp8 = {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E5M2}
+    options = ort.SessionOptions()
+    if any(t.data_type in fp8 for t in proto.graph.initializer):
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
