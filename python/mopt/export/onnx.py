@@ -414,7 +414,7 @@ def export_onnx(model: nn.Module, args: tuple | torch.Tensor, path: str | os.Pat
     ``torch.onnx.export(..., dynamo=True)`` (e.g. ``input_names``, ``dynamic_shapes``).
     Raises ExportError (nothing written, model unchanged) for what ONNX cannot express, and
     FileExistsError when `path` exists. Returns a summary (path, bytes, opset, Q/DQ per
-    quantizer, folded weights, seconds)."""
+    quantizer, quantizers whose output the graph does not use, folded weights, seconds)."""
     start = time.perf_counter()
     check_output_file(path)
     opset = DEFAULT_OPSET if opset is None else int(opset)
@@ -440,10 +440,15 @@ def export_onnx(model: nn.Module, args: tuple | torch.Tensor, path: str | os.Pat
     with atomic_file(path) as tmp:
         onnx.save(proto, str(tmp))
         size = os.path.getsize(tmp)
+    # a quantizer whose output the model computes but does not return (BERT's pooler under a
+    # mean-pooling head) is dead code the optimizer removed with its Q/DQ
+    in_graph = {i for n in proto.graph.node if n.op_type == "DequantizeLinear" for i in n.input}
     return {
         "path": str(path), "bytes": size, "opset": opset, "folded_weights": folded,
         "quantizers": {n: {"type": p.qtype, "axis": p.axis, "block_size": p.block_size,
-                           "calls": p.calls} for n, p in plans.items()},
+                           "calls": p.calls} for n, p in plans.items()
+                       if f"{n}._onnx_scale" in in_graph},
+        "unused_quantizers": sorted(n for n in plans if f"{n}._onnx_scale" not in in_graph),
         "seconds": time.perf_counter() - start,
     }
 
