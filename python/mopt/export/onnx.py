@@ -435,6 +435,10 @@ def export_onnx(model: nn.Module, args: tuple | torch.Tensor, path: str | os.Pat
     proto = program.model_proto
     strip_default_attributes(proto)
     folded = fold_weight_quantize(proto) if fold_weights else 0
+    if proto.ByteSize() >= 2**31:
+        raise ExportError(f"ONNX export: the graph is {proto.ByteSize() / 2**30:.1f} GiB, over "
+                          "protobuf's 2 GiB limit of one .onnx file; external weight files are "
+                          "not written by export_onnx")
     import onnx
 
     with atomic_file(path) as tmp:

@@ -32,6 +32,12 @@ CNN_CONFIGS = {
     "fp8": mtq.FP8_DEFAULT_CFG,
     "int4_blocks": mtq.INT4_BLOCKWISE_WEIGHT_ONLY_CFG,
     "int4_blocks_asym": mtq.INT4_BLOCKWISE_ASYM_CFG,
+    "int8_asym": {
+        "quant_cfg": {"*weight_quantizer": {"num_bits": 8, "axis": 0, "asymmetric": True},
+                      "*input_quantizer": {"num_bits": 8, "asymmetric": True},
+                      "default": {"enable": False}},
+        "algorithm": "max",
+    },
 }
 
 
