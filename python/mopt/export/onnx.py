@@ -154,10 +154,8 @@ def _check(name: str, q: Any, opset: int) -> str:
             raise _fail(name, q, "quantized block scales have no ONNX form")
         if opset < _MIN_OPSET["block"]:
             raise _fail(name, q, f"blocked QuantizeLinear needs opset >= 21, asked for {opset}")
-    if q.narrow_range and not q.unsigned and not q.asymmetric:
-        # ONNX saturates to the full range: the extra most negative code only shows for inputs
-        # below -amax, which a narrow-range grid clamps one step higher.
-        pass
+    # narrow_range needs no check: ONNX saturates to the full range, which differs only for
+    # inputs below -amax (by one step), as in ModelOpt's export
     return kind
 
 
@@ -166,6 +164,19 @@ def _step(q: Any, amax: torch.Tensor) -> torch.Tensor:
     (ONNX scales must be positive; an all-zero weight row quantizes to 0 either way)."""
     step = amax.detach().float() / float(q.maxbound)
     return torch.where(step > 0, step, torch.ones_like(step))
+
+
+def _block_layout(name: str, q: Any, t: torch.Tensor, axis: int, want: list[int]) -> torch.Tensor:
+    """A tensor in the block view's amax layout [.., nblocks, 1, ..] (leading 1s may be dropped)
+    as ONNX's blocked scale: the input's rank, nblocks along `axis`, the reduced axes broadcast
+    to the input's sizes."""
+    view_ndim = len(want) + 1
+    try:
+        t = t.reshape((1,) * (view_ndim - t.dim()) + tuple(t.shape)).squeeze(axis + 1)
+        return t.expand(want).contiguous()
+    except RuntimeError as e:
+        raise _fail(name, q, f"amax of shape {tuple(q.amax.shape)} does not fit the blocks of "
+                    f"{want[axis]} along axis {axis} of the input: {e}") from None
 
 
 def _plan(name: str, q: Any, kind: str, shape: torch.Size, calls: int) -> OnnxQuantizerPlan:
@@ -201,21 +212,11 @@ def _plan(name: str, q: Any, kind: str, shape: torch.Size, calls: int) -> OnnxQu
         nblocks = -(-shape[axis] // block)
         # amax in the block view [.., nblocks, 1, ..] (leading 1s may be dropped): drop the
         # block-contents axis, then broadcast the reduced axes to the input's sizes.
-        view_ndim = ndim + 1
-        full = amax.reshape((1,) * (view_ndim - amax.dim()) + tuple(amax.shape))
         want = list(shape)
         want[axis] = nblocks
-        try:
-            full = full.squeeze(axis + 1).expand(want).contiguous()
-            if zp is not None:
-                zp = zp.reshape(full.shape if zp.numel() == full.numel() else
-                                (1,) * (view_ndim - zp.dim()) + tuple(zp.shape))
-                if zp.dim() == view_ndim:
-                    zp = zp.squeeze(axis + 1)
-                zp = zp.expand(want).contiguous()
-        except RuntimeError as e:
-            raise _fail(name, q, f"amax of shape {tuple(amax.shape)} does not fit the blocks "
-                        f"of the input of shape {tuple(shape)}: {e}") from None
+        full = _block_layout(name, q, amax, axis, want)
+        if zp is not None:
+            zp = _block_layout(name, q, zp, axis, want)
         scale = _step(q, full)
     if zp is None:
         zp = torch.zeros_like(scale)

@@ -268,6 +268,7 @@ def test_uncalibrated_static_quantizer_is_named(digits, tmp_path):
 @pytest.mark.parametrize("config,match", [
     (mtq.NVFP4_DEFAULT_CFG, "nvfp4,.*two-level block scales"),
     (mtq.INT8_DYNAMIC_CFG, "int8,.*dynamic quantization"),
+    (mtq.FP8_2D_BLOCKWISE_WEIGHT_ONLY_CFG, r"fp8\w*,.*blocks along more than one axis"),
 ])
 def test_unsupported_format_names_layer_and_format(digits, tmp_path, config, match):
     model, calib, x = digits
