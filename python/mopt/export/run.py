@@ -43,6 +43,17 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json")
 
 
+class _LogitsOnly(torch.nn.Module):
+    """A causal LM as input_ids -> logits (no cache object in the outputs), for ONNX."""
+
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=input_ids, use_cache=False).logits
+
+
 def _export(fmt: str, model: torch.nn.Module, stage: pathlib.Path, example: torch.Tensor,
             tokenizer_path: str | None) -> None:
     """Runs the exporter of `fmt` into the (empty) folder `stage`."""
@@ -52,8 +63,10 @@ def _export(fmt: str, model: torch.nn.Module, stage: pathlib.Path, example: torc
         mexp.export_hf_checkpoint(model, export_dir=str(stage / "ckpt"))
     elif fmt == "compressed-tensors":
         mexp.export_compressed_tensors(model, str(stage / "ckpt"))
-    elif fmt == "onnx":
-        mexp.export_onnx(model, (example,), str(stage / EXPORT_FORMATS[fmt][0]))
+    elif fmt == "onnx":  # input_ids -> logits, without the KV cache a decoding loop keeps
+        mexp.export_onnx(_LogitsOnly(model), (example,), str(stage / EXPORT_FORMATS[fmt][0]),
+                         input_names=["input_ids"], output_names=["logits"],
+                         dynamic_shapes={"input_ids": {0: "batch", 1: "sequence"}})
     else:
         kw = {"tokenizer": tokenizer_path} if tokenizer_path else {}
         mexp.export_gguf(model, str(stage / EXPORT_FORMATS[fmt][0]), **kw)

@@ -58,3 +58,19 @@ def test_non_empty_out_is_refused(capsys, tmp_path):
     rc, _, err = run(capsys, "--config", "fp8", "--format", "hf", "--out", str(tmp_path))
     assert rc == 2 and "not empty" in err
     assert os.listdir(tmp_path) == ["mine.txt"]
+
+
+def test_int8_to_onnx_runs_in_onnxruntime_at_any_length(capsys, tmp_path):
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("onnxruntime")
+    from mopt.export.onnx import onnxruntime_session
+
+    out_dir = tmp_path / "int8_onnx"
+    rc, out, err = run(capsys, "--config", "int8", "--format", "onnx", "--out", str(out_dir),
+                       "--no-progress", "--calib-samples", "2", "--seq-len", "64")
+    assert rc == 0, err
+    assert sorted(os.listdir(out_dir)) == ["model.onnx", "results.json"]
+    sess = onnxruntime_session(str(out_dir / "model.onnx"))
+    for n in (3, 17):  # the sequence axis is dynamic
+        logits = sess.run(None, {"input_ids": np.arange(1, n + 1, dtype=np.int64)[None]})[0]
+        assert logits.shape == (1, n, 512) and np.isfinite(logits).all()
