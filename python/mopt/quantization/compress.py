@@ -95,7 +95,15 @@ class _CompressedWeightMixin:
         super().__setattr__(name, value)
 
     def forward(self, input, *args, **kwargs):
-        out = self._forward_quantized(self.input_quantizer(input), self.weight, *args, **kwargs)
+        if isinstance(self, nn.Linear) and not args and not kwargs:
+            # no dequantized weight kept for backward (QLoRA's memory saving, mopt.quantization.
+            # qlora); the same op, so the same outputs
+            from .qlora import packed_linear
+
+            out = packed_linear(self.input_quantizer(input), self, self.bias)
+        else:
+            out = self._forward_quantized(self.input_quantizer(input), self.weight, *args,
+                                          **kwargs)
         return self.output_quantizer(out)
 
 
