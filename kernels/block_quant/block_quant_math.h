@@ -59,14 +59,24 @@ MOPT_HOST_DEVICE float nvfp4_tensor_scale(float global_amax) {
   return amax_is_valid(global_amax) ? global_amax / (kE2M1Max * kE4M3Max) : 0.0f;
 }
 
+/// The E4M3 value of an NVFP4 block scale: e4m3(min(block_amax / (6 * s2), 448)).
+MOPT_HOST_DEVICE float nvfp4_block_scale_e4m3(float block_amax, float s2) {
+  float r = block_amax / (kE2M1Max * s2);
+  r = r < kE4M3Max ? r : kE4M3Max;
+  return fake_quant::round_to_minifloat(r, 3, -6, kE4M3Max);
+}
+
+/// True when a block's scale is e4m3 * s2 (nvfp4_block_scale_e4m3), false when it falls back to 1.
+MOPT_HOST_DEVICE bool nvfp4_block_scale_is_e4m3(float block_amax, float s2) {
+  return s2 > 0.0f && amax_is_valid(block_amax);
+}
+
 /// NVFP4 block scale s1 = e4m3(min(block_amax / (6 * s2), 448)) * s2; 1 for a zero, infinite or
 /// NaN block amax or an unusable tensor scale. A block whose scale rounds to 0 in E4M3 outputs 0.
 MOPT_HOST_DEVICE float nvfp4_block_scale(float block_amax, float s2) {
   // Computed unconditionally and selected at the end: no branch in the CPU block loop.
-  float r = block_amax / (kE2M1Max * s2);
-  r = r < kE4M3Max ? r : kE4M3Max;
-  const float s1 = fake_quant::round_to_minifloat(r, 3, -6, kE4M3Max) * s2;
-  return s2 > 0.0f && amax_is_valid(block_amax) ? s1 : 1.0f;
+  const float s1 = nvfp4_block_scale_e4m3(block_amax, s2) * s2;
+  return nvfp4_block_scale_is_e4m3(block_amax, s2) ? s1 : 1.0f;
 }
 
 /// One NVFP4 block: y = sign(x) * e2m1(|x| / s1) * s1, or 0 when s1 is 0; else NaN stays NaN.
@@ -226,17 +236,30 @@ MOPT_HOST_DEVICE double nf4_scale_sum(const float* absmax, int64_t begin, int64_
 /// Largest int8 code of the double-quantized scales.
 constexpr float kNf4ScaleMaxbound = 127.0f;
 
-/// Double quantization of one block scale s: int8 around the mean with the scale block's
-/// dq_amax = max |s - mean|: q = clamp(rne((s - mean) * 127 / dq_amax)), s' = q / (127 / dq_amax)
-/// + mean, never negative (a negative scale would flip the block's signs).
-MOPT_HOST_DEVICE float nf4_dequantized_scale(float s, float mean, float dq_amax) {
-  if (!(dq_amax > 0.0f)) return mean > 0.0f ? mean : 0.0f;
+/// The int8 code of one block scale s under double quantization around the mean with the scale
+/// block's dq_amax = max |s - mean|: clamp(rne((s - mean) * 127 / dq_amax)) (0 when dq_amax is
+/// not positive).
+MOPT_HOST_DEVICE float nf4_scale_code(float s, float mean, float dq_amax) {
+  if (!(dq_amax > 0.0f)) return 0.0f;
   const float dq_scale = kNf4ScaleMaxbound / dq_amax;
   float v = (s - mean) * dq_scale;
   v = v < -kNf4ScaleMaxbound ? -kNf4ScaleMaxbound : v;
   v = v > kNf4ScaleMaxbound ? kNf4ScaleMaxbound : v;
-  const float out = fake_quant::round_half_even(v) / dq_scale + mean;
+  return fake_quant::round_half_even(v);
+}
+
+/// The block scale an int8 code of nf4_scale_code stands for: code / (127 / dq_amax) + mean,
+/// never negative; the mean alone (or 0) when dq_amax is not positive.
+MOPT_HOST_DEVICE float nf4_scale_from_code(float code, float mean, float dq_amax) {
+  if (!(dq_amax > 0.0f)) return mean > 0.0f ? mean : 0.0f;
+  const float out = code / (kNf4ScaleMaxbound / dq_amax) + mean;
   return out > 0.0f ? out : 0.0f;
+}
+
+/// Double quantization of one block scale s: s' = nf4_scale_from_code(nf4_scale_code(s)), never
+/// negative (a negative scale would flip the block's signs).
+MOPT_HOST_DEVICE float nf4_dequantized_scale(float s, float mean, float dq_amax) {
+  return nf4_scale_from_code(nf4_scale_code(s, mean, dq_amax), mean, dq_amax);
 }
 
 /// One NF4 block: y = nf4(x / divisor) * out_scale; NaN stays NaN.

@@ -16,6 +16,7 @@ namespace mopt::python {
 
 void bind_core(pybind11::module_& m);
 void bind_quant(pybind11::module_& m);
+void bind_pack(pybind11::module_& m);
 void bind_calib(pybind11::module_& m);
 void bind_algorithms(pybind11::module_& m);
 void bind_torch(pybind11::module_& m);

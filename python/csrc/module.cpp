@@ -56,6 +56,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "mopt C++ core: formats, quantizer core, calibrators, algorithm solvers, configs";
   mopt::python::bind_core(m);
   mopt::python::bind_quant(m);
+  mopt::python::bind_pack(m);
   mopt::python::bind_calib(m);
   mopt::python::bind_algorithms(m);
   mopt::python::bind_torch(m);

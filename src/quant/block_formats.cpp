@@ -17,18 +17,10 @@ std::string family_label(const ResolvedFormat& f) {
   return s;
 }
 
-// What a block-format config asks of the kernels, validated once per call (cheap).
-struct BlockFormatPlan {
-  int64_t axis = -1;  // blocked axis, normalized
-  int64_t block_size = 0;
-  bool dynamic = true;
-  int exponent_bits = 0;  // MX element format; E0Mm is the sign-magnitude integer
-  int mantissa_bits = 0;
-  int64_t scale_block_size = 0;  // NF4 double quantization (see fake_quant_nf4)
-};
+}  // namespace
 
-BlockFormatPlan plan_for(const QuantizerAttributeConfig& cfg, const ResolvedFormat& f,
-                         int64_t ndim) {
+BlockFormatPlan block_format_plan(const QuantizerAttributeConfig& cfg, const ResolvedFormat& f,
+                                  int64_t ndim) {
   const BlockSizes& b = *cfg.block_sizes;
   const std::string name = family_label(f);
   BlockFormatPlan plan;
@@ -61,6 +53,8 @@ BlockFormatPlan plan_for(const QuantizerAttributeConfig& cfg, const ResolvedForm
   return plan;
 }
 
+namespace {
+
 // The calibrated per-block amax (shape of the static block view: the blocked axis split into
 // [n_blocks, 1]) laid out as the kernels want it, [..., n_blocks] with the blocks last.
 at::Tensor kernel_block_amax(const at::Tensor& amax, const at::Tensor& x,
@@ -91,7 +85,7 @@ at::Tensor kernel_block_amax(const at::Tensor& amax, const at::Tensor& x,
 at::Tensor quantize_block_format(const at::Tensor& x, const at::Tensor& amax,
                                  const QuantizerAttributeConfig& cfg,
                                  const ResolvedFormat& format) {
-  const BlockFormatPlan plan = plan_for(cfg, format, x.dim());
+  const BlockFormatPlan plan = block_format_plan(cfg, format, x.dim());
   const std::string name = family_label(format);
   const bool moved = x.dim() > 1 && plan.axis != x.dim() - 1;
   const at::Tensor xt = moved ? x.movedim(plan.axis, -1) : x;

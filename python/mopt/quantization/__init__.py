@@ -11,6 +11,7 @@ from .conversion import (
     set_quantizer_by_cfg_context,
     unregister,
 )
+from .compress import PackedWeight, pack_weight
 from .model_calib import calibration_algorithms, register_calibration_algorithm
 from .model_quant import (
     calibrate,
@@ -57,6 +58,8 @@ __all__ = [
     "register_calibration_algorithm",
     "calibration_algorithms",
     "utils",
+    "PackedWeight",
+    "pack_weight",
     "mode",
     "plugins",
     "update_quant_cfg_with_kv_cache_quant",
