@@ -462,6 +462,27 @@ def _check_packed(ly: _Layer) -> None:
                           f"({p.codes.dtype} codes)")
 
 
+def _warn_loader_limits(layers: list[_Layer], dtypes: set[torch.dtype]) -> None:
+    """Warns about checkpoints that are valid compressed-tensors but that transformers 5.24 with
+    compressed-tensors 0.20 cannot run (vLLM reads them)."""
+    import warnings
+
+    fp4_mx = [ly.name for ly in layers if ly.format in (
+        "nvfp4-pack-quantized", "mxfp4-pack-quantized", "mxfp8-quantized")]
+    if fp4_mx and dtypes != {torch.bfloat16}:
+        warnings.warn(f"compressed-tensors decompresses NVFP4/MX weights to bfloat16 whatever the "
+                      f"model dtype ({sorted(str(d) for d in dtypes)} here), so transformers' "
+                      f"forward fails on mixed dtypes (e.g. '{fp4_mx[0]}'); quantize and export "
+                      "the model in bfloat16 to run it in transformers", stacklevel=3)
+    asym = [ly.name for ly in layers if ly.format == "pack-quantized"
+            and not ly.weights["symmetric"] and ly.weights["strategy"] in ("group", "channel")]
+    if asym:
+        warnings.warn(f"asymmetric pack-quantized layers (e.g. '{asym[0]}'): transformers 5.24 "
+                      "with compressed-tensors 0.20 cannot load zero points packed per group or "
+                      "channel (as llm-compressor writes them); vLLM and compressed-tensors' "
+                      "decompressor read the file", stacklevel=3)
+
+
 def _tied(model: nn.Module, key: str, first: str) -> bool:
     cfg = getattr(model, "config", None)
     tie = getattr(cfg, "tie_word_embeddings", False)
@@ -527,6 +548,7 @@ def export_compressed_tensors(model: nn.Module, export_dir: str | os.PathLike, *
             _check_packed(ly)
             for local, t in _layer_tensors(ly).items():
                 state[f"{ly.name}.{local}"] = t.detach().cpu().contiguous()
+    _warn_loader_limits(layers, {t.dtype for t in model.parameters() if t.is_floating_point()})
     qcfg = _quantization_config(layers, plain)
     config = copy.deepcopy(model.config)
     dtypes = {t.dtype for k, t in state.items() if k.endswith(".weight") and t.is_floating_point()}
