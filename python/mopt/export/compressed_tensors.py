@@ -41,6 +41,15 @@ _NORM_CONSUMERS = {
 _ROW_PRODUCERS = {"mlp.down_proj": "mlp.up_proj", "self_attn.o_proj": "self_attn.v_proj"}
 
 
+# Why a weight / input format of mopt's format table is not written.
+_NOT_MAPPED = {
+    "nf4": "a 16-entry lookup table with double-quantized block scales",
+    "mxint8": "MX integer elements; compressed-tensors' MX formats are FP4/FP6/FP8",
+    "mxfp6_e3m2": "E3M2 elements; compressed-tensors' MXFP6 is E2M3",
+    "fp8_e5m2": "E5M2 elements; compressed-tensors' FP8 is E4M3",
+}
+
+
 @dataclasses.dataclass
 class _Layer:
     """One quantized linear as it will be written."""
@@ -100,7 +109,7 @@ def _weight_args(name: str, wq, columns: int) -> dict:
                 "strategy": "group", "group_size": 32, "dynamic": False,
                 "scale_dtype": "torch.uint8"}
     else:
-        raise no("no mapping")
+        raise no(_NOT_MAPPED.get(fname, "not mapped to a compressed-tensors scheme"))
     if block:
         if dims == [-1] or (len(dims) == 1 and dims[0] == 1):
             if block >= columns:  # one (zero-padded) block per row: one scale per channel
@@ -154,8 +163,11 @@ def _input_args(name: str, iq) -> tuple[dict, dict]:
         args = {"num_bits": 8, "type": "int", "symmetric": True}
     elif fname == "fp8_e4m3":
         args = {"num_bits": 8, "type": "float", "symmetric": True}
+    elif fmt["family"] == "mx" and fname not in _NOT_MAPPED:
+        raise no("compressed-tensors derives dynamic MX activation scales with another rounding "
+                 "rule than the OCP one mopt fake-quantizes with, ceil(log2(amax / element max))")
     else:
-        raise no("no mapping")
+        raise no(_NOT_MAPPED.get(fname, "not mapped to a compressed-tensors scheme"))
     per_token = -1 in blocks and blocks[-1] is None and fmt["dynamic"]
     if per_token and len([k for k in blocks if isinstance(k, int)]) == 1:
         args.update(strategy="token", dynamic=True)
@@ -321,7 +333,8 @@ def _pack_codes_int32(codes: torch.Tensor, bits: int) -> torch.Tensor:
         u = torch.nn.functional.pad(u, (0, padded - cols))
     if bits == 4:
         u = u[:, 0::2] | (u[:, 1::2] << 4)
-    return u.contiguous().view(torch.int32)
+    # through 1-D: a [1, n] tensor may keep stride 1 on its size-1 dim, which view rejects
+    return u.contiguous().view(-1).view(torch.int32).reshape(rows, -1)
 
 
 def _signed(packed, name: str, bits: int) -> tuple[torch.Tensor, torch.Tensor | None]:

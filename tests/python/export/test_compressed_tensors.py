@@ -140,6 +140,8 @@ CASES = {
     "int4_g128": ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "pack-quantized", None, 1e-5),
     "int4_g32": ("INT4_B32_WEIGHT_ONLY_CFG", "pack-quantized", None, 1e-5),
     "int4_g32_asym": ("INT4_B32_ASYM_CFG", "pack-quantized", None, 1e-5),
+    # 64-wide rows: one group per row (channel, zero points packed along the rows)
+    "int4_g128_asym": ("INT4_BLOCKWISE_ASYM_CFG", "pack-quantized", None, 1e-5),
     "fp8_pcpt": ("FP8_PER_CHANNEL_PER_TOKEN_CFG", "float-quantized", "token", 2e-3),
     # stories260K's down_proj is 172 wide: not whole NVFP4 / MX blocks (ExportError), so these
     # configs leave it in float (it goes to the ignore list)
@@ -177,7 +179,7 @@ def test_export_loads_in_transformers(setup, tmp_path, case):
         warnings.simplefilter("always")
         summary = export_compressed_tensors(model, out)
     ours = [str(w.message) for w in caught if "compressed-tensors" in str(w.message)]
-    asym = cfg_name == "INT4_B32_ASYM_CFG"
+    asym = "ASYM" in cfg_name
     assert len(ours) == asym and all("zero points" in m for m in ours), ours
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "export modified the model"
@@ -304,7 +306,11 @@ def test_smoothquant_gqa_o_proj_not_foldable(setup, tmp_path):
 
 
 @pytest.mark.parametrize("cfg_name, words", [
-    ("NF4_WEIGHT_ONLY_CFG", ["nf4", "layers.0"]),
+    ("NF4_WEIGHT_ONLY_CFG", ["nf4", "layers.0", "lookup table"]),
+    ("W4A8_NVFP4_FP8_CFG", ["nvfp4", "blocks of 32"]),
+    ("MXFP4_DEFAULT_CFG", ["input activation format mxfp4", "rounding rule"]),
+    ("NVFP4_DEFAULT_CFG", ["down_proj", "172 input channels"]),
+    ("FP8_KV_CFG", ["k_bmm_quantizer", "KV-cache"]),
     ("W4A8_AWQ_BETA_CFG", ["SequentialQuantizer", "layers.0"]),
     ("INT4_AWQ_CFG", ["pre_quant_scale", "layers.0"]),
 ])
