@@ -367,14 +367,15 @@ def _layer_tensors(ly: _Layer) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     strategy = w["strategy"]
     rows = None if ly.row_scale is None else ly.row_scale.reshape(-1, 1)
+    if rows is not None and fmt in ("nvfp4-pack-quantized", "mxfp4-pack-quantized",
+                                    "mxfp8-quantized"):
+        raise ExportError(f"layer '{ly.name}': the next layer's pre_quant_scale cannot be folded "
+                          f"into its {fmt} block scales (FP8 / power-of-two scales would be "
+                          "re-rounded)")
     if fmt in ("nvfp4-pack-quantized", "mxfp4-pack-quantized"):
         out["weight_packed"] = p.data.contiguous()
         if fmt == "nvfp4-pack-quantized":
-            scale = p.scale
-            if rows is not None:
-                raise ExportError(f"layer '{ly.name}': a pre_quant_scale cannot be folded into "
-                                  "NVFP4 block scales (FP8 scales would be re-rounded)")
-            out["weight_scale"] = scale.contiguous()
+            out["weight_scale"] = p.scale.contiguous()
             out["weight_global_scale"] = (1.0 / p.scale_2.detach().float()).reshape(1)
         else:
             out["weight_scale"] = _e8m0(p.scale, ly.name)
