@@ -128,9 +128,22 @@ def _plain(value: Any, where: str) -> Any:
 def modelopt_state(model: nn.Module) -> dict[str, Any]:
     """The mode history of `model`: ``{"modelopt_state_dict": [(mode, {"config", "metadata"})],
     "modelopt_version"}``, with the last mode's metadata (quantizer properties) brought up to
-    date. Tensors are not in it: they live in ``model.state_dict()``."""
+    date. Tensors are not in it: they live in ``model.state_dict()``. NotImplementedError for a
+    model with packed weights (mtq.compress): no mode records the packing, so a restore could
+    not rebuild it."""
+    _check_not_compressed(model)
     _refresh_last(model)
     return {"modelopt_state_dict": copy.deepcopy(_history(model)), "modelopt_version": __version__}
+
+
+def _check_not_compressed(model: nn.Module) -> None:
+    packed = [n for n, m in model.named_modules() if "_mopt_packed_meta" in m.__dict__]
+    if packed:
+        raise NotImplementedError(
+            f"mopt: the model holds packed weights (mtq.compress: {len(packed)} modules, e.g. "
+            f"'{packed[0]}'); mopt.opt cannot save or restore a compressed model: save the "
+            "quantized model before mtq.compress and compress again after mto.restore, or "
+            "export it with mopt.export")
 
 
 def _state_json(state: dict) -> str:

@@ -11,7 +11,7 @@ from .conversion import (
     set_quantizer_by_cfg_context,
     unregister,
 )
-from .compress import PackedWeight, pack_weight
+from .compress import PackedWeight, compress, is_compressed, pack_weight
 from .model_calib import calibration_algorithms, register_calibration_algorithm
 from .model_quant import (
     calibrate,
@@ -60,6 +60,8 @@ __all__ = [
     "utils",
     "PackedWeight",
     "pack_weight",
+    "compress",
+    "is_compressed",
     "mode",
     "plugins",
     "update_quant_cfg_with_kv_cache_quant",

@@ -75,8 +75,6 @@ __all__ += define_refusals(globals(), _MQ, {
                       "under an effective-bits budget)"),
     "get_auto_quantize_config": ("function", "AutoQuantize (a per-layer search over "
                                  "quantization formats)"),
-    "compress": ("function", "real low-bit weight compression (packed weights); mopt "
-                 "fake-quantizes (use mtq.fold_weight to bake the quantized weights)"),
     "compute_quantization_mse": ("function", "the per-quantizer output-MSE report"),
     "temporarily_fold_weights": ("function", "temporary weight folding with a snapshot; use "
                                  "mtq.fold_weight"),
