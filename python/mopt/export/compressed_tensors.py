@@ -509,10 +509,15 @@ def _plain_state(model: nn.Module, layers: list[_Layer]) -> dict[str, torch.Tens
     quantizer_prefixes = tuple(
         n + "." for n, m in model.named_modules() if isinstance(m, (tensor_q, seq_q)))
     quantized = {ly.name + ".weight" for ly in layers}
+    # mtq.compress keeps a packed weight as buffers packed_<part>; they are written in
+    # compressed-tensors' layout instead
+    packed_prefixes = tuple(ly.name + ".packed_" for ly in layers
+                            if hasattr(ly.module, "packed_weight"))
     state: dict[str, torch.Tensor] = {}
     seen: dict[tuple, str] = {}
     for key, t in model.state_dict(keep_vars=False).items():
-        if key.startswith(quantizer_prefixes) or key in quantized:
+        if key.startswith(quantizer_prefixes) or key in quantized or (
+                packed_prefixes and key.startswith(packed_prefixes)):
             continue
         t = t.detach()
         ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
@@ -555,7 +560,9 @@ def export_compressed_tensors(model: nn.Module, export_dir: str | os.PathLike, *
     with torch.no_grad():
         for ly in layers:
             try:
-                ly.packed = pack_weight(ly.module.weight.detach(), ly.module.weight_quantizer)
+                # a model after mtq.compress holds its weights packed already: written as held
+                ly.packed = getattr(ly.module, "packed_weight", None) or pack_weight(
+                    ly.module.weight.detach(), ly.module.weight_quantizer)
             except (NotImplementedError, ValueError, RuntimeError) as e:
                 raise ExportError(f"layer '{ly.name}': mopt cannot pack its weight "
                                   f"({ly.weights}): {e}") from e

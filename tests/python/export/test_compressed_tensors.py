@@ -392,3 +392,20 @@ def test_fp4_in_float32_warns(setup, tmp_path):
     with pytest.warns(UserWarning, match="bfloat16"):
         export_compressed_tensors(model, tmp_path / "f")
     assert (tmp_path / "f" / "model.safetensors").is_file()
+
+
+def test_compressed_model_exports_the_same_files(setup, tmp_path):
+    """A model after mtq.compress (weights held packed) exports exactly what the fake-quantized
+    model exports: its packed buffers are written in compressed-tensors' layout, not copied."""
+    from safetensors.torch import load_file
+
+    model = _quantized(setup, mtq.INT4_B32_WEIGHT_ONLY_CFG)
+    export_compressed_tensors(model, tmp_path / "fake")
+    mtq.compress(model)
+    export_compressed_tensors(model, tmp_path / "packed")
+    a = load_file(str(tmp_path / "fake" / "model.safetensors"))
+    b = load_file(str(tmp_path / "packed" / "model.safetensors"))
+    assert sorted(a) == sorted(b) and not any(".packed_" in k for k in b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert ((tmp_path / "fake" / "config.json").read_text()
+            == (tmp_path / "packed" / "config.json").read_text())
