@@ -409,3 +409,44 @@ def test_compressed_model_exports_the_same_files(setup, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert ((tmp_path / "fake" / "config.json").read_text()
             == (tmp_path / "packed" / "config.json").read_text())
+
+
+@pytest.mark.parametrize("case", ["int8_wo", "int8_w8a8", "fp8", "int4_g32", "int4_g128_asym"])
+def test_files_match_compressed_tensors_own_compressor(setup, tmp_path, case):
+    """Differential check of the layout: compressed-tensors' own compressor, given mopt's
+    fake-quantized weight and the exported scales / zero points, writes the same tensors."""
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from compressed_tensors.quantization import QuantizationScheme
+    from safetensors.torch import load_file
+
+    cfg_name, fmt, _, _ = CASES[case]
+    model = _quantized(setup, _config(cfg_name))
+    out = tmp_path / "ct"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_compressed_tensors(model, out)
+    qcfg = json.loads((out / "config.json").read_text())["quantization_config"]
+    tensors = load_file(str(out / "model.safetensors"))
+    fq = _fake_quant_weights(model)
+    for group in qcfg["config_groups"].values():
+        scheme = QuantizationScheme(**{k: v for k, v in group.items() if k != "format"})
+        compressor = BaseCompressor.get_value_from_registry(group["format"])
+        names = list(fq) if group["targets"] == ["Linear"] else group["targets"]
+        for name in names:
+            mine = {k[len(name) + 1:]: v for k, v in tensors.items()
+                    if k.startswith(name + ".") and k[len(name) + 1:].startswith(("weight",
+                                                                                   "input"))}
+            given = {"weight": fq[name], "weight_scale": mine["weight_scale"]}
+            zp = mine.get("weight_zero_point")
+            if zp is not None:  # the compressor takes unpacked zero points
+                if scheme.weights.strategy in ("group", "channel"):
+                    zp = unpack_from_int32(zp, 4, mine["weight_scale"].shape, packed_dim=0)
+                given["weight_zero_point"] = zp
+            theirs = compressor.compress(given, scheme)
+            for k, v in theirs.items():
+                assert k in mine, (name, k)
+                a, b = mine[k], v
+                if a.dtype == torch.float8_e4m3fn:
+                    a, b = a.view(torch.uint8), b.view(torch.uint8)
+                assert torch.equal(a, b.to(a.dtype) if k == "weight_shape" else b), (name, k)
