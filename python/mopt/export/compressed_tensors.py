@@ -88,8 +88,8 @@ def _weight_args(name: str, wq, columns: int) -> dict:
         return ExportError(f"layer '{name}': weight format {fname} ({why}) has no "
                            "compressed-tensors equivalent")
 
-    if attr.unsigned or attr.narrow_range:
-        raise no("unsigned or narrow-range integer codes")
+    if attr.unsigned:  # (narrow range is only a subset of the signed codes: written as is)
+        raise no("unsigned integer codes")
     if fname in ("int8", "int4", "int4_asym", "int8_asym") or fmt["family"] == "int":
         args = {"num_bits": fmt["element_bits"], "type": "int",
                 "symmetric": not attr.asymmetric}
@@ -408,13 +408,10 @@ def _layer_tensors(ly: _Layer) -> dict[str, torch.Tensor]:
 
 def _e8m0(scale: torch.Tensor, name: str) -> torch.Tensor:
     """MX block scales as compressed-tensors stores them: the biased exponent in a uint8."""
-    if scale.dtype == torch.uint8:
-        return scale.contiguous()
-    s = scale.detach().float()
-    exp = torch.log2(s)
-    if not torch.equal(exp, exp.round()):
-        raise ExportError(f"layer '{name}': MX scales are not powers of two")
-    return (exp.round().to(torch.int32) + 127).to(torch.uint8)
+    if scale.dtype != torch.uint8:
+        raise ExportError(f"layer '{name}': mopt packed MX scales as {scale.dtype}, expected "
+                          "uint8 E8M0 exponents")
+    return scale.contiguous()
 
 
 def _group_schemes(layers: list[_Layer]) -> list[tuple[dict, list[_Layer]]]:

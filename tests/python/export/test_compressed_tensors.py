@@ -143,6 +143,8 @@ CASES = {
     # 64-wide rows: one group per row (channel, zero points packed along the rows)
     "int4_g128_asym": ("INT4_BLOCKWISE_ASYM_CFG", "pack-quantized", None, 1e-5),
     "fp8_pcpt": ("FP8_PER_CHANNEL_PER_TOKEN_CFG", "float-quantized", "token", 2e-3),
+    # narrow range (codes -127..127) is a subset of compressed-tensors' int8 codes
+    "int8_wo_narrow": ("INT8_NARROW_WEIGHT_ONLY_CFG", "pack-quantized", None, 1e-5),
     # stories260K's down_proj is 172 wide: not whole NVFP4 / MX blocks (ExportError), so these
     # configs leave it in float (it goes to the ignore list)
     "nvfp4_wo": ("NVFP4_WEIGHT_ONLY_CFG", "nvfp4-pack-quantized", None, 1e-5),
@@ -161,6 +163,10 @@ def _config(name):
         cfg = copy.deepcopy(getattr(mtq, name.replace("WEIGHT_ONLY", "DEFAULT")))
         cfg["quant_cfg"]["*input_quantizer"] = {"enable": False}
         cfg["quant_cfg"]["*down_proj*"] = {"enable": False}
+        return cfg
+    if name == "INT8_NARROW_WEIGHT_ONLY_CFG":
+        cfg = copy.deepcopy(mtq.INT8_WEIGHT_ONLY_CFG)
+        cfg["quant_cfg"]["*weight_quantizer"] = {"num_bits": 8, "axis": 0, "narrow_range": True}
         return cfg
     return getattr(mtq, name)
 
