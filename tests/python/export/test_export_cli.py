@@ -74,3 +74,22 @@ def test_int8_to_onnx_runs_in_onnxruntime_at_any_length(capsys, tmp_path):
     for n in (3, 17):  # the sequence axis is dynamic
         logits = sess.run(None, {"input_ids": np.arange(1, n + 1, dtype=np.int64)[None]})[0]
         assert logits.shape == (1, n, 512) and np.isfinite(logits).all()
+
+
+def test_int8_weight_only_to_compressed_tensors_loads_in_transformers(capsys, tmp_path):
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForCausalLM
+
+    from mopt import data as mdata
+    from mopt.eval import perplexity
+    from mopt.ptq.models import resolve_model
+
+    out_dir = tmp_path / "ct"
+    rc, _, err = run(capsys, "--config", "int8_wo", "--format", "compressed-tensors", "--out",
+                     str(out_dir), "--no-progress", "--calib-samples", "2")
+    assert rc == 0, err
+    ours = json.loads((out_dir / "results.json").read_text())["rows"][0]["metric"]
+    model = AutoModelForCausalLM.from_pretrained(str(out_dir))
+    ids = resolve_model("default").encode(mdata.default_eval_text())
+    theirs = perplexity(model, ids, 512, progress=False)
+    assert abs(theirs - ours) / ours < 1e-4, (theirs, ours)
