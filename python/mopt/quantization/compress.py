@@ -72,6 +72,13 @@ class _CompressedWeightMixin:
             self.__dict__["_mopt_packed_cache"] = cached
         return cached[1]
 
+    def __getstate__(self):
+        # the PackedWeight view over the buffers is a cache of C++ objects: rebuilt on demand
+        # after copy.deepcopy / pickling, which copy the buffers themselves
+        state = self.__dict__.copy()
+        state.pop("_mopt_packed_cache", None)
+        return state
+
     def _apply(self, fn, recurse=True):
         # Packed buffers are integer tensors (fp32 scales kept as int32 bit views), so dtype
         # casts such as model.half() leave them alone; the probe tells which dtype the
