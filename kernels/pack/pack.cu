@@ -200,8 +200,9 @@ __device__ __forceinline__ float decode(const PackParams& p, int64_t nb, int64_t
     case Format::kNF4: {
       if (p.scale_block_size == 0) return nf4_value(code, p.block_scale_f32[si]);
       const float sc = static_cast<float>(sign_extend(p.block_scale[si], 8));
-      return nf4_value(code,
-                       block_quant::nf4_scale_from_code(sc, *p.scale_mean, p.group_amax[si / group]));
+      const float scale =
+          block_quant::nf4_scale_from_code(sc, *p.scale_mean, p.group_amax[si / group]);
+      return nf4_value(code, scale);
     }
   }
   return 0.0f;
@@ -252,7 +253,8 @@ void pack_cuda(const PackParams& p, void* workspace, cudaStream_t stream) {
     if (p.format != Format::kNF4 || p.scale_block_size == 0) return;
     const int64_t blocks = pack_num_blocks(p);
     const int64_t chunks = ceil_div(blocks, block_quant::kNf4SumChunk);
-    double* partial = reinterpret_cast<double*>(static_cast<char*>(workspace) + round16(blocks * 4));
+    double* partial =
+        reinterpret_cast<double*>(static_cast<char*>(workspace) + round16(blocks * 4));
     nf4_chunk_sums_kernel<<<grid_for(chunks), kBlockThreads, 0, stream>>>(absmax, blocks, partial,
                                                                            chunks);
     MOPT_CHECK_LAUNCH();

@@ -97,7 +97,9 @@ struct PackBuffers {
   bool keep[2] = {true, false};
   int64_t shape[2];
 
-  int64_t blocks() const { return c.block > 0 ? c.rows * ((c.row_len + c.block - 1) / c.block) : 0; }
+  int64_t blocks() const {
+    return c.block > 0 ? c.rows * ((c.row_len + c.block - 1) / c.block) : 0;
+  }
 
   explicit PackBuffers(const PackCase& pc, uint32_t seed) : c(pc) {
     const int64_t n = c.rows * c.row_len;
@@ -114,7 +116,9 @@ struct PackBuffers {
     shape[1] = c.row_len;
     const int64_t nb = blocks();
     if (c.format == Format::kInt || c.format == Format::kMinifloat) {
-      const int64_t count = c.layout == Layout::kTensor ? 1 : c.layout == Layout::kRow ? c.rows : nb;
+      const int64_t count = c.layout == Layout::kTensor ? 1
+                            : c.layout == Layout::kRow  ? c.rows
+                                                        : nb;
       std::vector<float> lo(count, 0.0f), hi(count, 0.0f);
       for (int64_t r = 0; r < c.rows; ++r) {
         for (int64_t j = 0; j < c.row_len; ++j) {

@@ -32,7 +32,8 @@ TEST(PackWeight, DequantizeEqualsTheModulesForward) {
       R"({"num_bits": [4, 3]})",
       R"({"num_bits": [2, 1], "block_sizes": {"-1": 16, "type": "dynamic", "scale_bits": [4, 3]}})",
       R"({"num_bits": [2, 1], "block_sizes": {"-1": 32, "type": "dynamic", "scale_bits": [8, 0]}})",
-      R"({"num_bits": 4, "block_sizes": {"-1": 64, "scale_bits": 8, "scale_block_sizes": {"-1": 256}}})",
+      R"({"num_bits": 4,
+          "block_sizes": {"-1": 64, "scale_bits": 8, "scale_block_sizes": {"-1": 256}}})",
   };
   for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
     const at::Tensor w = (torch::randn({32, 256}) * 0.1).to(dtype);

@@ -49,7 +49,8 @@ def logits(model) -> torch.Tensor:
 
 def float_weight_bytes(model) -> int:
     return sum(m.weight.numel() * m.weight.element_size() for _, m in model.named_modules()
-               if getattr(m, "weight_quantizer", None) is not None and m.weight_quantizer.is_enabled)
+               if getattr(m, "weight_quantizer", None) is not None
+               and m.weight_quantizer.is_enabled)
 
 
 def packed_bytes(model) -> int:

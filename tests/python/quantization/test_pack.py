@@ -272,8 +272,24 @@ def test_errors_name_the_problem():
         mtq.pack_weight(w, calibrated(dict(num_bits=(4, 3), block_sizes={-1: 16, -2: 16}), w))
     with pytest.raises(NotImplementedError, match="blocks along axis 0"):
         mtq.pack_weight(w, calibrated(dict(num_bits=4, block_sizes={0: 8}), w))
-    seq = SequentialQuantizer(calibrated(FORMATS["int4_b32"], w), calibrated(FORMATS["fp8_tensor"], w))
+    seq = SequentialQuantizer(calibrated(FORMATS["int4_b32"], w),
+                              calibrated(FORMATS["fp8_tensor"], w))
     with pytest.raises(NotImplementedError, match="SequentialQuantizer"):
         mtq.pack_weight(w, seq)
     with pytest.raises(TypeError, match="TensorQuantizer"):
         mtq.pack_weight(w, torch.nn.Identity())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_cuda_packs_and_dequantizes_as_cpu(fmt):
+    w = torch.randn(48, 200) * 0.1
+    if FORMATS[fmt].get("unsigned"):
+        w = w.abs()
+    q = calibrated(FORMATS[fmt], w)
+    cpu = mtq.pack_weight(w, q)
+    q_cuda = copy.deepcopy(q).cuda()
+    gpu = check_exact(w.cuda(), q_cuda)
+    for name, t in cpu.tensors().items():
+        assert torch.equal(gpu.tensors()[name].cpu(), t), name
+    assert torch.equal(gpu.dequantize().cpu(), cpu.dequantize())
