@@ -2,7 +2,9 @@
 // schemas and CompositeImplicitAutograd implementations from ATen ops, so autograd, Meta and
 // every device come from the ops they are built of; and the C++ entry points.
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/ops/exp.h>
+#include <ATen/ops/div.h>
+#include <ATen/ops/kl_div.h>
+#include <ATen/core/Reduction.h>
 #include <ATen/ops/log_softmax.h>
 #include <torch/library.h>
 
@@ -58,14 +60,23 @@ at::Tensor logits_distillation_loss_impl(const at::Tensor& student, const at::Te
   }
   const at::Tensor log_p_s = at::log_softmax(s, -1);
   const at::Tensor log_p_t = at::log_softmax(t, -1);
-  // p_t (log p_t - log p_s): a teacher probability that underflows to 0 contributes 0, as
-  // kl_div's xlogy does, because log p_t stays finite.
-  const at::Tensor kl = at::exp(log_p_t) * (log_p_t - log_p_s) * (temperature * temperature);
-  if (reduction == "none") return kl.sum(-1);
-  if (reduction == "sum") return kl.sum();
-  if (reduction == "token_mean") return kl.sum(-1).mean();
-  if (reduction == "batchmean") return kl.mean(0).sum();  // sum / size(0), as kl_div
-  return kl.mean();  // "mean": kl_div's elementwise mean (tokens * vocabulary)
+  // p_t (log p_t - log p_s) with the teacher as log probabilities: one fused ATen kernel with
+  // its own backward, reducing as it goes; a teacher probability that underflows to 0
+  // contributes 0 because log p_t stays finite.
+  const double t2 = temperature * temperature;
+  if (reduction == "none") {
+    return at::kl_div(log_p_s, log_p_t, at::Reduction::None, /*log_target=*/true).sum(-1) * t2;
+  }
+  if (reduction == "mean") {  // kl_div's elementwise mean (tokens * vocabulary)
+    return at::kl_div(log_p_s, log_p_t, at::Reduction::Mean, /*log_target=*/true) * t2;
+  }
+  const at::Tensor sum = at::kl_div(log_p_s, log_p_t, at::Reduction::Sum, /*log_target=*/true);
+  if (reduction == "sum") return sum * t2;
+  // "batchmean": sum / size(0), as kl_div; "token_mean": sum / tokens
+  const c10::SymInt count = reduction == "batchmean"
+                                ? student.sym_size(0)
+                                : student.sym_numel() / student.sym_size(-1);
+  return at::div(sum * t2, c10::Scalar(count));
 }
 
 at::Tensor hidden_state_distillation_loss_impl(const at::Tensor& student,
