@@ -182,3 +182,27 @@ def test_bad_input_is_refused_by_name(tmp_path):
         trainer.train()
     for k, v in model.state_dict().items():
         assert torch.equal(v, weights[k]), k
+
+
+def test_save_model_reloads_with_huggingface_checkpointing(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    import mopt.opt as mto
+    from mopt.opt.plugins.huggingface import disable_huggingface_checkpointing
+
+    torch.manual_seed(0)
+    model = load_llama2c()
+    trainer = QATTrainer(model=model, args=args(tmp_path, max_steps=2),
+                         train_dataset=dataset(0, 16), quant_cfg="int4_b32")
+    trainer.train()
+    mto.enable_huggingface_checkpointing()
+    try:
+        trainer.save_model(str(tmp_path / "final"))
+        back = LlamaForCausalLM.from_pretrained(str(tmp_path / "final"))
+    finally:
+        disable_huggingface_checkpointing()
+    assert (tmp_path / "final" / "modelopt_state.json").is_file()
+    assert mtq.is_quantized(back)
+    probe = _windows()[45:47]
+    with torch.no_grad():
+        torch.testing.assert_close(back(probe).logits, model(probe).logits, rtol=0, atol=0)
