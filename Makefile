@@ -102,7 +102,6 @@ demo: build-demo
 	$(PY) -m mopt sparsify --model default --out out/demo_sparsify --overwrite
 	$(PY) -m mopt cache --model default --samples 8 --calib-seeds 1 --orders 1 \
 	  --families interval --out out/demo_cache --overwrite
-	$(PY) -m mopt qat --model default --steps 30 --out out/demo_qat --overwrite
 
 # nvidia-modelopt (pure Python) is what compare_modelopt.py measures against; constraints.txt
 # keeps it from resolving another torch. If it does not install, the script says why.
