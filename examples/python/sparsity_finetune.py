@@ -4,7 +4,7 @@
 The model is stories260K (a real 260K-parameter Llama trained on TinyStories, shipped in
 mopt/data). The script prunes every linear layer but lm_head to 2:4 with SparseGPT, calibrated on
 the shipped TinyStories calibration text, then fine-tunes all parameters for a few hundred AdamW
-steps (next-token loss) on other TinyStories text (examples/python/data, disjoint from both the
+steps (next-token loss) on other TinyStories text (mopt.data, disjoint from both the
 calibration and the evaluation text). The sparse modules hold their masks: a forward reads
 ``weight * mask``, so a pruned weight gets no gradient and stays zero through every step.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import pathlib
 import sys
 import time
 
@@ -34,7 +33,6 @@ from mopt.ptq.models import resolve_model
 import torch
 from torch import nn
 
-FINETUNE_TEXT = pathlib.Path(__file__).resolve().parent / "data" / "tinystories_finetune_slice.txt"
 # Every linear layer but the output projection (tied to the token embedding), as ModelOpt does.
 RULES = {"nn.Linear": {"*": {}, "*lm_head*": None}}
 
@@ -147,9 +145,7 @@ def main(argv=None) -> int:
     source = resolve_model("default")  # stories260K and its tokenizer, as `mopt ptq` loads them
     eval_ids = source.encode(mdata.default_eval_text())
     calib_ids = source.encode(mdata.default_calib_text())
-    # Blank lines between stories become one newline, as mopt.data does for the other texts.
-    train_text = FINETUNE_TEXT.read_text(encoding="utf-8").replace("\n\n", "\n")
-    train_ids = torch.tensor(source.encode(train_text))
+    train_ids = torch.tensor(source.encode(mdata.default_train_text()))
     model = source.load()
     dense_copy = copy.deepcopy(model) if args.dense_baseline else None
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "mopt/algorithms/awq.h"
+#include "mopt/algorithms/distill.h"
 #include "mopt/algorithms/gptq.h"
 #include "mopt/algorithms/smoothquant.h"
 #include "mopt/cache/metrics.h"

@@ -3,6 +3,7 @@
 * ``stories260K.bin``: a 260K-parameter Llama model trained on TinyStories (llama2.c format).
 * ``tok512.bin``: its 512-token BPE tokenizer (llama2.c format).
 * ``tinystories_val_slice.txt``: the first 150,000 characters of the TinyStories validation split.
+* ``tinystories_finetune_slice.txt``: the next 450,063 characters, training text disjoint from it.
 * ``ddpm_fashion_unet.pt``: a U-Net DDPM noise predictor trained on Fashion-MNIST.
 * ``ddpm_mnist.pth``: a plain-CNN DDPM noise predictor trained on MNIST.
 * ``mnist-t10k-*-ubyte.gz``: the real MNIST test set (10,000 images and labels, idx format).
@@ -27,6 +28,7 @@ __all__ = [
     "path_of",
     "default_eval_text",
     "default_calib_text",
+    "default_train_text",
     "files",
     "read_idx",
     "mnist_test_set",
@@ -45,6 +47,9 @@ _FILES = {
     "stories260K.bin": "stories260K model, llama2.c format",
     "tok512.bin": "tok512 tokenizer, llama2.c format",
     "tinystories_val_slice.txt": "first 150,000 characters of the TinyStories validation split",
+    "tinystories_finetune_slice.txt": (
+        "characters 150,000 to 600,062 of the TinyStories validation split (training text)"
+    ),
     "wikitext2_test_slice.txt": "first 2,175 lines (400 paragraph rows) of the WikiText-2 test split",
     "ddpm_fashion_unet.pt": "U-Net DDPM noise predictor trained on Fashion-MNIST (1000 steps)",
     "ddpm_mnist.pth": "plain-CNN DDPM noise predictor trained on MNIST (1000 steps)",
@@ -101,6 +106,14 @@ def default_calib_text() -> str:
     """Calibration text: the shipped validation characters after the evaluation text (disjoint
     from it), normalized the same way."""
     return _normalize(_validation_slice()[EVAL_CHARS:])
+
+
+def default_train_text() -> str:
+    """Training text for fine-tuning (QAT, sparsity fine-tuning): the TinyStories validation
+    characters right after the shipped slice, disjoint from the evaluation and calibration text,
+    normalized the same way."""
+    with open(path_of("tinystories_finetune_slice.txt"), encoding="utf-8", newline="") as f:
+        return _normalize(f.read())
 
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

@@ -185,6 +185,8 @@ def test_packaged_files_are_the_shared_originals():
     sliced = mdata.path_of("tinystories_val_slice.txt").read_text(encoding="utf-8")
     assert len(sliced) == 150_000
     assert hashlib.sha256(sliced.encode("utf-8")).hexdigest().startswith("8485baab863800d4")
+    train = mdata.path_of("tinystories_finetune_slice.txt").read_bytes()
+    assert hashlib.sha256(train).hexdigest().startswith("a9895ab4c2be11de")
     wiki = mdata.path_of("wikitext2_test_slice.txt").read_bytes()
     assert hashlib.sha256(wiki).hexdigest().startswith("f70371de6c1c7782")
     # where the originals are at hand, the slices are their unchanged beginnings

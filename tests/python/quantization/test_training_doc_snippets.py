@@ -16,3 +16,4 @@ def test_training_doc_snippets_run(capsys, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     assert "scales learned: True" in out
     assert "restored: True ['post']" in out
+    assert "QAD loss went down: True" in out
