@@ -13,7 +13,7 @@ Quality: the shipped stories260K, LoRA r=8 trained for --steps steps on the Tiny
 fine-tuning text (disjoint from the evaluation text), perplexity on the default evaluation text
 before and after, on the float base and on the packed NF4 base.
 
-    PYTHONPATH=python python3 benchmarks/qlora.py [--tokens 256] [--steps 200]
+    PYTHONPATH=python python3 benchmarks/qlora.py [--tokens 256] [--steps 200] [--lr 2e-4]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import argparse
 import gc
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import threading
@@ -34,8 +33,6 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 LLAMA_100M = {"vocab_size": 32000, "hidden_size": 768, "intermediate_size": 2048,
               "num_hidden_layers": 12, "num_attention_heads": 12, "num_key_value_heads": 12,
               "max_position_embeddings": 1024, "tie_word_embeddings": True}
-FINETUNE_TEXT = pathlib.Path(__file__).resolve().parents[1] / "examples" / "python" / "data" / \
-    "tinystories_finetune_slice.txt"
 
 
 def _rss() -> int:
@@ -114,7 +111,7 @@ def quality(steps: int, lr: float) -> list[dict]:
 
     src = resolve_model("default")
     eval_ids = src.encode(mdata.default_eval_text())
-    train = text_calibration_batches(src.encode(FINETUNE_TEXT.read_text()), steps, 256, 0)
+    train = text_calibration_batches(src.encode(mdata.default_train_text()), steps, 256, 0)
     rows = []
     for arm in ("lora_float", "qlora_nf4"):
         torch.manual_seed(0)
@@ -142,7 +139,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--mem-steps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.arm:
