@@ -33,7 +33,9 @@ std::vector<double> decode(GgufType type, const uint8_t* b, int64_t n) {
   std::vector<double> y(n);
   if (type == GgufType::kQ8_0) {
     for (int64_t k = 0; k < n / 32; ++k, b += 34) {
-      for (int i = 0; i < 32; ++i) y[k * 32 + i] = half_to_double(b) * static_cast<int8_t>(b[2 + i]);
+      for (int i = 0; i < 32; ++i) {
+        y[k * 32 + i] = half_to_double(b) * static_cast<int8_t>(b[2 + i]);
+      }
     }
   } else if (type == GgufType::kQ4_0) {
     for (int64_t k = 0; k < n / 32; ++k, b += 18) {
