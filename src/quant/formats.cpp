@@ -194,12 +194,20 @@ WeightStorage weight_storage_bits(const QuantizerAttributeConfig& cfg,
   s.element_bits = numel * f.element_bits;
   const FormatFamilyInfo& info = *f.info;
   if (info.family == FormatFamily::kGGUF) {
-    // the bytes of ggml's block beyond its elements (fp16 d, and Q4_K's dmin and 6-bit codes);
-    // rows llama.cpp falls back on (another type, or float) are priced as the requested type
-    const auto t = kernels::gguf::gguf_type_from_name(f.gguf_type.c_str());
+    // in the type llama.cpp stores rows of this length in (a Q4_K weight with rows of 64 is
+    // Q5_0; one whose rows fit no block stays unquantized, priced at 16 bits as a float weight);
+    // scales are the bytes of ggml's block beyond its elements (fp16 d; Q4_K's dmin and codes)
+    using kernels::gguf::GgufType;
+    const GgufType t = kernels::gguf::gguf_row_type(
+        kernels::gguf::gguf_type_from_name(f.gguf_type.c_str()), ndim ? shape.back() : 1);
+    if (t == GgufType::kF32) {
+      s.element_bits = 16.0 * numel;
+      return s;
+    }
     const double block = kernels::gguf::block_elements(t);
-    s.scale_bits = std::ceil(numel / block) *
-                   (8.0 * kernels::gguf::block_bytes(t) - block * f.element_bits);
+    const double bits = t == GgufType::kQ8_0 ? 8 : t == GgufType::kQ5_0 ? 5 : 4;
+    s.element_bits = bits * numel;
+    s.scale_bits = std::ceil(numel / block) * (8.0 * kernels::gguf::block_bytes(t) - block * bits);
     return s;
   }
   const bool block_scales = cfg.block_sizes && cfg.block_sizes->scale_bits;

@@ -111,3 +111,11 @@ def test_quantizer_uses_the_format():
         '{"num_bits": 4, "block_sizes": {"-1": 256, "type": "dynamic", "gguf": "q4_k"}}')],
         [48, 512])
     assert sum(bits) == 48 * 512 // 256 * 144 * 8  # ggml's 144-byte blocks
+
+    def priced(cols):
+        return sum(_C.weight_storage_bits([_C.normalize_quantizer_config(
+            '{"num_bits": 4, "block_sizes": {"-1": 256, "type": "dynamic", "gguf": "q4_k"}}')],
+            [48, cols]))
+
+    assert priced(64) == 48 * 64 // 32 * 22 * 8  # stored as Q5_0, as llama.cpp falls back
+    assert priced(172) == 48 * 172 * 16  # left unquantized
