@@ -40,10 +40,14 @@ deps-apt:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
+# llama-cpp-python (requirements.txt) builds llama.cpp from source: CPU only, portable, no tools.
+LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=OFF
+
 deps-python:
 	@$(PY) -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$(TORCH_VERSION)' else 1)" 2>/dev/null \
 	  || $(PY) -m pip install -q torch==$(TORCH_VERSION)
-	@$(PY) -m pip install -q -c constraints.txt -r requirements.txt
+	@CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PY) -m pip install -q -c constraints.txt -r requirements.txt
 
 # ccache is looked up when the recipe runs, after deps-apt may have installed it; an empty
 # launcher clears one that a build folder configured earlier remembers. Without nvcc the CUDA

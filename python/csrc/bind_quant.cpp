@@ -8,6 +8,7 @@
 #include "mopt/quant/config.h"
 #include "mopt/quant/fake_quant.h"
 #include "mopt/quant/formats.h"
+#include "mopt/quant/gguf.h"
 #include "mopt/quant/quantize_tensor.h"
 #include "mopt/quant/quantizer_core.h"
 
@@ -31,6 +32,7 @@ const char* scale_name(ScaleEncoding s) {
     case ScaleEncoding::kE4M3TensorScaled: return "e4m3_tensor_scaled";
     case ScaleEncoding::kE8M0: return "e8m0";
     case ScaleEncoding::kAbsmaxDoubleQuant: return "absmax_double_quant";
+    case ScaleEncoding::kGGUF: return "gguf";
   }
   return "unknown";
 }
@@ -285,6 +287,10 @@ void bind_quant(py::module_& m) {
       py::arg("json"),
       "The format a quantizer config (JSON) resolves to: its format-table row plus the concrete "
       "element format (name, element_bits, block_size, dynamic, calibrated).");
+  m.def("gguf_row_type", &gguf_row_type, py::arg("type"), py::arg("row_len"),
+        "The GGUF type llama.cpp stores a row of `row_len` elements in when `type` (q8_0, q4_0, "
+        "q4_k) is requested: the type, q5_0 (Q4_K rows a multiple of 32 but not 256) or f32 "
+        "(rows that fit no block; mopt leaves them unquantized).");
   m.def(
       "weight_storage_bits",
       [](const std::vector<std::string>& stage_json, const std::vector<int64_t>& shape,

@@ -19,7 +19,7 @@ using json = nlohmann::ordered_json;
 
 namespace {
 
-const char* kBlockSpecialKeys[] = {"type", "scale_bits", "scale_block_sizes"};
+const char* kBlockSpecialKeys[] = {"type", "scale_bits", "scale_block_sizes", "gguf"};
 
 std::string join(const std::vector<std::string>& v) {
   std::ostringstream os;
@@ -96,7 +96,7 @@ std::vector<BlockAxis> parse_block_axes(const json& obj, const char* key, bool a
       used = 0;
     }
     MOPT_CHECK_VALUE(used == k.size() && !k.empty(), "unknown key '", k, "' in ", key,
-                     "; expected an integer axis or one of type, scale_bits, scale_block_sizes");
+                     "; expected an integer axis or one of type, scale_bits, scale_block_sizes, gguf");
     const json& v = it.value();
     if (v.is_null()) {
       axes.emplace_back(axis, std::nullopt);
@@ -129,6 +129,9 @@ BlockSizes parse_block_sizes(const json& v) {
                      "'block_sizes.scale_block_sizes' must be a dict, got ",
                      v["scale_block_sizes"].dump());
     b.scale_block_sizes = parse_block_axes(v["scale_block_sizes"], "scale_block_sizes", false);
+  }
+  if (v.contains("gguf") && !v["gguf"].is_null()) {
+    b.gguf = get_choice(v["gguf"], "block_sizes.gguf", {"q8_0", "q4_0", "q4_k"});
   }
   MOPT_CHECK_VALUE(!b.axes.empty(), "'block_sizes' names no axis: ", v.dump());
   MOPT_CHECK_VALUE(!b.dynamic() || b.axes.size() == 1,
@@ -245,6 +248,7 @@ json to_json_obj(const QuantizerAttributeConfig& c) {
                                  ? json(nullptr)
                                  : block_axes_json(c.block_sizes->scale_block_sizes,
                                                    json::object());
+    if (!c.block_sizes->gguf.empty()) b["gguf"] = c.block_sizes->gguf;
     j["block_sizes"] = b;
   } else {
     j["block_sizes"] = nullptr;

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <optional>
 
+#include "gguf/gguf.h"
 #include "mopt/core/error.h"
 
 namespace mopt {
@@ -46,6 +47,9 @@ const std::vector<FormatFamilyInfo>& format_table() {
        "block_quant", false, false, false, false, true, false, false},
       {FormatFamily::kNF4, "nf4", ElementEncoding::kLookupTable, ScaleEncoding::kAbsmaxDoubleQuant,
        64, 8, 0, "block_quant", false, false, false, false, true, false, false},
+      // scale_bits: Q8_0 / Q4_0 keep one fp16 d per block of 32 (Q4_K: see weight_storage_bits)
+      {FormatFamily::kGGUF, "gguf", ElementEncoding::kInteger, ScaleEncoding::kGGUF, 32, 16, 0,
+       "gguf", false, false, false, false, false, false, true},
   };
   return table;
 }
@@ -61,7 +65,9 @@ ResolvedFormat resolve_format(const QuantizerAttributeConfig& cfg) {
   f.dynamic = cfg.type == "dynamic" || (b && b->dynamic());
   f.block_size = b ? first_block_size(*b) : 0;
   FormatFamily family = n.is_float ? FormatFamily::kMinifloat : FormatFamily::kInt;
-  if (b && b->scale_bits) {
+  if (b && !b->gguf.empty()) {
+    family = FormatFamily::kGGUF;
+  } else if (b && b->scale_bits) {
     const NumBits& s = *b->scale_bits;
     if (n == NumBits::minifloat(2, 1) && s == NumBits::minifloat(4, 3)) {
       family = FormatFamily::kNVFP4;
@@ -115,6 +121,29 @@ ResolvedFormat resolve_format(const QuantizerAttributeConfig& cfg) {
       f.element_bits = 4;
       f.name = "nf4";
       break;
+    case FormatFamily::kGGUF: {
+      // The layout is llama.cpp's, so every other setting must say what it says.
+      const std::string& t = b->gguf;
+      const int bits = t == "q8_0" ? 8 : 4;
+      const int64_t block = t == "q4_k" ? 256 : 32;
+      MOPT_CHECK_VALUE(!n.is_float && n.bits == bits, "GGUF ", t, " has ", bits, "-bit elements; "
+                       "set num_bits ", bits, ", got ", num_bits_str(n));
+      MOPT_CHECK_VALUE(b->axes.size() == 1 && b->axes[0].first == -1 &&
+                           b->axes[0].second == block,
+                       "GGUF ", t, " quantizes blocks of ", block, " along the last axis (the "
+                       "rows llama.cpp stores); set block_sizes {-1: ", block, ", ...}");
+      MOPT_CHECK_VALUE(b->dynamic(), "GGUF ", t, " computes its scales from each block (llama.cpp "
+                       "has no calibrated scales); set block_sizes type \"dynamic\"");
+      MOPT_CHECK_VALUE(!b->scale_bits && b->scale_block_sizes.empty(), "GGUF ", t, " fixes its "
+                       "own scale format (fp16); remove scale_bits / scale_block_sizes");
+      MOPT_CHECK_VALUE(!cfg.is_unsigned && !cfg.asymmetric && !cfg.full_range, "GGUF ", t,
+                       " fixes its own code range; unsigned / asymmetric / full_range do not "
+                       "apply");
+      f.element_bits = bits;
+      f.gguf_type = t;
+      f.name = "gguf_" + t;
+      break;
+    }
   }
   MOPT_CHECK_IMPLEMENTED(!cfg.asymmetric || family == FormatFamily::kInt, "'asymmetric' (integer "
                          "zero points) applies to plain integer formats, not ", f.name,
@@ -164,6 +193,23 @@ WeightStorage weight_storage_bits(const QuantizerAttributeConfig& cfg,
   WeightStorage s;
   s.element_bits = numel * f.element_bits;
   const FormatFamilyInfo& info = *f.info;
+  if (info.family == FormatFamily::kGGUF) {
+    // in the type llama.cpp stores rows of this length in (a Q4_K weight with rows of 64 is
+    // Q5_0; one whose rows fit no block stays unquantized, priced at 16 bits as a float weight);
+    // scales are the bytes of ggml's block beyond its elements (fp16 d; Q4_K's dmin and codes)
+    using kernels::gguf::GgufType;
+    const GgufType t = kernels::gguf::gguf_row_type(
+        kernels::gguf::gguf_type_from_name(f.gguf_type.c_str()), ndim ? shape.back() : 1);
+    if (t == GgufType::kF32) {
+      s.element_bits = 16.0 * numel;
+      return s;
+    }
+    const double block = kernels::gguf::block_elements(t);
+    const double bits = t == GgufType::kQ8_0 ? 8 : t == GgufType::kQ5_0 ? 5 : 4;
+    s.element_bits = bits * numel;
+    s.scale_bits = std::ceil(numel / block) * (8.0 * kernels::gguf::block_bytes(t) - block * bits);
+    return s;
+  }
   const bool block_scales = cfg.block_sizes && cfg.block_sizes->scale_bits;
   if (!block_scales) {
     s.scale_bits = count * (count == 1 ? 32 : 16);

@@ -12,7 +12,8 @@ static_assert(static_cast<int>(FormatFamily::kInt) == static_cast<int>(kernels::
                   static_cast<int>(FormatFamily::kNVFP4) ==
                       static_cast<int>(kernels::Format::kNVFP4) &&
                   static_cast<int>(FormatFamily::kMX) == static_cast<int>(kernels::Format::kMX) &&
-                  static_cast<int>(FormatFamily::kNF4) == static_cast<int>(kernels::Format::kNF4),
+                  static_cast<int>(FormatFamily::kNF4) == static_cast<int>(kernels::Format::kNF4) &&
+                  static_cast<int>(FormatFamily::kGGUF) == static_cast<int>(kernels::Format::kGGUF),
               "FormatFamily and mopt::kernels::Format list the formats in the same order");
 
 /// The kernel format computing `family`.

@@ -15,6 +15,7 @@
 #include "fake_quant/fake_quant_math.h"
 #include "mopt/core/error.h"
 #include "mopt/quant/fake_quant.h"
+#include "mopt/quant/gguf.h"
 #include "quant/block_formats.h"
 
 namespace mopt {
@@ -186,6 +187,9 @@ at::Tensor quantize_tensor_impl(const at::Tensor& x_in, const c10::optional<at::
                          "or FP8/minifloat quantizer with an amax; this one is ",
                          format.name, cfg.asymmetric ? " asymmetric" : "",
                          format.dynamic ? " dynamic" : "", have_amax ? "" : " without amax");
+  if (format.family() == FormatFamily::kGGUF) {
+    return fake_quant_gguf(x, format.gguf_type);  // blocks along the last axis (resolve_format)
+  }
   if (format.info->kernel == std::string_view("block_quant")) {
     return quantize_block_format(x, have_amax ? *amax : at::Tensor(), cfg, format);
   }

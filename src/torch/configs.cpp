@@ -219,6 +219,9 @@ const std::vector<std::pair<std::string, ConfigFactory>>& factories() {
       {"INT4_B64_ASYM_CFG", &configs::int4_b64_asym},
       {"NVFP4_WEIGHT_ONLY_GPTQ_CFG", &configs::nvfp4_weight_only_gptq},
       {"NF4_WEIGHT_ONLY_CFG", &configs::nf4_weight_only},
+      {"GGUF_Q8_0_CFG", &configs::gguf_q8_0},
+      {"GGUF_Q4_0_CFG", &configs::gguf_q4_0},
+      {"GGUF_Q4_K_CFG", &configs::gguf_q4_k},
       {"W4A8_AWQ_BETA_CFG", &configs::w4a8_awq_beta},
       {"NVFP4_DEFAULT_CFG", &configs::nvfp4_default},
       {"NVFP4_AWQ_LITE_CFG", &configs::nvfp4_awq_lite},
@@ -468,6 +471,10 @@ const std::vector<Recipe>& recipes() {
       {"w4a8_mxfp4_fp8", "W4A8_MXFP4_FP8_CFG", "MXFP4 W + FP8 A", {}},
       {"nf4", "NF4_WEIGHT_ONLY_CFG", "NF4 weight-only, blocks of 64, int8 double-quantized scales",
        {}},
+      {"gguf_q8_0", "GGUF_Q8_0_CFG", "llama.cpp Q8_0 weight-only (int8, fp16 scale per 32)", {}},
+      {"gguf_q4_0", "GGUF_Q4_0_CFG", "llama.cpp Q4_0 weight-only (4-bit, fp16 scale per 32)", {}},
+      {"gguf_q4_k", "GGUF_Q4_K_CFG",
+       "llama.cpp Q4_K weight-only (4-bit, 6-bit scales/mins per 32, fp16 per 256)", {}},
       {"fp8_kv", "FP8_KV_CFG", "FP8 KV cache (k/v bmm quantizers) only", {}, true},
   };
   return table;
@@ -555,6 +562,16 @@ QuantizeConfig nf4_weight_only() {
           "enable": true})",
       kOff, R"("max")");
 }
+// llama.cpp's block types: weights only, scales from each block (nothing to calibrate).
+static QuantizeConfig gguf_weight_only(int bits, int block, const char* type) {
+  return make_cfg(R"({"num_bits": )" + std::to_string(bits) + R"(, "block_sizes": {"-1": )" +
+                      std::to_string(block) + R"(, "type": "dynamic", "gguf": ")" + type +
+                      R"("}, "enable": true})",
+                  kOff, "null");
+}
+QuantizeConfig gguf_q8_0() { return gguf_weight_only(8, 32, "q8_0"); }
+QuantizeConfig gguf_q4_0() { return gguf_weight_only(4, 32, "q4_0"); }
+QuantizeConfig gguf_q4_k() { return gguf_weight_only(4, 256, "q4_k"); }
 QuantizeConfig w4a8_awq_beta() {
   return make_cfg("[" + kInt4Static + R"(, {"num_bits": [4, 3], "axis": null, "enable": true}])",
                   kFp8PerTensorOn, R"("awq_lite")");

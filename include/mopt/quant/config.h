@@ -37,6 +37,9 @@ struct BlockSizes {
   std::string type = "static";                // "static" | "dynamic"
   std::optional<NumBits> scale_bits;          // format of the per-block scales
   std::vector<BlockAxis> scale_block_sizes;   // blocks of scales sharing a second-level scale
+  /// llama.cpp block type ("q8_0", "q4_0", "q4_k"): the block holds ggml's exact layout and
+  /// scale rounding (JSON key "gguf"); empty for mopt's own block formats.
+  std::string gguf;
 
   bool dynamic() const { return type == "dynamic"; }
   /// True when every size is nullopt: the entry means "reduce over these axes" (e.g. per token).

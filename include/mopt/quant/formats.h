@@ -23,6 +23,7 @@ enum class FormatFamily {
   kNVFP4,      // E2M1 elements, E4M3 scale per block of 16, fp32 tensor scale
   kMX,         // OCP MX: minifloat or INT8 elements, E8M0 scale per block of 32
   kNF4,        // NormalFloat4 table, absmax per block of 64, optional int8 double quantization
+  kGGUF,       // llama.cpp's Q8_0 / Q4_0 / Q5_0 / Q4_K blocks with fp16 scales (weights only)
 };
 
 /// How the elements of a format are stored.
@@ -38,6 +39,7 @@ enum class ScaleEncoding {
   kE4M3TensorScaled,  // E4M3 per block, relative to one fp32 tensor scale (NVFP4)
   kE8M0,              // a power of two per block (OCP MX)
   kAbsmaxDoubleQuant, // fp32 absmax per block, or int8 around their mean per group of blocks
+  kGGUF,              // llama.cpp's block layouts: fp16 d (and dmin, 6-bit sub-block codes)
 };
 
 /// One row of the format table.
@@ -64,7 +66,7 @@ struct FormatFamilyInfo {
 /// A quantizer config resolved against the table.
 struct ResolvedFormat {
   const FormatFamilyInfo* info = nullptr;
-  std::string name;           // concrete: "int8", "int4", "fp8_e4m3", "nvfp4", "mxfp4", "nf4"...
+  std::string name;           // concrete: "int8", "int4", "fp8_e4m3", "nvfp4", "mxfp4", "nf4", "gguf_q4_0"...
   int element_bits = 0;       // bits of one stored element
   int exponent_bits = 0;      // minifloat / MX minifloat elements
   int mantissa_bits = 0;      // minifloat elements; MX integer elements: magnitude bits
@@ -72,6 +74,8 @@ struct ResolvedFormat {
   bool dynamic = false;       // scales computed from each input rather than calibrated
   /// The quantizer keeps a calibrated amax (static), possibly only a per-tensor one.
   bool calibrated = true;
+  /// GGUF family: the ggml type requested ("q8_0", "q4_0", "q4_k"), else empty.
+  std::string gguf_type;
 
   FormatFamily family() const { return info->family; }
 };

@@ -134,6 +134,11 @@ QuantizeConfig int4_b64_asym();
 QuantizeConfig nvfp4_weight_only_gptq();
 /// NF4 weights in blocks of 64 with 8-bit double-quantized scales (blocks of 256), max.
 QuantizeConfig nf4_weight_only();
+/// llama.cpp's GGUF Q8_0 / Q4_0 / Q4_K weights (block_sizes "gguf"), dynamic, no calibration;
+/// rows llama.cpp cannot store in the type fall back as llama.cpp does (gguf_row_type).
+QuantizeConfig gguf_q8_0();
+QuantizeConfig gguf_q4_0();
+QuantizeConfig gguf_q4_k();
 /// INT4 blocks then FP8 weights, FP8 activations, AWQ lite (runs from Python only).
 QuantizeConfig w4a8_awq_beta();
 /// NVFP4 weights and activations, max calibration of the tensor scale.

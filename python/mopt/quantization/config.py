@@ -22,7 +22,7 @@ __all__ = [
     *_C.predefined_config_names(),
 ]
 
-_BLOCK_SPECIAL_KEYS = ("type", "scale_bits", "scale_block_sizes")
+_BLOCK_SPECIAL_KEYS = ("type", "scale_bits", "scale_block_sizes", "gguf")
 
 
 def _to_jsonable(value: Any) -> Any:

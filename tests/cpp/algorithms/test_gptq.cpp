@@ -359,7 +359,7 @@ TEST(Gptq, ErrorsNameTheLayer) {
             "\"scale_bits\": [8, 0]}}"),
             opt, c10::nullopt, "mx");
       },
-      "MX and NF4");
+      "MX, NF4 and GGUF");
   expect_error_naming<c10::NotImplementedError>(
       [&] { algorithms::gptq_check_weight_config(cfg_of(int_cfg(4, "\"axis\": 1")), 4, 2, "col"); },
       "axis=0");

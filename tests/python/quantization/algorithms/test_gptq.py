@@ -500,7 +500,7 @@ def test_bad_options_and_unsupported_formats_leave_the_model_alone():
     with pytest.raises(ValueError, match="forward_loop"):
         mtq.quantize(model, _gptq_cfg({"num_bits": 4, "axis": 0}), None)
     mx = {"num_bits": (2, 1), "block_sizes": {-1: 8, "type": "dynamic", "scale_bits": (8, 0)}}
-    with pytest.raises(NotImplementedError, match="MX and NF4"):
+    with pytest.raises(NotImplementedError, match="MX, NF4 and GGUF"):
         mtq.quantize(model, _gptq_cfg(mx), loop)
     w4a8 = _gptq_cfg({"num_bits": 4, "axis": 0})
     w4a8["quant_cfg"]["*weight_quantizer"] = [{"num_bits": 4, "block_sizes": {-1: 8}},
