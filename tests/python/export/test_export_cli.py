@@ -93,3 +93,21 @@ def test_int8_weight_only_to_compressed_tensors_loads_in_transformers(capsys, tm
     ids = resolve_model("default").encode(mdata.default_eval_text())
     theirs = perplexity(model, ids, 512, progress=False)
     assert abs(theirs - ours) / ours < 1e-4, (theirs, ours)
+
+
+def test_q8_0_to_gguf_loads_in_llama_cpp(capsys, tmp_path):
+    np = pytest.importorskip("numpy")
+    llama_cpp = pytest.importorskip("llama_cpp")
+
+    out_dir = tmp_path / "gguf"
+    rc, _, err = run(capsys, "--config", "gguf_q8_0", "--format", "gguf", "--out", str(out_dir),
+                     "--no-progress", "--calib-samples", "2")
+    assert rc == 0, err
+    assert sorted(os.listdir(out_dir)) == ["model.gguf", "results.json"]
+    llm = llama_cpp.Llama(model_path=str(out_dir / "model.gguf"), logits_all=True, n_ctx=64,
+                          n_batch=64, verbose=False)
+    try:
+        llm.eval(list(range(1, 33)))
+        assert np.isfinite(np.asarray(llm.scores[:32])).all()
+    finally:
+        llm.close()
