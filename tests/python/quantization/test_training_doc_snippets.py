@@ -17,3 +17,4 @@ def test_training_doc_snippets_run(capsys, tmp_path, monkeypatch):
     assert "scales learned: True" in out
     assert "restored: True ['post']" in out
     assert "QAD loss went down: True" in out
+    assert "merged: Linear" in out
