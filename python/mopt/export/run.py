@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from .files import atomic_dir, check_output_dir
+from .files import ExportError, atomic_dir, check_output_dir
 
 __all__ = ["EXPORT_FORMATS", "run_export"]
 
@@ -54,8 +54,18 @@ class _LogitsOnly(torch.nn.Module):
         return self.lm(input_ids=input_ids, use_cache=False).logits
 
 
+def _check_source(fmt: str, source) -> None:
+    """What a format needs from the model source, before the model is loaded."""
+    from mopt.models.llama2c import Llama2cTokenizer
+
+    if fmt == "gguf" and not isinstance(source.tokenizer, Llama2cTokenizer):
+        raise ExportError("GGUF export writes the vocabulary of a llama2.c tokenizer (a llama2.c "
+                          "checkpoint, or --tokenizer tokenizer.bin); a Hugging Face tokenizer "
+                          "is not converted, and llama.cpp refuses a file without one")
+
+
 def _export(fmt: str, model: torch.nn.Module, stage: pathlib.Path, example: torch.Tensor,
-            tokenizer_path: str | None) -> None:
+            tokenizer: object) -> None:
     """Runs the exporter of `fmt` into the (empty) folder `stage`."""
     from mopt import export as mexp
 
@@ -67,9 +77,8 @@ def _export(fmt: str, model: torch.nn.Module, stage: pathlib.Path, example: torc
         mexp.export_onnx(_LogitsOnly(model), (example,), str(stage / EXPORT_FORMATS[fmt][0]),
                          input_names=["input_ids"], output_names=["logits"],
                          dynamic_shapes={"input_ids": {0: "batch", 1: "sequence"}})
-    else:
-        kw = {"tokenizer": tokenizer_path} if tokenizer_path else {}
-        mexp.export_gguf(model, str(stage / EXPORT_FORMATS[fmt][0]), **kw)
+    else:  # GGUF carries the vocabulary (checked by _check_source)
+        mexp.export_gguf(model, str(stage / EXPORT_FORMATS[fmt][0]), tokenizer=tokenizer)
     inner = stage / "ckpt"
     if inner.is_dir():  # a folder format: its files become the output folder's
         for p in inner.iterdir():
@@ -124,6 +133,7 @@ def run_export(
     calib_str = (mdata.default_calib_text() if calib_text is None
                  else read_text(calib_text, "calibration text"))
     source = resolve_model(model, tokenizer)
+    _check_source(fmt, source)
     seq_len = seq_len or min(source.max_seq_len, 512)
     calib_seq_len = calib_seq_len or seq_len
     eval_ids = source.encode(eval_str)
@@ -144,12 +154,12 @@ def run_export(
     ppl = perplexity(base, eval_ids, seq_len, batch_size=8, progress=progress)
     t0 = time.perf_counter()
     with atomic_dir(out) as stage:
-        tok_path = tokenizer
-        if tok_path is None and os.path.isdir(model):
+        if tokenizer is None and os.path.isdir(model):
             for name in _TOKENIZER_FILES:  # so the folder loads with its tokenizer
                 if os.path.isfile(os.path.join(model, name)):
                     shutil.copy2(os.path.join(model, name), stage / name)
-        _export(fmt, base, stage, torch.tensor([eval_ids[:seq_len]], device=dev), tok_path)
+        _export(fmt, base, stage, torch.tensor([eval_ids[:seq_len]], device=dev),
+                source.tokenizer)
         export_s = time.perf_counter() - t0
         files = sorted((p.name, p.stat().st_size) for p in stage.iterdir() if p.is_file())
         total = sum(b for _, b in files)

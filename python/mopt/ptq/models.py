@@ -23,6 +23,7 @@ class ModelSource:
     encode: Callable[[str], list[int]]
     max_seq_len: int
     load: Callable[[], nn.Module]
+    tokenizer: object = None  # the tokenizer object (llama2.c models: a Llama2cTokenizer)
 
 
 def read_text(path: str | os.PathLike, what: str) -> str:
@@ -175,7 +176,8 @@ def resolve_model(spec: str, tokenizer: str | None = None) -> ModelSource:
             raise ValueError(
                 f"cannot read {e.filename or tokenizer!r}: {e.strerror or e}"
             ) from None
-        return ModelSource("stories260K (shipped default, llama2.c)", tok.encode, 512, load_llama2c)
+        return ModelSource("stories260K (shipped default, llama2.c)", tok.encode, 512, load_llama2c,
+                           tok)
     if spec in NAMED_MODELS:
         if tokenizer is not None:
             raise ValueError(f"--tokenizer does not apply to --model {spec} (it ships its own)")
@@ -206,7 +208,8 @@ def resolve_model(spec: str, tokenizer: str | None = None) -> ModelSource:
                 f"the tokenizer has {tok.vocab_size} tokens but the checkpoint's vocab_size is "
                 f"{cfg.vocab_size}"
             )
-        return ModelSource(f"{p.name} (llama2.c)", tok.encode, cfg.seq_len, lambda: load_llama2c(p))
+        return ModelSource(f"{p.name} (llama2.c)", tok.encode, cfg.seq_len, lambda: load_llama2c(p),
+                           tok)
     config_json = p / "config.json"
     if not config_json.is_file():
         raise FileNotFoundError(
@@ -248,4 +251,4 @@ def resolve_model(spec: str, tokenizer: str | None = None) -> ModelSource:
             f"Hugging Face config {str(config_json)!r}: max_position_embeddings must be a "
             f"positive int, got {max_len!r}"
         )
-    return ModelSource(f"{p.name} (Hugging Face)", encode, max_len, load)
+    return ModelSource(f"{p.name} (Hugging Face)", encode, max_len, load, hf_tok)
