@@ -37,14 +37,14 @@ const std::vector<FormatFamilyInfo>& format_table() {
   // dynamic_keeps_tensor_amax, histogram, entropy, gptq, awq_lite, awq_clip, exportable
   static const std::vector<FormatFamilyInfo> table = {
       {FormatFamily::kInt, "int", ElementEncoding::kInteger, ScaleEncoding::kFloat, 0, 0, 0,
-       "fake_quant", false, true, true, true, true, true, false},
+       "fake_quant", false, true, true, true, true, true, true},
       {FormatFamily::kMinifloat, "minifloat", ElementEncoding::kMinifloat, ScaleEncoding::kFloat,
-       0, 0, 0, "fake_quant", false, true, false, true, true, true, false},
+       0, 0, 0, "fake_quant", false, true, false, true, true, true, true},
       {FormatFamily::kNVFP4, "nvfp4", ElementEncoding::kMinifloat,
        ScaleEncoding::kE4M3TensorScaled, 16, 8, 32, "block_quant", true, false, false, true, true,
-       true, false},
+       true, true},
       {FormatFamily::kMX, "mx", ElementEncoding::kMinifloat, ScaleEncoding::kE8M0, 32, 8, 0,
-       "block_quant", false, false, false, false, true, false, false},
+       "block_quant", false, false, false, false, true, false, true},
       {FormatFamily::kNF4, "nf4", ElementEncoding::kLookupTable, ScaleEncoding::kAbsmaxDoubleQuant,
        64, 8, 0, "block_quant", false, false, false, false, true, false, false},
       // scale_bits: Q8_0 / Q4_0 keep one fp16 d per block of 32 (Q4_K: see weight_storage_bits)

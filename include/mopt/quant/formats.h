@@ -60,7 +60,7 @@ struct FormatFamilyInfo {
   bool gptq;                   // GPTQ's column quantizer follows it
   bool awq_lite;               // AWQ lite can search scales for it (any format that quantizes)
   bool awq_clip;               // AWQ clip can search its calibrated amax
-  bool exportable;             // a checkpoint exporter writes it (none exists yet: false)
+  bool exportable;             // a checkpoint exporter of mopt.export writes it (NF4: none)
 };
 
 /// A quantizer config resolved against the table.
