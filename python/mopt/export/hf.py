@@ -72,7 +72,7 @@ def _per_tensor(q) -> bool:
 def hf_quant_format(name: str, module: nn.Module) -> tuple[str | None, int]:
     """(ModelOpt's format name, block size) of a quantized Linear; (None, 0) when its weight is
     not quantized; ExportError naming the layer when the unified checkpoint cannot hold it."""
-    TensorQuantizer, SequentialQuantizer = _quantizers()
+    _, SequentialQuantizer = _quantizers()
     wq = getattr(module, "weight_quantizer", None)
     iq = getattr(module, "input_quantizer", None)
     oq = getattr(module, "output_quantizer", None)
@@ -128,12 +128,12 @@ def hf_quant_format(name: str, module: nn.Module) -> tuple[str | None, int]:
 
 
 def _check_model(model: nn.Module) -> list[_Layer]:
-    TensorQuantizer, _ = _quantizers()
+    from mopt.quantization.utils import uncalibrated_quantizers
+
     if not hasattr(model, "config") or not hasattr(model.config, "to_dict"):
         raise ExportError("export_hf_checkpoint needs a Hugging Face transformers model (with a "
                           f".config); got {type(model).__name__}")
-    uncalibrated = [n for n, m in model.named_modules() if isinstance(m, TensorQuantizer)
-                    and m.is_enabled and m.needs_calibration and m.amax is None]
+    uncalibrated = uncalibrated_quantizers(model)
     if uncalibrated:
         shown = ", ".join(uncalibrated[:5]) + (" ..." if len(uncalibrated) > 5 else "")
         raise ExportError(f"{len(uncalibrated)} static quantizer(s) are not calibrated ({shown}): "
@@ -216,10 +216,10 @@ def _set_weight(module: nn.Module, w: torch.Tensor) -> None:
 
 
 def _fuse_groups(model: nn.Module, layers: list[_Layer]) -> None:
-    TensorQuantizer, SequentialQuantizer = _quantizers()
+    _, SequentialQuantizer = _quantizers()
     fmt = layers[0].format
     if fmt == "nvfp4_awq":
-        _fold_pre_quant_scale_into_previous_linear(model, layers)
+        _fold_pre_quant_scale_into_previous_linear(model)
     if fmt == "fp8":
         return
     for modules, norm in _shared_input_groups(model, layers):
@@ -263,12 +263,11 @@ _PQS_FUSE = [(("LlamaAttention", "Qwen3Attention", "Qwen3MoeAttention"), ("v_pro
              (("LlamaMLP", "Qwen3MLP", "Qwen3MoeMLP"), ("up_proj", "down_proj"))]
 
 
-def _fold_pre_quant_scale_into_previous_linear(model: nn.Module, layers: list[_Layer]) -> None:
+def _fold_pre_quant_scale_into_previous_linear(model: nn.Module) -> None:
     """NVFP4 AWQ: o_proj's pre_quant_scale into v_proj's output rows and down_proj's into
     up_proj's (ModelOpt's fuse_prequant_to_linear): the receiving Linear's weight rows are
     scaled and its weight quantizer recalibrated. Skipped, as by ModelOpt, where the scale and
     the rows differ in length (grouped-query attention)."""
-    del layers
     for _, m in model.named_modules():
         for classes, (into_name, from_name) in _PQS_FUSE:
             if not any(c in type(m).__name__ for c in classes):

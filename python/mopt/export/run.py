@@ -107,10 +107,9 @@ def run_export(
     does), exports it in `fmt` (a key of EXPORT_FORMATS) into the new folder `out_dir` and
     returns the results dict (also ``out_dir/results.json``). Every argument is checked before
     the model is loaded (ValueError / FileNotFoundError / FileExistsError, nothing written)."""
-    from mopt import data as mdata
-    from mopt.eval import make_forward_loop, perplexity, sliding_windows, text_calibration_batches
+    from mopt.eval import perplexity
     from mopt.ptq.configs import config_availability, resolve_configs
-    from mopt.ptq.models import read_text, resolve_model
+    from mopt.ptq.run import _check_device, prepare_llm_run
     from mopt.ptq.size import deployed_weight_bytes
 
     log = log or (lambda s: None)
@@ -128,49 +127,35 @@ def run_export(
     if model == "minilm":
         raise ValueError("mopt export takes a causal LLM (--model default, a llama2.c .bin, a "
                          "Hugging Face folder or smollm2-135m); minilm is an encoder")
-    eval_str = mdata.default_eval_text() if eval_text is None else read_text(eval_text,
-                                                                             "eval text")
-    calib_str = (mdata.default_calib_text() if calib_text is None
-                 else read_text(calib_text, "calibration text"))
-    source = resolve_model(model, tokenizer)
-    _check_source(fmt, source)
-    seq_len = seq_len or min(source.max_seq_len, 512)
-    calib_seq_len = calib_seq_len or seq_len
-    eval_ids = source.encode(eval_str)
-    sliding_windows(len(eval_ids), seq_len)
-    batches = text_calibration_batches(source.encode(calib_str), calib_samples, calib_seq_len,
-                                       seed)
-    dev = torch.device(device)
+    dev = _check_device(device)
+    run = prepare_llm_run(model, tokenizer, calib_text, eval_text, seq_len, calib_samples,
+                          calib_seq_len, seed)
+    _check_source(fmt, run.source)
 
     import mopt.quantization as mtq
 
-    base = source.load().to(dev)
+    base = run.source.load().to(dev)
     float_bytes = sum(p.numel() for p in base.parameters()) * 2  # bf16
     t0 = time.perf_counter()
-    mtq.quantize(base, entry.build(), make_forward_loop(batches, 4))
+    mtq.quantize(base, entry.build(), run.forward_loop)
     calib_s = time.perf_counter() - t0
-    log(f"model: {source.description}; config {entry.name} ({entry.description}); "
+    log(f"model: {run.source.description}; config {entry.name} ({entry.description}); "
         f"calibrated in {calib_s:.1f} s")
-    ppl = perplexity(base, eval_ids, seq_len, batch_size=8, progress=progress)
+    ppl = perplexity(base, run.eval_ids, run.seq_len, batch_size=8, progress=progress)
     t0 = time.perf_counter()
     with atomic_dir(out) as stage:
         if tokenizer is None and os.path.isdir(model):
             for name in _TOKENIZER_FILES:  # so the folder loads with its tokenizer
                 if os.path.isfile(os.path.join(model, name)):
                     shutil.copy2(os.path.join(model, name), stage / name)
-        _export(fmt, base, stage, torch.tensor([eval_ids[:seq_len]], device=dev),
-                source.tokenizer)
+        _export(fmt, base, stage, torch.tensor([run.eval_ids[:run.seq_len]], device=dev),
+                run.source.tokenizer)
         export_s = time.perf_counter() - t0
         files = sorted((p.name, p.stat().st_size) for p in stage.iterdir() if p.is_file())
         total = sum(b for _, b in files)
         results = {
-            "setup": {"command": "export", "model": model,
-                      "model_description": source.description, "config": entry.name,
-                      "format": fmt, "out": str(out),
-                      "eval_text": "mopt.data.default_eval_text()" if eval_text is None
-                      else str(eval_text), "eval_tokens": len(eval_ids), "seq_len": seq_len,
-                      "calib_samples": calib_samples, "calib_seq_len": calib_seq_len,
-                      "seed": seed, "bf16_weight_bytes": float_bytes},
+            "setup": {**run.setup, "command": "export", "config": entry.name, "format": fmt,
+                      "out": str(out), "bf16_weight_bytes": float_bytes},
             "rows": [{"config": entry.name, "metric": ppl, "metric_name": "perplexity",
                       "format": fmt, "status": "ok", "files": dict(files),
                       "total_bytes": total, "ratio_to_bf16": total / float_bytes,

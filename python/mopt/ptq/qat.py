@@ -38,10 +38,11 @@ import torch
 from torch import nn
 
 from .configs import PtqConfig, config_availability, resolve_configs
-from .models import read_text, resolve_model
+from .models import read_text
 from .report import RESULTS_JSON, format_number, machine_description, output_folder, pyplot
 from .report import write_outputs
-from .run import _check_device, _check_run_numbers, _cpu_threads, _first_line, _quantize_timed
+from .run import (_check_device, _check_run_numbers, _cpu_threads, _first_line,
+                  _quantize_timed, prepare_llm_run)
 
 __all__ = ["DEFAULT_STEPS", "QatResult", "format_qat_table", "lsq_config", "run_qat",
            "train_quantized"]
@@ -222,35 +223,19 @@ def run_qat(
     if model == "minilm":
         raise ValueError("mopt qat trains a causal LM; 'minilm' is a ptq-only model")
     from .. import data as mdata
-    from ..eval import make_forward_loop, perplexity, sliding_windows, text_calibration_batches
+    from ..eval import perplexity
 
     with output_folder(out_dir, overwrite, OUTPUT_FILES) as out:
-        eval_str = (mdata.default_eval_text() if eval_text is None
-                    else read_text(eval_text, "eval text"))
-        calib_str = (mdata.default_calib_text() if calib_text is None
-                     else read_text(calib_text, "calibration text"))
         train_str = (mdata.default_train_text() if train_text is None
                      else read_text(train_text, "training text"))
-        source = resolve_model(model, tokenizer)
-        seq_len = seq_len or min(source.max_seq_len, 512)
-        calib_seq_len = calib_seq_len or seq_len
-        for name, value in (("seq_len", seq_len), ("calib_seq_len", calib_seq_len),
-                            ("train_seq_len", train_seq_len)):
-            if value > source.max_seq_len:
-                raise ValueError(f"{name} {value} exceeds the model's maximum of "
-                                 f"{source.max_seq_len}")
-        eval_ids = source.encode(eval_str)
-        try:
-            sliding_windows(len(eval_ids), seq_len)
-        except ValueError as e:
-            raise ValueError(f"eval text: {e}") from None
+        run = prepare_llm_run(model, tokenizer, calib_text, eval_text, seq_len, calib_samples,
+                              calib_seq_len, seed, 4, [("train_seq_len", train_seq_len)])
+        source, eval_ids, seq_len = run.source, run.eval_ids, run.seq_len
+        calib_seq_len, forward_loop = run.calib_seq_len, run.forward_loop
         train_ids = torch.tensor(source.encode(train_str))
         if train_ids.numel() < train_seq_len + 2:
             raise ValueError(f"training text: {train_ids.numel()} tokens, need more than "
                              f"train_seq_len + 1 = {train_seq_len + 1}")
-        batches = text_calibration_batches(source.encode(calib_str), calib_samples,
-                                           calib_seq_len, seed)
-        forward_loop = make_forward_loop(batches, 4)
         base = source.load().to(device)
 
         def evaluate(mdl: nn.Module) -> float:
@@ -261,8 +246,7 @@ def run_qat(
             f"{calib_seq_len} tokens; training {steps} steps x {train_batch_size} x "
             f"{train_seq_len} tokens of {train_ids.numel()}, lr {lr}")
         setup = {
-            "model": model,
-            "model_description": source.description,
+            **run.setup,
             "config": entry.name,
             "config_description": entry.description,
             "steps": steps,
@@ -271,17 +255,8 @@ def run_qat(
             "train_batch_size": train_batch_size,
             "train_seq_len": train_seq_len,
             "train_tokens": int(train_ids.numel()),
-            "eval_text": "mopt.data.default_eval_text()" if eval_text is None else str(eval_text),
-            "calib_text": ("mopt.data.default_calib_text()" if calib_text is None
-                           else str(calib_text)),
             "train_text": ("mopt.data.default_train_text()" if train_text is None
                            else str(train_text)),
-            "eval_tokens": len(eval_ids),
-            "predicted_tokens": len(eval_ids) - 1,
-            "seq_len": seq_len,
-            "calib_samples": calib_samples,
-            "calib_seq_len": calib_seq_len,
-            "seed": seed,
             "recovered_definition": "(ptq perplexity - row perplexity) / (ptq - float)",
         }
         train = dict(steps=steps, lr=lr, batch_size=train_batch_size, seq_len=train_seq_len,

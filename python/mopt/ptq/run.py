@@ -15,13 +15,14 @@ import logging
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .configs import PtqConfig, config_availability, resolve_configs
-from .models import read_text, resolve_model
+from .models import ModelSource, read_text, resolve_model
 from .report import PtqResult, output_folder, results_dict, row_line, write_results
 from .size import deployed_weight_bytes
 
@@ -211,8 +212,48 @@ def _run_llm(
     device,
     threads,
 ) -> dict:
+    from ..eval import perplexity
+
+    run = prepare_llm_run(model, tokenizer, calib_text, eval_text, seq_len, calib_samples,
+                          calib_seq_len, seed, calib_batch_size)
+    base = run.source.load().to(device)
+
+    def evaluate(m: nn.Module) -> tuple[float, None]:
+        return perplexity(m, run.eval_ids, run.seq_len, batch_size=batch_size,
+                          progress=progress), None
+
+    log(
+        f"model: {run.source.description}; eval {len(run.eval_ids)} tokens (seq_len "
+        f"{run.seq_len}); calibration {calib_samples} x {run.calib_seq_len} tokens"
+    )
+    return _run_and_report(entries, base, run.forward_loop, evaluate, "perplexity", run.setup,
+                           threads, device, out_dir, plot, log)
+
+
+@dataclass
+class LlmRun:
+    """What a command that calibrates and evaluates a causal LM on texts prepares before it loads
+    the model (prepare_llm_run)."""
+
+    source: ModelSource
+    eval_ids: list[int]
+    seq_len: int
+    calib_seq_len: int
+    forward_loop: Callable[[nn.Module], None]
+    setup: dict  # the results.json "setup" entries every such command writes
+
+
+def prepare_llm_run(model: str, tokenizer: str | None, calib_text, eval_text,
+                    seq_len: int | None, calib_samples: int, calib_seq_len: int | None,
+                    seed: int, calib_batch_size: int = 4,
+                    more_seq_lens: Sequence[tuple[str, int]] = ()) -> LlmRun:
+    """Reads the texts (None: the shipped TinyStories slices), resolves `model` (not loaded
+    yet), settles the window lengths (default min(model maximum, 512)), checks them and
+    `more_seq_lens` against the model's maximum and the eval text against `seq_len`, and builds
+    the seeded calibration loop, the way ``mopt ptq`` does. ValueError / FileNotFoundError name
+    what is wrong."""
     from .. import data as mdata
-    from ..eval import make_forward_loop, perplexity, sliding_windows, text_calibration_batches
+    from ..eval import make_forward_loop, sliding_windows, text_calibration_batches
 
     eval_str = mdata.default_eval_text() if eval_text is None else read_text(eval_text, "eval text")
     calib_str = (
@@ -223,7 +264,7 @@ def _run_llm(
     source = resolve_model(model, tokenizer)
     seq_len = seq_len or min(source.max_seq_len, 512)
     calib_seq_len = calib_seq_len or seq_len
-    for name, value in (("seq_len", seq_len), ("calib_seq_len", calib_seq_len)):
+    for name, value in (("seq_len", seq_len), ("calib_seq_len", calib_seq_len), *more_seq_lens):
         if value > source.max_seq_len:
             raise ValueError(f"{name} {value} exceeds the model's maximum of {source.max_seq_len}")
     eval_ids = source.encode(eval_str)
@@ -232,42 +273,20 @@ def _run_llm(
     except ValueError as e:
         raise ValueError(f"eval text: {e}") from None
     batches = text_calibration_batches(source.encode(calib_str), calib_samples, calib_seq_len, seed)
-    forward_loop = make_forward_loop(batches, calib_batch_size)
-    base = source.load().to(device)
-
-    def evaluate(m: nn.Module) -> tuple[float, None]:
-        return perplexity(m, eval_ids, seq_len, batch_size=batch_size, progress=progress), None
-
-    log(
-        f"model: {source.description}; eval {len(eval_ids)} tokens (seq_len {seq_len}); "
-        f"calibration {calib_samples} x {calib_seq_len} tokens"
-    )
-    return _run_and_report(
-        entries,
-        base,
-        forward_loop,
-        evaluate,
-        "perplexity",
-        {
-            "model": model,
-            "model_description": source.description,
-            "eval_text": "mopt.data.default_eval_text()" if eval_text is None else str(eval_text),
-            "calib_text": "mopt.data.default_calib_text()"
-            if calib_text is None
-            else str(calib_text),
-            "eval_tokens": len(eval_ids),
-            "predicted_tokens": len(eval_ids) - 1,
-            "seq_len": seq_len,
-            "calib_samples": calib_samples,
-            "calib_seq_len": calib_seq_len,
-            "seed": seed,
-        },
-        threads,
-        device,
-        out_dir,
-        plot,
-        log,
-    )
+    setup = {
+        "model": model,
+        "model_description": source.description,
+        "eval_text": "mopt.data.default_eval_text()" if eval_text is None else str(eval_text),
+        "calib_text": "mopt.data.default_calib_text()" if calib_text is None else str(calib_text),
+        "eval_tokens": len(eval_ids),
+        "predicted_tokens": len(eval_ids) - 1,
+        "seq_len": seq_len,
+        "calib_samples": calib_samples,
+        "calib_seq_len": calib_seq_len,
+        "seed": seed,
+    }
+    return LlmRun(source, eval_ids, seq_len, calib_seq_len,
+                  make_forward_loop(batches, calib_batch_size), setup)
 
 
 def _run_and_report(

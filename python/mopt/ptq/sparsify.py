@@ -40,7 +40,6 @@ from typing import Callable
 from torch import nn
 
 from .configs import PtqConfig, config_availability, resolve_configs
-from .models import read_text, resolve_model
 from .report import (
     RESULTS_JSON,
     format_number,
@@ -49,7 +48,8 @@ from .report import (
     pyplot,
     write_outputs,
 )
-from .run import _check_device, _check_run_numbers, _cpu_threads, _first_line, _quantize_timed
+from .run import (_check_device, _check_run_numbers, _cpu_threads, _first_line,
+                  _quantize_timed, prepare_llm_run)
 
 __all__ = [
     "DEFAULT_MODES",
@@ -350,35 +350,13 @@ def run_sparsify(
         seq_len, calib_seq_len, seed, threads)
     if model == "minilm":
         raise ValueError("mopt sparsify evaluates a causal LM; 'minilm' is a ptq-only model")
-    from .. import data as mdata
-    from ..eval import make_forward_loop, perplexity, sliding_windows, text_calibration_batches
+    from ..eval import perplexity
 
     with output_folder(out_dir, overwrite, OUTPUT_FILES) as out:
-        eval_str = (
-            mdata.default_eval_text() if eval_text is None else read_text(eval_text, "eval text")
-        )
-        calib_str = (
-            mdata.default_calib_text()
-            if calib_text is None
-            else read_text(calib_text, "calibration text")
-        )
-        source = resolve_model(model, tokenizer)
-        seq_len = seq_len or min(source.max_seq_len, 512)
-        calib_seq_len = calib_seq_len or seq_len
-        for name, value in (("seq_len", seq_len), ("calib_seq_len", calib_seq_len)):
-            if value > source.max_seq_len:
-                raise ValueError(
-                    f"{name} {value} exceeds the model's maximum of {source.max_seq_len}"
-                )
-        eval_ids = source.encode(eval_str)
-        try:
-            sliding_windows(len(eval_ids), seq_len)
-        except ValueError as e:
-            raise ValueError(f"eval text: {e}") from None
-        batches = text_calibration_batches(
-            source.encode(calib_str), calib_samples, calib_seq_len, seed
-        )
-        forward_loop = make_forward_loop(batches, calib_batch_size)
+        run = prepare_llm_run(model, tokenizer, calib_text, eval_text, seq_len, calib_samples,
+                              calib_seq_len, seed, calib_batch_size)
+        source, eval_ids, seq_len = run.source, run.eval_ids, run.seq_len
+        calib_seq_len, forward_loop = run.calib_seq_len, run.forward_loop
         base = source.load().to(device)
 
         def evaluate(mdl: nn.Module) -> float:
@@ -389,22 +367,11 @@ def run_sparsify(
             f"(seq_len {seq_len}); calibration {calib_samples} x {calib_seq_len} tokens"
         )
         setup = {
-            "model": model,
-            "model_description": source.description,
+            **run.setup,
             "pattern": f"{n}:{m}",
             "modes": [e.name for e in entries],
             "quantize": quant.name if quant else None,
             "layers": "every nn.Linear except lm_head",
-            "eval_text": "mopt.data.default_eval_text()" if eval_text is None else str(eval_text),
-            "calib_text": "mopt.data.default_calib_text()"
-            if calib_text is None
-            else str(calib_text),
-            "eval_tokens": len(eval_ids),
-            "predicted_tokens": len(eval_ids) - 1,
-            "seq_len": seq_len,
-            "calib_samples": calib_samples,
-            "calib_seq_len": calib_seq_len,
-            "seed": seed,
         }
         with _cpu_threads(threads, base, device):
             rows = _run_rows(entries, f"{n}:{m} sparsity", quant, base, forward_loop, evaluate, log)

@@ -40,6 +40,12 @@ def named_quantizers(model: nn.Module) -> Iterator[tuple[str, TensorQuantizer]]:
             yield name, m
 
 
+def uncalibrated_quantizers(model: nn.Module) -> list[str]:
+    """Names of the enabled static quantizers of `model` that have no amax."""
+    return [name for name, q in named_quantizers(model)
+            if q.is_enabled and q.is_static and q.amax is None]
+
+
 def is_quantized(module: nn.Module) -> bool:
     """True when the module holds at least one quantizer."""
     return any(isinstance(m, (TensorQuantizer, SequentialQuantizer)) for m in module.modules())

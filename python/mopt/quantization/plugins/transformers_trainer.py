@@ -36,7 +36,7 @@ from ... import distill as mtd
 from ... import opt as mto
 from .. import model_quant
 from ..config import need_calibration
-from ..utils import is_quantized, named_quantizers
+from ..utils import is_quantized, uncalibrated_quantizers
 
 __all__ = ["QADTrainer", "QATTrainer", "QuantizationArguments", "uncalibrated_quantizers"]
 
@@ -78,12 +78,6 @@ def _resolve_config(quant_cfg: Any) -> dict | None:
         return resolved.build()
     raise TypeError(f"mopt: quant_cfg must be a config dict or a config name, got "
                     f"{type(quant_cfg).__name__}")
-
-
-def uncalibrated_quantizers(model: nn.Module) -> list[str]:
-    """Names of the enabled static quantizers of `model` that have no amax."""
-    return [name for name, q in named_quantizers(model)
-            if q.is_enabled and q.is_static and q.amax is None]
 
 
 class QATTrainer(Trainer):
