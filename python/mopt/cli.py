@@ -4,7 +4,7 @@
     mopt sparsify --model default --modes magnitude,sparsegpt --pattern 2:4 --out out/sparsify
     mopt cache --model default --budget-psnr 33 --quantize int8 --out out/cache
     mopt export --model default --config fp8 --format hf --out out/export/fp8_hf
-    mopt qat --model default --config int4_b32 --steps 200 --lsq --out out/qat
+    mopt qat --model default --config int4_b32 --steps 300 --lsq --out out/qat
 
 quantizes (sparsifies) a fresh copy of the model per config (mode) and prints one table (see
 mopt.ptq, docs/llm_ptq.md; mopt.ptq.sparsify, docs/mopt_sparsify.md). Printing is this module's
@@ -124,20 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", default="int4_b32",
         help="one mopt ptq config short name (default int4_b32; see mopt ptq --list-configs)")
     qat.add_argument("--steps", type=int, default=None,
-                     help="training steps per trained row (default 200)")
+                     help="training steps per trained row (default 300)")
     qat.add_argument("--lr", type=float, default=None,
-                     help="AdamW peak learning rate (default 5e-4)")
+                     help="AdamW peak learning rate (default 1e-4)")
     qat.add_argument("--lsq", action="store_true",
                      help="also train with learned weight scales (row qat_lsq)")
     qat.add_argument("--no-qad", action="store_true", help="skip the distillation row")
+    qat.add_argument("--kd-loss-weight", type=float, default=None,
+                     help="qad row's loss: this times the logit KL to the float model plus the "
+                     "rest times the next-token loss (default 0.5; 1 is distillation alone)")
     qat.add_argument(
         "--train-text", default=None,
         help="UTF-8 text file to train on (default: shipped TinyStories text disjoint from the "
         "evaluation and calibration text)")
-    qat.add_argument("--train-seq-len", type=int, default=128,
-                     help="tokens per training window (default 128)")
-    qat.add_argument("--train-batch-size", type=int, default=8,
-                     help="training windows per step (default 8)")
+    qat.add_argument("--train-seq-len", type=int, default=None,
+                     help="tokens per training window (default: the evaluation window, "
+                     "--seq-len)")
+    qat.add_argument("--train-batch-size", type=int, default=None,
+                     help="training windows per step (default: 1024 tokens per step)")
     _add_run_arguments(qat, "qat_plot.png")
 
     cache = sub.add_parser(
@@ -382,7 +386,7 @@ def _sparsify(args: argparse.Namespace) -> int:
 
 
 def _qat(args: argparse.Namespace) -> int:
-    from .ptq.qat import DEFAULT_LR, DEFAULT_STEPS, run_qat
+    from .ptq.qat import DEFAULT_KD_LOSS_WEIGHT, DEFAULT_LR, DEFAULT_STEPS, run_qat
 
     results = run_qat(
         model=args.model,
@@ -391,6 +395,8 @@ def _qat(args: argparse.Namespace) -> int:
         lr=DEFAULT_LR if args.lr is None else args.lr,
         lsq=args.lsq,
         qad=not args.no_qad,
+        kd_loss_weight=(DEFAULT_KD_LOSS_WEIGHT if args.kd_loss_weight is None
+                        else args.kd_loss_weight),
         train_text=args.train_text,
         train_seq_len=args.train_seq_len,
         train_batch_size=args.train_batch_size,

@@ -7,8 +7,10 @@ fine-tunes copies of that quantized model for `steps` AdamW steps on the shipped
 training text (``mopt.data.default_train_text()``, disjoint from both) and evaluates each:
 
 * ``qat``: next-token cross-entropy, quantizer scales frozen;
-* ``qad``: distillation from the float model (``mtd.LogitsDistillationLoss``, per-token KL at
-  temperature 1; the teacher runs under ``torch.no_grad()``);
+* ``qad``: distillation from the float model: ``kd_loss_weight`` (default 0.5, ModelOpt's
+  ``StaticLossBalancer`` default) times the per-token logit KL at temperature 1
+  (``mtd.LogitsDistillationLoss``; the teacher runs under ``torch.no_grad()``) plus the rest
+  times the next-token loss;
 * ``qat_lsq`` (with ``lsq=True``): next-token cross-entropy with learned weight scales (the
   ``lsq`` algorithm, its scale_algorithm the config's own max or mse calibration).
 
@@ -51,10 +53,14 @@ logger = logging.getLogger(__name__)
 
 PLOT_PNG = "qat_plot.png"
 OUTPUT_FILES = (RESULTS_JSON, PLOT_PNG)
-# A few hundred steps recover most of the INT4 gap on stories260K (docs/benchmarks.md); 200 runs
-# in about a minute per trained row on one CPU core.
-DEFAULT_STEPS = 200
-DEFAULT_LR = 5e-4
+# The recipe measured on stories260K (docs/training.md): 300 steps at a peak learning rate of
+# 1e-4 on windows as long as the evaluation's, 1024 tokens per step. 5e-4 and above undid most
+# of the gain (the float model itself got worse when fine-tuned at 5e-4); 128-token windows left
+# the positions past 128 untrained (NVFP4: 47% of the gap recovered instead of 55%).
+DEFAULT_STEPS = 300
+DEFAULT_LR = 1e-4
+TOKENS_PER_STEP = 1024
+DEFAULT_KD_LOSS_WEIGHT = 0.5
 
 
 @dataclass
@@ -95,15 +101,21 @@ def lsq_config(entry: PtqConfig) -> dict:
 
 def train_quantized(model: nn.Module, train_ids: torch.Tensor, steps: int, lr: float, *,
                     batch_size: int = 8, seq_len: int = 128, seed: int = 0,
-                    teacher: nn.Module | None = None, progress: bool = True,
+                    teacher: nn.Module | None = None,
+                    kd_loss_weight: float = DEFAULT_KD_LOSS_WEIGHT, progress: bool = True,
                     description: str = "train") -> tuple[list[float], list[float]]:
     """`steps` AdamW steps (linear warm-up over 10% of the steps, then cosine decay, no weight
-    decay) on random windows of `train_ids`: next-token cross-entropy, or with `teacher` the
-    per-token KL to the teacher's logits (``mtd.LogitsDistillationLoss``). Every parameter of
+    decay) on random windows of `train_ids`: next-token cross-entropy, or with `teacher`
+    ``kd_loss_weight * KL + (1 - kd_loss_weight) * cross-entropy``, KL the per-token divergence
+    from the teacher's logits (``mtd.LogitsDistillationLoss``; 1.0 is distillation alone, as
+    ModelOpt's QADTrainer; 0.5 is ModelOpt's ``StaticLossBalancer`` default). Every parameter of
     `model` trains (learned amaxes included). Returns (next-token loss per step, distillation
     loss per step or [])."""
     from .. import distill as mtd
 
+    if isinstance(kd_loss_weight, bool) or not isinstance(kd_loss_weight, (int, float)) or not (
+            0.0 <= kd_loss_weight <= 1.0):
+        raise ValueError(f"kd_loss_weight must be a number in [0, 1], got {kd_loss_weight!r}")
     if train_ids.numel() < seq_len + 2:
         raise ValueError(f"training text has {train_ids.numel()} tokens; need more than "
                          f"{seq_len + 1} for one window")
@@ -137,9 +149,10 @@ def train_quantized(model: nn.Module, train_ids: torch.Tensor, steps: int, lr: f
             logits = model(inputs, use_cache=False).logits
             ce = nn.functional.cross_entropy(logits.transpose(1, 2), windows[:, 1:])
             if teacher is not None:
-                loss = mtd.distillation_loss(logits, teacher, inputs, use_cache=False,
-                                             criterion=criterion)
-                kd_losses.append(loss.item())
+                kd = mtd.distillation_loss(logits, teacher, inputs, use_cache=False,
+                                           criterion=criterion)
+                kd_losses.append(kd.item())
+                loss = kd_loss_weight * kd + (1.0 - kd_loss_weight) * ce
             else:
                 loss = ce
             opt.zero_grad(set_to_none=True)
@@ -192,8 +205,9 @@ def run_qat(
     *,
     tokenizer: str | None = None,
     seq_len: int | None = None,
-    train_seq_len: int = 128,
-    train_batch_size: int = 8,
+    train_seq_len: int | None = None,
+    train_batch_size: int | None = None,
+    kd_loss_weight: float = DEFAULT_KD_LOSS_WEIGHT,
     calib_samples: int = 16,
     calib_seq_len: int | None = None,
     batch_size: int = 8,
@@ -210,15 +224,22 @@ def run_qat(
     plot ``out_dir/qat_plot.png`` when `out_dir` is given). `model`, the texts, `seq_len`, the
     calibration sizes, `seed`, `device`, `threads`, `out_dir` and `overwrite` mean what they mean
     for ``mopt.ptq.run_ptq`` (an LLM only); `train_text` defaults to
-    ``mopt.data.default_train_text()``. Every argument is checked before the model is loaded; a
+    ``mopt.data.default_train_text()``; `train_seq_len` to the evaluation window (`seq_len`) and
+    `train_batch_size` to 1024 tokens per step; `kd_loss_weight` weighs the distillation loss of
+    the ``qad`` row against its next-token loss (``train_quantized``). Every argument is checked before the model is loaded; a
     bad one raises ValueError / FileNotFoundError naming it, and nothing is written."""
     log = log or (lambda s: None)
     device = _check_device(device)
     entry = _resolve_config(config)
     _check_lr(lr)
+    if isinstance(kd_loss_weight, bool) or not isinstance(kd_loss_weight, (int, float)) or not (
+            0.0 <= kd_loss_weight <= 1.0):
+        raise ValueError(f"kd_loss_weight must be a number in [0, 1], got {kd_loss_weight!r}")
     _check_run_numbers(
-        [("steps", steps), ("calib_samples", calib_samples), ("batch_size", batch_size),
-         ("train_batch_size", train_batch_size), ("train_seq_len", train_seq_len)],
+        [("steps", steps), ("calib_samples", calib_samples), ("batch_size", batch_size)]
+        + [(name, value) for name, value in (("train_batch_size", train_batch_size),
+                                             ("train_seq_len", train_seq_len))
+           if value is not None],
         seq_len, calib_seq_len, seed, threads)
     if model == "minilm":
         raise ValueError("mopt qat trains a causal LM; 'minilm' is a ptq-only model")
@@ -229,8 +250,11 @@ def run_qat(
         train_str = (mdata.default_train_text() if train_text is None
                      else read_text(train_text, "training text"))
         run = prepare_llm_run(model, tokenizer, calib_text, eval_text, seq_len, calib_samples,
-                              calib_seq_len, seed, 4, [("train_seq_len", train_seq_len)])
+                              calib_seq_len, seed, 4,
+                              [("train_seq_len", train_seq_len)] if train_seq_len else [])
         source, eval_ids, seq_len = run.source, run.eval_ids, run.seq_len
+        train_seq_len = train_seq_len or seq_len
+        train_batch_size = train_batch_size or max(1, TOKENS_PER_STEP // train_seq_len)
         calib_seq_len, forward_loop = run.calib_seq_len, run.forward_loop
         train_ids = torch.tensor(source.encode(train_str))
         if train_ids.numel() < train_seq_len + 2:
@@ -255,12 +279,13 @@ def run_qat(
             "train_batch_size": train_batch_size,
             "train_seq_len": train_seq_len,
             "train_tokens": int(train_ids.numel()),
+            "kd_loss_weight": kd_loss_weight,
             "train_text": ("mopt.data.default_train_text()" if train_text is None
                            else str(train_text)),
             "recovered_definition": "(ptq perplexity - row perplexity) / (ptq - float)",
         }
         train = dict(steps=steps, lr=lr, batch_size=train_batch_size, seq_len=train_seq_len,
-                     seed=seed, progress=progress)
+                     seed=seed, progress=progress, kd_loss_weight=kd_loss_weight)
         with _cpu_threads(threads, base, device):
             rows = _run_rows(entry, base, forward_loop, evaluate, train_ids, train, lsq, qad,
                              log)
@@ -311,7 +336,9 @@ def _run_rows(entry, base, forward_loop, evaluate, train_ids, train, lsq, qad,
 
     plan = [("qat", "fine-tuned, next-token loss, frozen scales", None, False)]
     if qad:
-        plan.append(("qad", "distilled from the float model (logit KL)", base, False))
+        w = train["kd_loss_weight"]
+        plan.append(("qad", f"distilled from the float model ({w:g} logit KL + {1 - w:g} "
+                            "next-token loss)", base, False))
     if lsq:
         plan.append(("qat_lsq", "fine-tuned, next-token loss, learned scales (LSQ)", None, True))
     for name, description, teacher, learned in plan:

@@ -102,6 +102,7 @@ def test_unsupported_learned_scales_is_a_row_not_a_failure(capsys, tmp_path, tex
         (("--config", "int8,fp8"), "config takes one mopt ptq short name"),
         (("--train-seq-len", "0"), "train_seq_len must be a positive int"),
         (("--train-batch-size", "-1"), "train_batch_size must be a positive int"),
+        (("--kd-loss-weight", "1.5"), "kd_loss_weight must be a number in [0, 1]"),
         (("--threads", "0"), "--threads must be a positive number"),
         (("--model", "minilm"), "'minilm' is a ptq-only model"),
     ],
