@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <sstream>
 
 #include "mopt/mopt.h"
 
@@ -110,6 +111,43 @@ TEST(LsqModule, AdamTrainsTheLearnedAmaxAndLowersTheLoss) {
   EXPECT_TRUE(torch::equal(q0->amax_pre()->detach(), pre_before));  // pre is not learned
   // the module's parameter is the tensor the quantizer applies
   EXPECT_TRUE(q0->amax()->is_same(scales[0]));
+}
+
+// The C++ snippet of docs/training.md ("Learned scales (LSQ)"), as written there.
+TEST(LsqModule, TrainingDocSnippet) {
+  torch::manual_seed(0);
+  torch::nn::Sequential model(torch::nn::Linear(32, 64), torch::nn::ReLU(),
+                              torch::nn::Linear(64, 8));
+  const at::Tensor x = torch::randn({256, 32});
+  const at::Tensor target = torch::sin(x.narrow(1, 0, 8) * 2);
+
+  mopt::QuantizeConfig config = mopt::predefined_config("INT4_BLOCKWISE_WEIGHT_ONLY_CFG");
+  config.set(mopt::QuantCfgEntry::make("*weight_quantizer",
+                                       R"({"num_bits": 4, "block_sizes": {"-1": 16}})"));
+  config.algorithm = R"({"method": "lsq", "scale_algorithm": {"method": "max"},
+                         "learnable_amax": ["post"]})";
+  mopt::quantize(model, config, [&](torch::nn::Module&) { model->forward(x); });
+
+  // the learned amaxes are parameters ("0.weight_quantizer._amax"): parameters() holds them
+  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
+  const at::Tensor first = model[0]->as<mopt::QuantLinear>()->weight_quantizer()->amax()->clone();
+  for (int step = 0; step < 20; ++step) {
+    optimizer.zero_grad();
+    torch::mse_loss(model->forward(x), target).backward();
+    optimizer.step();
+  }
+  const at::Tensor now = *model[0]->as<mopt::QuantLinear>()->weight_quantizer()->amax();
+  const std::string path = temp_path("lsq_model.safetensors");
+  mopt::save(model, path);  // Python's mto.restore reads it; mopt::restore reads mto.save's
+
+  EXPECT_FALSE(torch::equal(first, now));
+  torch::manual_seed(1);
+  torch::nn::Sequential restored(torch::nn::Linear(32, 64), torch::nn::ReLU(),
+                                 torch::nn::Linear(64, 8));
+  mopt::restore(restored, path);
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(torch::equal(restored->forward(x), model->forward(x)));
+  std::remove(path.c_str());
 }
 
 // d sum(g * f) / d a of the straight-through surrogate f = (a_post / B) * (clamp(w B / a_pre,
@@ -232,6 +270,41 @@ TEST(LsqModule, SaveRestoreKeepsLearnedScales) {
     EXPECT_EQ(p.key().find("_amax"), std::string::npos) << p.key();
   }
   std::remove(path.c_str());
+}
+
+// torch::save / torch::load of one quantizer: the learned amaxes are written as parameters and
+// read back into a quantizer with the same learned-scales state; one without it refuses them.
+TEST(LsqModule, TorchSaveLoadOfAQuantizer) {
+  torch::manual_seed(6);
+  const auto cfg = QuantizerAttributeConfig::from_json(R"({"num_bits": 4, "axis": 0})");
+  TensorQuantizer q(cfg);
+  q->set_amax(torch::rand({6, 1}) + 0.5);
+  q->enable_lsq({true, false, false});  // pre learns, post frozen
+  q->set_amax_pre(*q->amax() * 0.8);
+  EXPECT_EQ(q->parameters().size(), 1u);
+  EXPECT_TRUE(q->parameters()[0].is_same(*q->amax_pre()));
+  const at::Tensor w = torch::randn({6, 10});
+  const at::Tensor y = q->forward(w);
+  std::stringstream stream;
+  torch::save(q, stream);
+
+  TensorQuantizer fresh(cfg);
+  fresh->set_amax(torch::ones({6, 1}));
+  fresh->enable_lsq({true, false, false});
+  torch::load(fresh, stream);
+  EXPECT_TRUE(torch::equal(*fresh->amax_pre(), *q->amax_pre()));
+  EXPECT_TRUE(torch::equal(*fresh->amax_post(), *q->amax_post()));
+  EXPECT_TRUE(torch::equal(fresh->forward(w), y));
+  EXPECT_TRUE(fresh->amax_pre()->requires_grad());
+  EXPECT_FALSE(fresh->amax_post()->requires_grad());
+
+  stream.clear();
+  stream.seekg(0);
+  TensorQuantizer plain(cfg);
+  plain->set_amax(torch::ones({6, 1}));
+  EXPECT_THROW(torch::load(plain, stream), c10::Error);
+  EXPECT_TRUE(torch::equal(*plain->amax(), torch::ones({6, 1})));  // unchanged
+  EXPECT_FALSE(plain->lsq().has_value());
 }
 
 TEST(LsqModule, BadInputLeavesTheModelUnchanged) {
