@@ -1,7 +1,8 @@
 // TensorQuantizer and SequentialQuantizer as torch::nn::Modules for the LibTorch C++ frontend.
 // Same state (buffers `_amax`, `_pre_quant_scale`; with learned scales the parameters `_amax` and
-// `_amax_pre`), flags, forward order and printed form as the Python mtq.nn.TensorQuantizer; the arithmetic is the shared mopt::quantize_tensor operator, so
-// a C++ model gives bit-identical numbers to the same model quantized from Python.
+// `_amax_pre`), flags, forward order and printed form as the Python mtq.nn.TensorQuantizer; the
+// arithmetic is the shared mopt::quantize_tensor operator, so a C++ model gives bit-identical
+// numbers to the same model quantized from Python.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -73,7 +73,9 @@ Data regression_data() {
 TEST(LsqModule, AdamTrainsTheLearnedAmaxAndLowersTheLoss) {
   auto model = mlp();
   const Data d = regression_data();
-  quantize(model, weight_only(kInt4Blocks, R"({"method": "lsq", "scale_algorithm": {"method": "max"}})"),
+  quantize(model,
+           weight_only(kInt4Blocks,
+                       R"({"method": "lsq", "scale_algorithm": {"method": "max"}})"),
            [&](torch::nn::Module&) { model->forward(d.x); });
 
   // the post amaxes are parameters (and only they learn), the pre amaxes frozen buffers
@@ -188,8 +190,10 @@ TEST_P(LsqLayerGradient, MatchesFloat64FiniteDifference) {
   torch::manual_seed(3);
   torch::nn::Sequential model(torch::nn::Linear(24, 16));
   const at::Tensor x = torch::randn({32, 24});
-  const std::string algorithm = std::string(R"({"method": "lsq", "scale_algorithm": {"method": "max"},
-      "learnable_amax": ["pre", "post"], "tied_amax": )") + (tied ? "true" : "false") + "}";
+  const std::string algorithm =
+      std::string(R"({"method": "lsq", "scale_algorithm": {"method": "max"},
+                      "learnable_amax": ["pre", "post"], "tied_amax": )") +
+      (tied ? "true" : "false") + "}";
   quantize(model, weight_only(R"({"num_bits": 4, "axis": 0})", algorithm), nullptr);
   TensorQuantizer q = weight_quantizer(*model, "0");
   ASSERT_TRUE(q->lsq().has_value());
@@ -254,7 +258,9 @@ TEST(LsqModule, SaveRestoreKeepsLearnedScales) {
     EXPECT_NE(b->extra_repr().find("learn=['pre', 'post']"), std::string::npos);
   }
   int learned = 0;
-  for (const auto& p : fresh->named_parameters()) learned += p.key().find("_amax") != std::string::npos;
+  for (const auto& p : fresh->named_parameters()) {
+    learned += p.key().find("_amax") != std::string::npos;
+  }
   EXPECT_EQ(learned, 4);
   // a clone keeps them too, as separate parameters
   auto copy = std::dynamic_pointer_cast<torch::nn::SequentialImpl>(fresh->clone());
