@@ -139,13 +139,8 @@ void TensorQuantizerImpl::set_amax_pre(const at::Tensor& value) {
 }
 
 std::string TensorQuantizerImpl::extra_repr() const {
-  std::string text = core_.extra_repr(amax(), pre_quant_scale());
-  if (!lsq_) return text;
-  std::string learn = "[";
-  for (const std::string& n : learnable_amax()) learn += (learn.size() > 1 ? ", '" : "'") + n + "'";
-  learn += "]";
-  const std::string pre = lsq_->tied ? "tied" : QuantizerCore::short_amax(amax_pre());
-  return text + " lsq(pre=" + pre + ", learn=" + learn + ")";
+  const std::string text = core_.extra_repr(amax(), pre_quant_scale());
+  return lsq_ ? text + opt::lsq_extra_repr(*lsq_, amax_pre()) : text;
 }
 
 c10::optional<at::Tensor> TensorQuantizerImpl::zero_point() const {
