@@ -141,6 +141,18 @@ void bind_algorithms(py::module_& m) {
       py::arg("cores"), py::arg("reads_layer_weight"),
       "True when max calibration needs no forward_loop: every quantizer core that needs "
       "calibration reads its layer's weight (the flag at its index) with a plain max calibrator.");
+  m.def(
+      "lsq_targets",
+      [](const std::vector<std::string>& names, const std::vector<const QuantizerCore*>& cores) {
+        MOPT_CHECK_VALUE(names.size() == cores.size(), "lsq_targets: ", names.size(),
+                         " names but ", cores.size(), " quantizer cores");
+        std::vector<algorithms::LsqCandidate> candidates;
+        for (size_t i = 0; i < names.size(); ++i) candidates.push_back({names[i], cores[i]});
+        return algorithms::lsq_targets(candidates);
+      },
+      py::arg("names"), py::arg("cores"),
+      "Indices of the weight quantizers (names and cores) whose amax lsq learns; "
+      "NotImplementedError for a static NVFP4/MX/NF4 block quantizer, ValueError for none.");
   m.attr("MAX_CALIBRATION_FROM_WEIGHTS_NOTE") = algorithms::max_calibration_from_weights_note();
   m.def(
       "parse_algorithm",

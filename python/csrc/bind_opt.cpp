@@ -180,6 +180,15 @@ void bind_opt(py::module_& m) {
       py::arg("core"), py::arg("buffers"), py::arg("lsq") = py::none(),
       "One quantizer's properties (ModelOpt's layout) as JSON, with its buffers' shapes; "
       "lsq = (learn_pre, learn_post, tied) for a quantizer with learned scales.");
+  m.def(
+      "lsq_extra_repr",
+      [](const std::tuple<bool, bool, bool>& lsq, const std::optional<at::Tensor>& amax_pre) {
+        return opt::lsq_extra_repr({std::get<0>(lsq), std::get<1>(lsq), std::get<2>(lsq)},
+                                   amax_pre);
+      },
+      py::arg("lsq"), py::arg("amax_pre"),
+      "The summary suffix ' lsq(pre=..., learn=[...])' of a quantizer with learned scales, "
+      "lsq = (learn_pre, learn_post, tied).");
   m.def("sequential_quantizer_state_json", &opt::sequential_quantizer_state_json, py::arg("n"));
   m.def(
       "parse_quantizer_state",

@@ -26,22 +26,11 @@ const char* element_name(ElementEncoding e) {
   return "unknown";
 }
 
-const char* scale_name(ScaleEncoding s) {
-  switch (s) {
-    case ScaleEncoding::kFloat: return "float";
-    case ScaleEncoding::kE4M3TensorScaled: return "e4m3_tensor_scaled";
-    case ScaleEncoding::kE8M0: return "e8m0";
-    case ScaleEncoding::kAbsmaxDoubleQuant: return "absmax_double_quant";
-    case ScaleEncoding::kGGUF: return "gguf";
-  }
-  return "unknown";
-}
-
 py::dict family_dict(const FormatFamilyInfo& r) {
   py::dict d;
   d["family"] = r.name;
   d["element_encoding"] = element_name(r.element);
-  d["scale_encoding"] = scale_name(r.scale);
+  d["scale_encoding"] = scale_encoding_name(r.scale);
   d["default_block_size"] = r.default_block_size;
   d["scale_bits"] = r.scale_bits;
   d["tensor_scale_bits"] = r.tensor_scale_bits;

@@ -380,6 +380,37 @@ bool max_calibration_from_weights(const std::vector<MaxCalibrationQuantizer>& qu
   return true;
 }
 
+std::vector<size_t> lsq_targets(const std::vector<LsqCandidate>& candidates) {
+  std::vector<size_t> found;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const LsqCandidate& c = candidates[i];
+    MOPT_CHECK_VALUE(c.core != nullptr, "lsq_targets: quantizer '", c.name, "' without core");
+    const QuantizerCore& q = *c.core;
+    const ResolvedFormat& fmt = q.format();
+    const std::string kernel = fmt.info->kernel;
+    if (q.is_enabled() && q.attributes().fake_quant && q.is_static() &&
+        !q.attributes().asymmetric && kernel == "fake_quant") {
+      found.push_back(i);
+      continue;
+    }
+    MOPT_CHECK_IMPLEMENTED(!(q.is_enabled() && q.is_static() && kernel == "block_quant"),
+                           "lsq cannot learn the scales of '", c.name, "': format ",
+                           fmt.name, " (static block scales quantized to ",
+                           scale_encoding_name(fmt.info->scale), "); lsq learns static "
+                           "symmetric integer and FP8/minifloat amaxes");
+  }
+  MOPT_CHECK_VALUE(!found.empty(),
+                   "lsq found no weight quantizer whose amax it can learn: it needs "
+                   "enabled, static, symmetric integer or FP8/minifloat weight quantizers "
+                   "(fake_quant)");
+  return found;
+}
+
+CalibrationStep lsq_scale_step(const LsqCalibration& options) {
+  const json scale = core::parse_json(options.scale_options_json, "lsq scale_algorithm options");
+  return {options.scale_method, parse_options(options.scale_method, scale)};
+}
+
 const std::string& max_calibration_from_weights_note() {
   static const std::string note =
       "mopt: max calibration: no quantizer needs activation data, so the weight quantizers "

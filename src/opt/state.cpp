@@ -372,6 +372,15 @@ std::string quantizer_state_json(const QuantizerCore& core,
   return state.dump();
 }
 
+std::string lsq_extra_repr(const LsqState& lsq, const c10::optional<at::Tensor>& amax_pre) {
+  std::string learn = "[";
+  if (lsq.learn_pre) learn += "'pre'";
+  if (lsq.learn_post) learn += lsq.learn_pre ? ", 'post'" : "'post'";
+  learn += "]";
+  const std::string pre = lsq.tied ? "tied" : QuantizerCore::short_amax(amax_pre);
+  return " lsq(pre=" + pre + ", learn=" + learn + ")";
+}
+
 std::string sequential_quantizer_state_json(int64_t n) {
   return json{{"num_quantizers", n}, {"is_sequential_quantizer", true}}.dump();
 }

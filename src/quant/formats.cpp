@@ -32,6 +32,17 @@ std::string minifloat_name(int e, int m) {
 
 }  // namespace
 
+const char* scale_encoding_name(ScaleEncoding scale) {
+  switch (scale) {
+    case ScaleEncoding::kFloat: return "float";
+    case ScaleEncoding::kE4M3TensorScaled: return "e4m3_tensor_scaled";
+    case ScaleEncoding::kE8M0: return "e8m0";
+    case ScaleEncoding::kAbsmaxDoubleQuant: return "absmax_double_quant";
+    case ScaleEncoding::kGGUF: return "gguf";
+  }
+  return "unknown";
+}
+
 const std::vector<FormatFamilyInfo>& format_table() {
   // family, name, element, scale, block, scale bits, tensor scale bits, kernel,
   // dynamic_keeps_tensor_amax, histogram, entropy, gptq, awq_lite, awq_clip, exportable

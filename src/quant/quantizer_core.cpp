@@ -337,7 +337,8 @@ at::Tensor QuantizerCore::zero_point_to_store(const at::Tensor& value,
 
 at::Tensor QuantizerCore::forward(const at::Tensor& x, const c10::optional<at::Tensor>& amax,
                                   const c10::optional<at::Tensor>& pre_quant_scale,
-                                  const c10::optional<at::Tensor>& zero_point) {
+                                  const c10::optional<at::Tensor>& zero_point,
+                                  const c10::optional<at::Tensor>& amax_post) {
   auto scaled = [&] {
     return defined(pre_quant_scale) ? at::mul(x, pre_quant_scale->to(x.scalar_type())) : x;
   };
@@ -349,7 +350,7 @@ at::Tensor QuantizerCore::forward(const at::Tensor& x, const c10::optional<at::T
     MOPT_WARN("mopt: static quantizer '", label(), "' has no calibrated amax; using the dynamic "
                "amax of its input");
   }
-  return quantize_tensor(x, amax, pre_quant_scale, attr_json_, zero_point);
+  return quantize_tensor(x, amax, pre_quant_scale, attr_json_, zero_point, amax_post);
 }
 
 std::optional<std::string> QuantizerCore::forward_config(bool has_amax) const {

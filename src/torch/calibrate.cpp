@@ -921,6 +921,35 @@ void check_amax(torch::nn::Module& model) {
 }
 
 void run_step(torch::nn::Module& model, const ForwardLoop& loop,
+              const algorithms::CalibrationStep& step);
+
+// Learned scales (Python: algorithms/lsq.py): the eligible weight quantizers (stages) are chosen
+// by the shared rules before scale_algorithm runs, so a refused model is left unchanged; after
+// it, each one with an amax gets a pre and a post amax, the learned ones as parameters.
+void lsq_calibrate(torch::nn::Module& model, const ForwardLoop& loop,
+                   const algorithms::LsqCalibration& opts) {
+  std::vector<TensorQuantizer> stages;
+  std::vector<algorithms::LsqCandidate> candidates;
+  for (const Node& node : named_modules(model)) {
+    auto* qm = dynamic_cast<QuantModule*>(node.module);
+    if (!qm || !qm->is_converted() || !qm->quant_weight().defined()) continue;
+    const std::vector<TensorQuantizer> qs = slot_quantizers(*qm, QuantModule::kWeight);
+    for (size_t i = 0; i < qs.size(); ++i) {
+      stages.push_back(qs[i]);
+      candidates.push_back({node.name + ".weight_quantizer" +
+                                (qs.size() > 1 ? "." + std::to_string(i) : std::string()),
+                            &qs[i]->core()});
+    }
+  }
+  const std::vector<size_t> targets = algorithms::lsq_targets(candidates);
+  run_step(model, loop, algorithms::lsq_scale_step(opts));
+  const opt::LsqState state{opts.learn_pre, opts.learn_post, opts.tied_amax};
+  for (size_t i : targets) {
+    if (stages[i]->amax()) stages[i]->enable_lsq(state);
+  }
+}
+
+void run_step(torch::nn::Module& model, const ForwardLoop& loop,
               const algorithms::CalibrationStep& step) {
   std::visit(
       [&](const auto& o) {
@@ -939,6 +968,8 @@ void run_step(torch::nn::Module& model, const ForwardLoop& loop,
           histogram_calibrate(model, loop, step.method, o);
         } else if constexpr (std::is_same_v<T, algorithms::StepPercentileCalibration>) {
           step_percentile_calibrate(model, loop, o);
+        } else if constexpr (std::is_same_v<T, algorithms::LsqCalibration>) {
+          lsq_calibrate(model, loop, o);
         } else {
           MOPT_CHECK_IMPLEMENTED(false, "calibration algorithm '", step.method,
                                  "' is registered by another front end (Python), not in C++");
@@ -951,13 +982,6 @@ void run_step(torch::nn::Module& model, const ForwardLoop& loop,
 
 void calibrate(torch::nn::Module& model, const std::vector<algorithms::CalibrationStep>& steps,
                const ForwardLoop& forward_loop) {
-  for (const auto& step : steps) {  // before any step changes the model
-    MOPT_CHECK_IMPLEMENTED(!std::holds_alternative<algorithms::LsqCalibration>(step.options),
-                           "calibration algorithm 'lsq' is not implemented by mopt::calibrate: "
-                           "the C++ TensorQuantizer holds amax as a buffer, not as a trainable "
-                           "parameter (learned pre/post amax); use the Python API "
-                           "(mopt.quantization.calibrate) for learned scales");
-  }
   const bool was_training = model.is_training();
   model.eval();
   try {

@@ -88,7 +88,10 @@ json quantizer_state(torch::nn::Module& model) {
       if (auto a = t->amax()) buffers["_amax"] = *a;
       if (auto p = t->pre_quant_scale()) buffers["_pre_quant_scale"] = *p;
       if (auto z = t->zero_point()) buffers["_zero_point"] = *z;
-      out[node.name] = json::parse(opt::quantizer_state_json(t->core(), buffers));
+      if (t->lsq() && !t->lsq()->tied) {
+        if (auto pre = t->amax_pre()) buffers["_amax_pre"] = *pre;
+      }
+      out[node.name] = json::parse(opt::quantizer_state_json(t->core(), buffers, t->lsq()));
     } else if (auto* s = dynamic_cast<SequentialQuantizerImpl*>(node.module)) {
       out[node.name] = json::parse(
           opt::sequential_quantizer_state_json(static_cast<int64_t>(s->size())));
@@ -113,9 +116,6 @@ void apply_quantizer_state(torch::nn::Module& model, const json& states,
   MOPT_CHECK_VALUE(states.is_object(), source, ": the quantize metadata has no quantizer_state");
   std::map<std::string, opt::QuantizerState> parsed;
   for (auto& [name, s] : opt::parse_quantizer_states(states.dump())) {
-    MOPT_CHECK_IMPLEMENTED(!s.lsq, source, ": quantizer '", name, "' has learned scales "
-                           "(algorithm 'lsq'); the C++ TensorQuantizer holds amax as a buffer "
-                           "and has no separate pre amax: restore it with the Python API");
     parsed.emplace(name, std::move(s));
   }
   for (const Node& node : named_modules(model)) {
@@ -146,6 +146,7 @@ void apply_quantizer_state(torch::nn::Module& model, const json& states,
     t->core().set_flags(st.flags);
     t->reset_amax();
     t->set_pre_quant_scale(c10::nullopt);
+    c10::optional<at::Tensor> amax_pre;  // set once learned scales are enabled, after _amax
     for (const auto& [buf, spec] : st.buffers) {
       const std::string key = node.name + "." + buf;
       auto f = file.find(key);
@@ -160,11 +161,17 @@ void apply_quantizer_state(torch::nn::Module& model, const json& states,
                        c10::IntArrayRef(spec.shape));
       if (buf == "_amax") {
         t->set_amax(value);
+      } else if (buf == "_amax_pre") {
+        amax_pre = value;
       } else if (buf == "_zero_point") {  // after _amax (the map is sorted)
         t->set_zero_point(value);
       } else {
         t->set_pre_quant_scale(value);
       }
+    }
+    if (st.lsq) {
+      t->enable_lsq(*st.lsq);  // ValueError, rolled back, for a state without an amax
+      if (amax_pre && !st.lsq->tied) t->set_amax_pre(*amax_pre);
     }
   }
 }

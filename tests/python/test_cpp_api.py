@@ -140,11 +140,22 @@ PARITY_CASES = [(name, None) for name in sorted(mtq.config.choices)] + [
     ("INT4_B32_ASYM_CFG", "awq_clip"),
     ("INT4_B32_ASYM_CFG", {"method": "awq_full", "alpha_step": 0.25}),
     ("INT4_B32_ASYM_CFG", {"method": "gptq", "block_size": 16}),
+    # learned scales: the calibrated amax, the eligible quantizers and the summary (which shows
+    # the pre amax and what learns) agree; refusals (NVFP4/NF4 static blocks, asymmetric or
+    # dynamic weights, no weight quantizer) raise the same error on both sides
+    ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", {"method": "lsq", "scale_algorithm": {"method": "max"}}),
+    ("INT8_WEIGHT_ONLY_CFG", "lsq"),
+    ("FP8_DEFAULT_CFG", {"method": "lsq", "learnable_amax": ["pre", "post"]}),
+    ("INT8_DEFAULT_CFG", {"method": "lsq", "learnable_amax": ["pre", "post"], "tied_amax": True,
+                          "scale_algorithm": {"method": "max"}}),
+    ("W4A8_AWQ_BETA_CFG", {"method": "lsq", "learnable_amax": "pre",
+                           "scale_algorithm": {"method": "mse", "num_steps": 5}}),
+    ("NVFP4_DEFAULT_CFG", "lsq"),
+    ("NF4_WEIGHT_ONLY_CFG", "lsq"),
+    ("INT4_B32_ASYM_CFG", "lsq"),
+    ("MXFP4_DEFAULT_CFG", "lsq"),
+    ("FP8_KV_CFG", "lsq"),
 ]
-
-# Methods only the Python front end runs: lsq makes amax an nn.Parameter, which the C++
-# TensorQuantizer (amax a buffer) cannot hold; mopt::calibrate refuses them before any change.
-PYTHON_ONLY_METHODS = {"lsq"}
 
 
 def _case_id(case) -> str:
@@ -241,17 +252,7 @@ def test_parity_cases_cover_every_config_and_algorithm():
         if algo is not None:
             methods.add(algo if isinstance(algo, str) else algo["method"])
     assert covered
-    assert methods | PYTHON_ONLY_METHODS == set(_C.calibration_methods())
-
-
-@pytest.mark.parametrize("method", sorted(PYTHON_ONLY_METHODS))
-def test_cxx_calibrate_refuses_python_only_methods_before_any_change(method):
-    cfg = copy.deepcopy(mtq.config.INT8_WEIGHT_ONLY_CFG)
-    cfg["algorithm"] = ["max", {"method": method}]
-    calib, x = _calib_and_input()
-    with pytest.raises(NotImplementedError, match=f"'{method}' is not implemented by "
-                       "mopt::calibrate"):
-        _cxx_side(cfg, calib, x)
+    assert methods == set(_C.calibration_methods())
 
 
 def test_cxx_quantize_nan_calibration_names_the_layer():
@@ -275,3 +276,128 @@ def test_cxx_quantize_needs_a_forward_loop_for_smoothquant():
                                   [m.bias.detach() for m in linears],
                                   json.dumps(mtq.config.INT8_SMOOTHQUANT_CFG), [],
                                   torch.randn(2, 48))
+
+
+# ---------------------------------------------------------------------------------------------
+# Learned scales (lsq) across the front ends: a model trained with learned scales in one saves a
+# file the other restores with the same amaxes, the same learnable ones and the same outputs.
+
+LSQ_CASES = {
+    "int4-b16-pre-post": ("INT4_BLOCKWISE_WEIGHT_ONLY_CFG",
+                          {"method": "lsq", "scale_algorithm": {"method": "max"},
+                           "learnable_amax": ["pre", "post"]}),
+    "int8-post": ("INT8_WEIGHT_ONLY_CFG", {"method": "lsq"}),
+    "fp8-tied": ("FP8_DEFAULT_CFG", {"method": "lsq", "learnable_amax": ["pre", "post"],
+                                     "tied_amax": True, "scale_algorithm": {"method": "max"}}),
+}
+
+
+def _lsq_config(case: str) -> dict:
+    name, algorithm = LSQ_CASES[case]
+    cfg = copy.deepcopy(getattr(mtq.config, name))
+    if name == "INT4_BLOCKWISE_WEIGHT_ONLY_CFG":
+        cfg["quant_cfg"]["*weight_quantizer"]["block_sizes"] = {-1: 16}
+    cfg["algorithm"] = algorithm
+    return cfg
+
+
+def _lsq_view(model: nn.Module) -> dict:
+    return {name: (q.amax_pre, q.amax_post, q.learnable_amax, bool(q._lsq and q._lsq[2]))
+            for name, q in model.named_modules() if isinstance(q, mtq.nn.TensorQuantizer)}
+
+
+def _assert_same_lsq(py: dict, cxx: dict):
+    assert set(py) == set(cxx)
+    learned = 0
+    for name, (pre, post, learn, tied) in py.items():
+        c_pre, c_post, c_learn, c_tied = cxx[name]
+        assert _same(pre, c_pre) and _same(post, c_post), name
+        assert (learn, tied) == (c_learn, c_tied), name
+        learned += bool(learn)
+    assert learned > 0
+
+
+def _sizes(model: nn.Sequential) -> list:
+    return [(m.out_features, m.in_features) for m in model if isinstance(m, nn.Linear)]
+
+
+@pytest.mark.parametrize("case", list(LSQ_CASES))
+def test_lsq_trained_in_python_restores_in_cxx(case, tmp_path):
+    import mopt.opt as mto
+
+    calib, x = _calib_and_input()
+    target = torch.sin(x[:, :16])
+    model = _mlp()
+    with contextlib.redirect_stdout(io.StringIO()):
+        mtq.quantize(model, _lsq_config(case), lambda m: [m(b) for b in calib])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(4):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), target).backward()
+        opt.step()
+    view = _lsq_view(model)
+    if "pre-post" in case:  # trained apart: the file holds two different amaxes
+        assert not torch.equal(view["0.weight_quantizer"][0], view["0.weight_quantizer"][1])
+    mto.save(model, tmp_path / "py.pth")
+    with torch.no_grad():
+        out = model(x)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        mtq.print_quant_summary(model)
+        cxx = cxx_bridge().restore_mlp(_sizes(model), str(tmp_path / "py.pth"), x)
+    assert torch.equal(cxx["out"], out)
+    _assert_same_lsq(view, cxx["lsq"])
+    assert cxx["parameters"] == [n for n, _ in model.named_parameters()]
+    assert cxx["summary"] == buf.getvalue()
+
+
+@pytest.mark.parametrize("case", list(LSQ_CASES))
+def test_lsq_trained_in_cxx_restores_in_python(case, tmp_path):
+    import mopt.opt as mto
+
+    calib, x = _calib_and_input()
+    target = torch.sin(x[:, :16])
+    model = _mlp()
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        cxx = cxx_bridge().train_lsq_mlp([m.weight.detach().clone() for m in linears],
+                                         [m.bias.detach().clone() for m in linears],
+                                         json.dumps(_lsq_config(case)), calib, x, target, 6,
+                                         1e-2, str(tmp_path / "cxx.pth"))
+    assert cxx["losses"][-1] < cxx["losses"][0]
+    mto.restore(model, tmp_path / "cxx.pth")
+    with torch.no_grad():
+        assert torch.equal(model(x), cxx["out"])
+    _assert_same_lsq(_lsq_view(model), cxx["lsq"])
+    assert [n for n, _ in model.named_parameters()] == cxx["parameters"]
+    learned = [n for n, p in model.named_parameters() if n.endswith(("_amax", "_amax_pre"))]
+    assert learned and all(isinstance(model.get_submodule(n.rsplit(".", 1)[0])._parameters[
+        n.rsplit(".", 1)[1]], nn.Parameter) for n in learned)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        mtq.print_quant_summary(model)
+    assert buf.getvalue() == cxx["summary"]
+
+
+def test_lsq_quantized_in_cxx_equals_python_before_training():
+    # training from the same start: the same losses step by step (same ops, same Adam math)
+    calib, x = _calib_and_input()
+    target = torch.sin(x[:, :16])
+    cfg = _lsq_config("int4-b16-pre-post")
+    model = _mlp()
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        cxx = cxx_bridge().train_lsq_mlp([m.weight.detach().clone() for m in linears],
+                                         [m.bias.detach().clone() for m in linears],
+                                         json.dumps(cfg), calib, x, target, 3, 1e-2, "")
+        mtq.quantize(model, cfg, lambda m: [m(b) for b in calib])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] == cxx["losses"][0]
+    assert losses == pytest.approx(cxx["losses"], rel=1e-5)

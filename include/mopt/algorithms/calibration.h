@@ -125,6 +125,23 @@ bool max_calibration_from_weights(const std::vector<MaxCalibrationQuantizer>& qu
 /// The line the front ends print once when max calibration skips forward_loop.
 const std::string& max_calibration_from_weights_note();
 
+/// A weight quantizer, or one stage of a SequentialQuantizer, that lsq looks at: its name in
+/// the model ("<layer>.weight_quantizer", "...weight_quantizer.<i>" for a stage) and its core.
+struct LsqCandidate {
+  std::string name;
+  const QuantizerCore* core = nullptr;
+};
+
+/// The indices of the `candidates` whose amax lsq learns: enabled, fake-quantizing, static,
+/// symmetric quantizers of a fake_quant-kernel format (integer per tensor / channel / static
+/// blocks, FP8 and other minifloats). NotImplementedError naming the first enabled static
+/// block-scaled one (NVFP4, MX, NF4: block scales lsq has no gradient for); ValueError when none
+/// is eligible. Both front ends call it before scale_algorithm runs, so an error changes nothing.
+std::vector<size_t> lsq_targets(const std::vector<LsqCandidate>& candidates);
+
+/// The calibration lsq runs first: its scale_algorithm as a step (max or mse, with its options).
+CalibrationStep lsq_scale_step(const LsqCalibration& options);
+
 /// The built-in methods, sorted.
 const std::vector<std::string>& calibration_methods();
 

@@ -99,6 +99,10 @@ struct LsqState {
   bool tied = false;
 };
 
+/// The summary suffix of a quantizer with learned scales, as both front ends print it:
+/// " lsq(pre=<amax_pre, or tied>, learn=['pre', 'post'])".
+std::string lsq_extra_repr(const LsqState& lsq, const c10::optional<at::Tensor>& amax_pre);
+
 /// One quantizer's recorded properties.
 struct QuantizerState {
   bool sequential = false;     // a SequentialQuantizer: only num_quantizers is set

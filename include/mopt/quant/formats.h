@@ -80,6 +80,9 @@ struct ResolvedFormat {
   FormatFamily family() const { return info->family; }
 };
 
+/// The scale encoding as the format table names it ("float", "e4m3_tensor_scaled", "e8m0", ...).
+const char* scale_encoding_name(ScaleEncoding scale);
+
 /// Every row of the table, in FormatFamily order.
 const std::vector<FormatFamilyInfo>& format_table();
 /// The row of `family`.

@@ -135,10 +135,11 @@ class QuantizerCore {
   /// The quantizer applied to x: multiply by pre_quant_scale; if disabled (or neither quantizing
   /// nor calibrating), return; if calibrating, collect; if quantizing, fake-quantize with `amax`
   /// (a static quantizer never calibrated uses the input's dynamic amax, with a one-time
-  /// warning).
+  /// warning). `amax_post` (learned scales with separate amaxes) dequantizes the codes.
   at::Tensor forward(const at::Tensor& x, const c10::optional<at::Tensor>& amax,
                      const c10::optional<at::Tensor>& pre_quant_scale,
-                     const c10::optional<at::Tensor>& zero_point = c10::nullopt);
+                     const c10::optional<at::Tensor>& zero_point = c10::nullopt,
+                     const c10::optional<at::Tensor>& amax_post = c10::nullopt);
   /// The config `cfg` for which forward(x, amax, pqs) is exactly the operator
   /// quantize_tensor(x, amax, pqs, cfg), given whether an amax is stored (`has_amax`): the
   /// attributes when quantizing, a disabled config (pre_quant_scale only) when disabled or

@@ -59,7 +59,9 @@ void quantize(const torch::nn::ModuleHolder<ModuleType>& model, const QuantizeCo
 /// Calibrates a quantized model in eval mode (the training flag is restored) with `steps` in
 /// order (algorithms::parse_calibration_steps turns a config's `algorithm` into them): max,
 /// smoothquant, awq_lite / awq_clip / awq_full, gptq, mse, entropy / percentile / histogram_mse,
-/// with the numbers of Python's mtq.calibrate on the same module and data. Without forward_loop
+/// step_percentile, lsq (learned scales: the eligible weight amaxes become parameters, see
+/// TensorQuantizerImpl::enable_lsq), with the numbers of Python's mtq.calibrate on the same
+/// module and data. Without forward_loop
 /// only the weights are calibrated; a max step whose only quantizers to calibrate read layer
 /// weights (algorithms::max_calibration_from_weights) calibrates them from the weights and does
 /// not run forward_loop (skip_forward_without_activation_calib: false runs it). Inside a

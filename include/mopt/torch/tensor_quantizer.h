@@ -1,7 +1,8 @@
 // TensorQuantizer and SequentialQuantizer as torch::nn::Modules for the LibTorch C++ frontend.
-// Same state (buffers `_amax`, `_pre_quant_scale`), flags, forward order and printed form as the
-// Python mtq.nn.TensorQuantizer; the arithmetic is the shared mopt::quantize_tensor operator, so
-// a C++ model gives bit-identical numbers to the same model quantized from Python.
+// Same state (buffers `_amax`, `_pre_quant_scale`; with learned scales the parameters `_amax` and
+// `_amax_pre`), flags, forward order and printed form as the Python mtq.nn.TensorQuantizer; the
+// arithmetic is the shared mopt::quantize_tensor operator, so a C++ model gives bit-identical
+// numbers to the same model quantized from Python.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "mopt/opt/state.h"
 #include "mopt/quant/config.h"
 #include "mopt/quant/quantizer_core.h"
 
@@ -70,8 +72,27 @@ class TensorQuantizerImpl : public torch::nn::Cloneable<TensorQuantizerImpl> {
   c10::optional<at::Tensor> amax() const;
   /// Sets amax (stored as fp32). RuntimeError when an amax of another shape is already set.
   void set_amax(const at::Tensor& value);
-  /// Removes the amax (and the zero point) and resets the calibrator.
+  /// Removes the amax (and the zero point, and learned scales) and resets the calibrator.
   void reset_amax();
+
+  /// Learned scales (algorithm lsq, LSQ): the calibrated amax becomes a quantization ("pre")
+  /// and a dequantization ("post") amax, w_q = Q(w / s_pre) * s_post with s = amax / maxbound;
+  /// the ones `lsq` marks learned become registered parameters (requires_grad) that
+  /// parameters() hands to an optimizer and the ops give the LSQ gradient. Tied: one tensor
+  /// (`_amax`) serves as both, learned for both or neither. ValueError without a calibrated
+  /// amax, for a dynamic, asymmetric or non-fake_quant format, or a tied state that learns one.
+  void enable_lsq(const opt::LsqState& lsq);
+  /// The learned-scales state (nullopt when amax is a frozen buffer).
+  const std::optional<opt::LsqState>& lsq() const { return lsq_; }
+  /// Which amaxes train: a subset of {"pre", "post"} (Python's learnable_amax).
+  std::vector<std::string> learnable_amax() const;
+  /// The amax the input is quantized with: `_amax_pre` for untied learned scales, else amax().
+  c10::optional<at::Tensor> amax_pre() const;
+  /// The amax the codes are dequantized with (amax()).
+  c10::optional<at::Tensor> amax_post() const { return amax(); }
+  /// Sets the untied pre amax in place (ValueError without untied learned scales, for another
+  /// shape than amax's, or a value that is not finite and non-negative).
+  void set_amax_pre(const at::Tensor& value);
   /// The zero point of an asymmetric quantizer (integer codes in amax's shape; nullopt when
   /// unset). Calibration sets it with amax.
   c10::optional<at::Tensor> zero_point() const;
@@ -106,8 +127,9 @@ class TensorQuantizerImpl : public torch::nn::Cloneable<TensorQuantizerImpl> {
 
   /// amax as the summary shows it: "dynamic", "1.86e-01" or "[1.86e-01, 2.50e-01](32)".
   std::string short_amax() const { return QuantizerCore::short_amax(amax()); }
-  /// Python's extra_repr: "8 bit fake axis=0 amax=[1.86e-01, 2.50e-01](32) calibrator=... quant".
-  std::string extra_repr() const { return core_.extra_repr(amax(), pre_quant_scale()); }
+  /// Python's extra_repr: "8 bit fake axis=0 amax=[1.86e-01, 2.50e-01](32) calibrator=... quant"
+  /// (learned scales add " lsq(pre=<amax_pre or tied>, learn=['post'])").
+  std::string extra_repr() const;
   /// Prints "TensorQuantizer(<extra_repr>)", as Python prints the module.
   void pretty_print(std::ostream& stream) const override;
   /// Full name in the model, used in messages (set by mopt::quantize).
@@ -115,8 +137,9 @@ class TensorQuantizerImpl : public torch::nn::Cloneable<TensorQuantizerImpl> {
   /// Sets the name used in messages.
   void set_quantizer_name(std::string name) { core_.set_name(std::move(name)); }
 
-  /// Loads `_amax` / `_pre_quant_scale` from a checkpoint, creating or reshaping them as needed
-  /// (a freshly quantized model has no amax yet).
+  /// Loads `_amax` / `_pre_quant_scale` (and `_amax_pre` of untied learned scales) from a
+  /// checkpoint, creating or reshaping them as needed (a freshly quantized model has no amax
+  /// yet). The learned-scales state itself is not in a torch::save archive: enable_lsq first.
   void load(torch::serialize::InputArchive& archive) override;
 
  private:
@@ -127,6 +150,8 @@ class TensorQuantizerImpl : public torch::nn::Cloneable<TensorQuantizerImpl> {
   at::Tensor amax_;             // the `_amax` buffer when defined
   at::Tensor pre_quant_scale_;  // the `_pre_quant_scale` buffer when defined
   at::Tensor zero_point_;       // the `_zero_point` buffer (asymmetric) when defined
+  at::Tensor amax_pre_;         // `_amax_pre` of untied learned scales, when defined
+  std::optional<opt::LsqState> lsq_;  // learned scales: `_amax` / `_amax_pre` are parameters
 };
 
 /// Module holder of TensorQuantizerImpl.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ... import _C
 from ..nn.modules.tensor_quantizer import TensorQuantizer
 from .collect import ForwardLoop, weight_stages
 from .registry import algorithm_function, register_calibration_algorithm
@@ -23,28 +24,17 @@ from .registry import algorithm_function, register_calibration_algorithm
 __all__ = ["lsq", "lsq_quantizers"]
 
 
-def _learnable(q: TensorQuantizer) -> bool:
-    fmt = q.format
-    return (q.is_enabled and q.fake_quant and q.is_static and not q.asymmetric
-            and fmt["kernel"] == "fake_quant")
-
-
 def lsq_quantizers(model: nn.Module) -> list[tuple[str, TensorQuantizer]]:
-    """(name, quantizer) of the weight quantizers (stages) whose amax lsq can learn; raises
-    NotImplementedError naming a static block-scaled weight format (NVFP4, MX, NF4) it cannot."""
+    """(name, quantizer) of the weight quantizers (stages) whose amax lsq can learn, as the C++
+    rules (``_C.lsq_targets``, shared with ``mopt::calibrate``) decide: NotImplementedError
+    naming a static block-scaled weight format (NVFP4, MX, NF4), ValueError when none is
+    eligible."""
     found = []
     for layer, _, _, stages in weight_stages(model):
         for i, q in enumerate(stages):
-            name = f"{layer}.weight_quantizer" + (f".{i}" if len(stages) > 1 else "")
-            if _learnable(q):
-                found.append((name, q))
-            elif q.is_enabled and q.is_static and q.format["kernel"] == "block_quant":
-                raise NotImplementedError(
-                    f"mopt: lsq cannot learn the scales of '{name}': format "
-                    f"{q.format['name']} (static block scales quantized to "
-                    f"{q.format['scale_encoding']}); lsq learns static symmetric integer and "
-                    "FP8/minifloat amaxes")
-    return found
+            found.append((f"{layer}.weight_quantizer" + (f".{i}" if len(stages) > 1 else ""), q))
+    indices = _C.lsq_targets([name for name, _ in found], [q.core for _, q in found])
+    return [found[i] for i in indices]
 
 
 def lsq(model: nn.Module, forward_loop: ForwardLoop | None = None,
@@ -55,10 +45,6 @@ def lsq(model: nn.Module, forward_loop: ForwardLoop | None = None,
     no eligible weight quantizer. `quantize_pre_scale` is ModelOpt's FP8 rounding of NVFP4
     block scales, which mopt's LSQ formats do not have."""
     targets = lsq_quantizers(model)
-    if not targets:
-        raise ValueError(
-            "mopt: lsq found no weight quantizer whose amax it can learn: it needs enabled, "
-            "static, symmetric integer or FP8/minifloat weight quantizers (fake_quant)")
     scale = dict(scale_algorithm or {"method": "mse"})
     method = scale.pop("method")
     algorithm_function(method)(model, forward_loop, **scale)

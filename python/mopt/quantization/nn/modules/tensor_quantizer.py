@@ -647,8 +647,7 @@ class TensorQuantizer(nn.Module):
         text = self._core.extra_repr(self.amax, self.pre_quant_scale)
         if self._lsq is None:
             return text
-        pre = "tied" if self._lsq[2] else self._core.short_amax(self.amax_pre)
-        return f"{text} lsq(pre={pre}, learn={self.learnable_amax})"
+        return text + _C.lsq_extra_repr(self._lsq, self.amax_pre)
 
 
 class SequentialQuantizer(nn.Sequential):
