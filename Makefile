@@ -104,8 +104,10 @@ test-sanitize: deps $(BUILD_SANITIZE)/build.ninja
 demo: build-demo
 	$(PY) -m mopt ptq --model default --configs all --out out/demo --overwrite
 	$(PY) -m mopt sparsify --model default --out out/demo_sparsify --overwrite
+	$(PY) -m mopt qat --model default --config int4_b32 --steps 30 --no-qad \
+	  --out out/demo_qat --overwrite
 	$(PY) -m mopt cache --model default --samples 8 --calib-seeds 1 --orders 1 \
-	  --families interval --out out/demo_cache --overwrite
+	  --families interval --block none --out out/demo_cache --overwrite
 
 # nvidia-modelopt (pure Python) is what compare_modelopt.py measures against; constraints.txt
 # keeps it from resolving another torch. If it does not install, the script says why.
