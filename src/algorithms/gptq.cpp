@@ -277,16 +277,51 @@ double hessian_condition_bound(const at::Tensor& damped, double damp) {
   return std::min({frobenius, row_sum, trace}) / damp;
 }
 
+// LAPACK's Cholesky factorization as linked into libtorch (the routines ATen's own
+// linalg_cholesky calls; MKL in the official CPU builds). Weak: where libtorch brings no LAPACK
+// they are null and at::linalg_cholesky_ex serves.
+extern "C" {
+void spotrf_(char* uplo, int* n, float* a, int* lda, int* info) __attribute__((weak));
+void dpotrf_(char* uplo, int* n, double* a, int* lda, int* info) __attribute__((weak));
+}
+
 namespace {
+
+// Lower Cholesky factor L (L L^T = t) of the symmetric t (fp32 or fp64); false when t is not
+// positive definite. CPU: in place in t's lower triangle (row-major t, so LAPACK's column-major
+// upper factor), t's strict upper triangle left as it was; at::linalg_cholesky_ex writes a new
+// tensor (on the GPU, or without LAPACK) and spends as long again on a copy and tril. `t` is
+// replaced by the tensor that holds L.
+bool cholesky_lower(at::Tensor& t) {
+  const int64_t n = t.size(0);
+  if (t.device().is_cpu() && t.is_contiguous() && n <= std::numeric_limits<int>::max()) {
+    char uplo = 'U';
+    int dim = static_cast<int>(n), lda = static_cast<int>(n), info = -1;
+    if (t.scalar_type() == at::kFloat && spotrf_ != nullptr) {
+      spotrf_(&uplo, &dim, t.mutable_data_ptr<float>(), &lda, &info);
+      return info == 0;
+    }
+    if (t.scalar_type() == at::kDouble && dpotrf_ != nullptr) {
+      dpotrf_(&uplo, &dim, t.mutable_data_ptr<double>(), &lda, &info);
+      return info == 0;
+    }
+  }
+  auto [l, info] = at::linalg_cholesky_ex(t, /*upper=*/false, /*check_errors=*/false);
+  t = l;
+  return info.item<int64_t>() == 0;
+}
 
 // The blocked factor of GptqHessianInverse from L = chol(P H P) (P the reversal), any dtype:
 // R = P L P, U_cc = R_cc^-1 on the diagonal blocks (triangular solves of block size, in L's
-// dtype), R[:c0, c] U_cc above them (fp32 GEMMs), all in one [n, n] fp32 tensor.
+// dtype), R[:c0, c] U_cc above them (fp32 GEMMs), all in one [n, n] fp32 tensor. Only L's lower
+// triangle is read.
 at::Tensor blocked_factor(const at::Tensor& lower, int64_t block) {
   const int64_t n = lower.size(0);
-  // R, row-major whatever L's layout (LAPACK returns it column-major): the kernels index it.
+  // R, row-major whatever L's layout (at::linalg_cholesky_ex returns it column-major): the
+  // kernels index it. Its strict lower triangle (L's strict upper one) is cleared.
   at::Tensor factor = at::empty({n, n}, lower.options().dtype(at::kFloat));
   at::flip_out(factor, lower.to(at::kFloat), {0, 1});
+  factor.triu_();
   for (int64_t c0 = 0; c0 < n; c0 += block) {
     const int64_t nc = std::min(block, n - c0);
     // R_cc = P L_bb P with L_bb the matching diagonal block of L.
@@ -361,8 +396,12 @@ GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percda
   // A = P H_perm P with P the reversal, in H's dtype, its diagonal `a_diag` (dead channels at
   // 1) restored before and dampened in place for each factorization attempt.
   const at::Tensor order = out.perm.flip({0}).to(hessian.device());
-  at::Tensor a = act_order ? hessian.index_select(0, order).index_select(1, order)
-                           : hessian.flip({0, 1});
+  const auto build_a = [&] {
+    return act_order ? hessian.index_select(0, order).index_select(1, order)
+                     : hessian.flip({0, 1});
+  };
+  at::Tensor a = build_a();
+  bool a_intact = true;  // false once a factorization overwrote it in place
   const at::Tensor a_diag = diag.index_select(0, out.perm.flip({0})).to(hessian.device());
   const double mean_diag = diag.mean().item<double>();
   double rel = percdamp;
@@ -370,6 +409,8 @@ GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percda
     // R with R R^T = H + damp I from one factorization: P (H + damp I) P = L L^T gives
     // H + damp I = (P L P)(P L P)^T, and P L P is upper triangular, so it is R and U = R^-1.
     const double damp = rel * mean_diag;
+    if (!a_intact) a = build_a();
+    a_intact = true;
     a.diagonal().copy_(a_diag);
     // fp32 factorization (about half of fp64's time) when a rigorous bound on the condition
     // number keeps its error small (kHessianFp32MaxCondition); fp64 otherwise, or when fp32
@@ -382,10 +423,15 @@ GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percda
     at::Tensor lower;
     for (const bool single : {true, false}) {
       if (single && !fp32) continue;
-      auto [l, info] = at::linalg_cholesky_ex(a.to(single ? at::kFloat : at::kDouble),
-                                              /*upper=*/false, /*check_errors=*/false);
-      if (info.item<int64_t>() == 0) {
-        lower = l;
+      if (!a_intact) {  // a failed fp32 attempt overwrote it
+        a = build_a();
+        a.diagonal().copy_(a_diag.add(damp));
+        a_intact = true;
+      }
+      at::Tensor work = a.to(single ? at::kFloat : at::kDouble);
+      if (work.is_same(a)) a_intact = false;
+      if (cholesky_lower(work)) {
+        lower = work;
         fp32 = single;
         break;
       }

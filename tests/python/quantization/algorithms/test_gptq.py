@@ -525,7 +525,17 @@ def test_hessian_factor_precisions_against_float64_oracle(layer_inputs, layer):
         assert err <= (cond * 2e-7 if fp32 else 1e-5), (precision, cond, err)
 
 
-def test_hessian_factor_rejects_bad_arguments():
+def test_hessian_factor_retries_and_rejects_bad_arguments():
+    # Singular: the first attempt (fp32 in place, then fp64) fails at percdamp 0, the retry at
+    # 1e-4 factors a fresh copy (the failed in-place attempt must not leak into it).
+    h = torch.ones(6, 6) + torch.diag(torch.tensor([0.0, 0.0, 1.0, 2.0, 3.0, 4.0]))
+    h[0, 1] = h[1, 0] = 1.0
+    for precision in ("fp32", "fp64", "auto"):
+        factor, _, used, _, _ = _C.gptq_hessian_inverse(h, percdamp=0.0, block_size=4,
+                                                         precision=precision)
+        assert used == pytest.approx(1e-4)
+        ref = _oracle_blocked_factor(h, 1e-4, 4)
+        assert float((factor.double() - ref).abs().max() / ref.abs().max()) < 1e-3
     with pytest.raises(ValueError, match="precision must be"):
         _C.gptq_hessian_inverse(torch.eye(4), precision="fp16")
     with pytest.raises(ValueError, match="block size must be positive"):
