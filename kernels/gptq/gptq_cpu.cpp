@@ -97,46 +97,86 @@ void gptq_group_params_cpu(const GroupParamsArgs& a) {
   });
 }
 
-void gptq_block_cpu(const BlockArgs& a) {
-  gptq_check(a);
-  const ElementQuant q = make_element_quant(a.spec);
+namespace {
+
+// The column loop on rows [r0, r1) of the block, written once and instantiated for the baseline
+// and (quant_rows_avx2) AVX2. `group` and `first`: per column of the block, its group and
+// whether it opens the group (the integer divisions, once per block instead of per element).
+MOPT_ALWAYS_INLINE void quant_rows(const BlockArgs& a, const ElementQuant& q, const int64_t* group,
+                                   const uint8_t* first, int64_t r0, int64_t r1) {
   const Groups& g = a.groups;
   const bool pins = a.spec.format == Format::kNVFP4 && g.pin != nullptr;
   const int64_t n = a.ncols;
-  parallel_for(0, a.rows, rows_grain(n * n / 2 + n, kMinTaskWork), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      float* __restrict__ wr = a.w + r * a.ldw + a.col0;
-      float* __restrict__ er = a.err + r * n;
-      float* gp = g.param + r * g.count;
-      float* gz = q.asymmetric ? g.zero + r * g.count : nullptr;
-      int32_t* gpin = pins ? g.pin + r * g.count : nullptr;
-      float loss = 0.0f;
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t c = a.col_index[a.col0 + j];
-        const int64_t k = c / g.group_size;
-        if (a.groups_at_start && c % g.group_size == 0) {
-          set_group(q, wr + j, std::min(g.group_size, n - j), c, gp + k, pins ? gpin + k : nullptr,
-                    gz ? gz + k : nullptr);
-        }
-        const float x = wr[j];
-        float y = q(x, gp[k], gz ? gz[k] : 0.0f);
-        if (pins && gpin[k] >= 0) {
-          if (q.reaches_top_code(x, gp[k])) {
-            gpin[k] = -1;
-          } else if (gpin[k] == c) {
-            y = q.top_code(x, gp[k]);
-            gpin[k] = -1;
-          }
-        }
-        const float* __restrict__ h = a.hinv + (a.col0 + j) * a.ldh + a.col0;
-        const float e = (x - y) / h[j];
-        wr[j] = y;
-        er[j] = e;
-        loss += e * e;
-        for (int64_t t = j + 1; t < n; ++t) wr[t] -= e * h[t];
+  for (int64_t r = r0; r < r1; ++r) {
+    float* __restrict__ wr = a.w + r * a.ldw + a.col0;
+    float* __restrict__ er = a.err + r * n;
+    float* gp = g.param + r * g.count;
+    float* gz = q.asymmetric ? g.zero + r * g.count : nullptr;
+    int32_t* gpin = pins ? g.pin + r * g.count : nullptr;
+    float loss = 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t c = a.col_index[a.col0 + j];
+      const int64_t k = group[j];
+      if (a.groups_at_start && first[j]) {
+        set_group(q, wr + j, std::min(g.group_size, n - j), c, gp + k, pins ? gpin + k : nullptr,
+                  gz ? gz + k : nullptr);
       }
-      if (a.row_loss != nullptr) a.row_loss[r] += 0.5f * loss;
+      const float x = wr[j];
+      float y = q(x, gp[k], gz ? gz[k] : 0.0f);
+      if (pins && gpin[k] >= 0) {
+        if (q.reaches_top_code(x, gp[k])) {
+          gpin[k] = -1;
+        } else if (gpin[k] == c) {
+          y = q.top_code(x, gp[k]);
+          gpin[k] = -1;
+        }
+      }
+      const float* __restrict__ h = a.hinv + (a.col0 + j) * a.ldh + a.col0;
+      const float e = (x - y) / h[j];
+      wr[j] = y;
+      er[j] = e;
+      loss += e * e;
+      for (int64_t t = j + 1; t < n; ++t) wr[t] -= e * h[t];
     }
+    if (a.row_loss != nullptr) a.row_loss[r] += 0.5f * loss;
+  }
+}
+
+#if MOPT_CPU_DISPATCH_AVX2
+MOPT_TARGET_AVX2 void quant_rows_avx2(const BlockArgs& a, const ElementQuant& q,
+                                      const int64_t* group, const uint8_t* first, int64_t r0,
+                                      int64_t r1) {
+  quant_rows(a, q, group, first, r0, r1);
+}
+#endif
+
+}  // namespace
+
+void gptq_block_cpu(const BlockArgs& a) {
+  gptq_check(a);
+  const ElementQuant q = make_element_quant(a.spec);
+  const int64_t n = a.ncols;
+  std::vector<int64_t> group(static_cast<size_t>(n));
+  std::vector<uint8_t> first(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t c = a.col_index[a.col0 + j];
+    group[j] = c / a.groups.group_size;
+    first[j] = c % a.groups.group_size == 0;
+  }
+#if MOPT_CPU_DISPATCH_AVX2
+  const bool avx2 = cpu_has_avx2();
+#else
+  const bool avx2 = false;
+#endif
+  parallel_for(0, a.rows, rows_grain(n * n / 2 + n, kMinTaskWork), [&](int64_t r0, int64_t r1) {
+#if MOPT_CPU_DISPATCH_AVX2
+    if (avx2) {
+      quant_rows_avx2(a, q, group.data(), first.data(), r0, r1);
+      return;
+    }
+#endif
+    (void)avx2;
+    quant_rows(a, q, group.data(), first.data(), r0, r1);
   });
 }
 
