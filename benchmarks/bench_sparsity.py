@@ -42,7 +42,8 @@ LlamaConfig (hidden 512, intermediate 1376, 4 layers, 8 heads, the stories token
 vocabulary so the same calibration ids apply; 28 sparsified layers of 512 and 1376 inputs).
 
 Run: PYTHONPATH=python python3 benchmarks/bench_sparsity.py
-     [--shapes 64x64,512x512,1024x1024,2048x2048] [--repeats 5] [--e2e-repeats 3]
+     [--shapes 64x64,512x512,1024x1024,2048x2048] [--repeats 5] [--e2e-repeats 3] [--threads N]
+     [--damp 0.1] [--breakdown] [--no-e2e]
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def solver_table(shapes, tokens: int, repeats: int, create_sgpt_mask, notes: lis
         fns = {
             "mopt": lambda: _C.sparsegpt_prune(w, h, PRUNE_N, PRUNE_M, col_block_size=BLOCKSIZE,
                                                hessian_damp=PERCDAMP),
-            "ref": lambda: reference_fasterprune(w, h.clone()),
+            "ref": lambda: reference_fasterprune(w, h.clone(), percdamp=PERCDAMP),
         }
         if create_sgpt_mask is not None:
             fns["modelopt"] = lambda: create_sgpt_mask(w, h.clone(), MO_SOLVER_CFG)
@@ -353,7 +354,13 @@ def main() -> None:
     ap.add_argument("--no-large", action="store_true", help="skip the LlamaConfig model")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch.set_num_threads (0: torch's default)")
+    ap.add_argument("--damp", type=float, default=PERCDAMP,
+                    help="hessian_damp / percdamp of the solver tables (0.01, GPTQ's default, "
+                    "sends mopt's factorization of these Hessians to fp64)")
     args = ap.parse_args()
+    global PERCDAMP
+    PERCDAMP = args.damp
+    MO_SOLVER_CFG["hessian_damp"] = args.damp
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",") if s]
