@@ -341,6 +341,7 @@ def e2e_table(models: dict, loop, repeats: int, mts_mo, notes: list[str]) -> Non
 
 
 def main() -> None:
+    global PERCDAMP
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="64x64,512x512,1024x1024,2048x2048",
                     help="comma-separated ROWSxCOLS weight shapes of the solver table")
@@ -358,7 +359,6 @@ def main() -> None:
                     help="hessian_damp / percdamp of the solver tables (0.01, GPTQ's default, "
                     "sends mopt's factorization of these Hessians to fp64)")
     args = ap.parse_args()
-    global PERCDAMP
     PERCDAMP = args.damp
     MO_SOLVER_CFG["hessian_damp"] = args.damp
     if args.threads > 0:
