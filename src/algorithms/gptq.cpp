@@ -280,10 +280,15 @@ double hessian_condition_bound(const at::Tensor& damped, double damp) {
 // LAPACK's Cholesky factorization as linked into libtorch (the routines ATen's own
 // linalg_cholesky calls; MKL in the official CPU builds). Weak: where libtorch brings no LAPACK
 // they are null and at::linalg_cholesky_ex serves.
+#if defined(__GNUC__) || defined(__clang__)
+#define MOPT_HAVE_WEAK_LAPACK 1
 extern "C" {
 void spotrf_(char* uplo, int* n, float* a, int* lda, int* info) __attribute__((weak));
 void dpotrf_(char* uplo, int* n, double* a, int* lda, int* info) __attribute__((weak));
 }
+#else
+#define MOPT_HAVE_WEAK_LAPACK 0
+#endif
 
 namespace {
 
@@ -294,6 +299,7 @@ namespace {
 // replaced by the tensor that holds L.
 bool cholesky_lower(at::Tensor& t) {
   const int64_t n = t.size(0);
+#if MOPT_HAVE_WEAK_LAPACK
   if (t.device().is_cpu() && t.is_contiguous() && n <= std::numeric_limits<int>::max()) {
     char uplo = 'U';
     int dim = static_cast<int>(n), lda = static_cast<int>(n), info = -1;
@@ -306,6 +312,7 @@ bool cholesky_lower(at::Tensor& t) {
       return info == 0;
     }
   }
+#endif
   auto [l, info] = at::linalg_cholesky_ex(t, /*upper=*/false, /*check_errors=*/false);
   t = l;
   return info.item<int64_t>() == 0;
