@@ -473,7 +473,8 @@ GptqBlockUpdate::GptqBlockUpdate(at::Tensor w, const GptqHessianInverse& hinv)
 void GptqBlockUpdate::begin_block(int64_t c0, int64_t nc) {
   if (c0 + nc < cols_) delta_.narrow(1, c0, nc).copy_(w_.narrow(1, c0, nc));
   if (c0 > 0) {
-    w_.narrow(1, c0, nc).addmm_(delta_.narrow(1, 0, c0), factor_.narrow(0, 0, c0).narrow(1, c0, nc));
+    w_.narrow(1, c0, nc).addmm_(delta_.narrow(1, 0, c0),
+                                factor_.narrow(0, 0, c0).narrow(1, c0, nc));
   }
 }
 
