@@ -6,7 +6,6 @@
 #include <ATen/ops/linalg_solve_triangular.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/linalg_cholesky_ex.h>
 #include <ATen/ops/linalg_vector_norm.h>
@@ -518,7 +517,6 @@ GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hess
   const ColumnQuantizer cq = column_quantizer(cfg, cols, label);
   const std::vector<int64_t> amax_shape = quantizer_amax_shape(weight, cfg);
 
-
   // Working copy: fp32, columns in processing order.
   const at::Tensor original = weight.detach().to(at::kFloat).contiguous();
   kg::QuantSpec spec = cq.spec;
@@ -541,7 +539,6 @@ GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hess
     MOPT_CHECK_STATE(std::isfinite(g) && g >= 0.0f, label, ": the NVFP4 tensor amax is ", g);
     spec.nvfp4_tensor_scale = kernels::block_quant::nvfp4_tensor_scale(g);
   }
-
 
   const int64_t group_size = cq.group_size;
   const int64_t n_groups = kernels::ceil_div(cols, group_size);
