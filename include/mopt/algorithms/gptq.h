@@ -79,7 +79,7 @@ class GptqHessian {
 
 /// Precision of the Cholesky factorization of the damped Hessian.
 enum class HessianFactorPrecision {
-  kAuto,     // fp32 when hessian_factor_fp32_safe says so, else fp64 (the default)
+  kAuto,     // fp32 when the condition bound is at most kHessianFp32MaxCondition, else fp64
   kFloat32,  // fp32 (the reference implementations' choice); still fp64 if fp32 fails
   kFloat64,  // fp64 always
 };
@@ -104,7 +104,8 @@ double hessian_condition_bound(const at::Tensor& damped, double damp);
 /// * on the diagonal block, U_cc = R_cc^-1 (the rows of U the in-block updates need);
 /// * above it, R[:c0, c] U_cc: the left-looking update of block c before its turn is
 ///   W[:, c] += D[:, :c0] R[:c0, c] U_cc with D = W_start - W_final of the earlier columns, the
-///   same as the GPTQ lazy update -E[:, :c0] U[:c0, c] (E = D R), in n^3 / 3 flops less;
+///   same as the GPTQ lazy update -E[:, :c0] U[:c0, c] (E = D R) without forming U (an n^3
+///   triangular inverse);
 /// * zeros below.
 struct GptqHessianInverse {
   at::Tensor factor;         // [in, in] fp32, as above
