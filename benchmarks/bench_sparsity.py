@@ -6,8 +6,10 @@ H = 2/n X^T X of --tokens random inputs correlated through a fixed mixing matrix
 of data bench_gptq.py uses), times per solve of
 
 * mopt      ``mopt._C.sparsegpt_prune(W, H, 2, 4, col_block_size=128, hessian_damp=0.1)``
-            (Hessian inverse, then the C++ column loop of kernels/gptq over blocks of 128
-            columns, parallel over rows, with one GEMM per block for the lazy update),
+            (one Cholesky factorization of the damped Hessian, fp32 where a bound on its
+            condition number allows, then the C++ column loop of kernels/gptq over blocks of 128
+            columns, parallel over rows, with one GEMM per block carrying the earlier blocks'
+            changes),
 * ref       the reference formulation, IST-DASLab sparsegpt's ``SparseGPT.fasterprune``
             (prunen=2, prunem=4, blocksize=128, percdamp=0.1) written out plainly in PyTorch
             below (``reference_fasterprune``): dead columns, damping, cholesky /
@@ -40,7 +42,8 @@ LlamaConfig (hidden 512, intermediate 1376, 4 layers, 8 heads, the stories token
 vocabulary so the same calibration ids apply; 28 sparsified layers of 512 and 1376 inputs).
 
 Run: PYTHONPATH=python python3 benchmarks/bench_sparsity.py
-     [--shapes 64x64,512x512,1024x1024,2048x2048] [--repeats 5] [--e2e-repeats 3]
+     [--shapes 64x64,512x512,1024x1024,2048x2048] [--repeats 5] [--e2e-repeats 3] [--threads N]
+     [--damp 0.1] [--breakdown] [--no-e2e]
 """
 
 from __future__ import annotations
@@ -203,7 +206,7 @@ def solver_table(shapes, tokens: int, repeats: int, create_sgpt_mask, notes: lis
         fns = {
             "mopt": lambda: _C.sparsegpt_prune(w, h, PRUNE_N, PRUNE_M, col_block_size=BLOCKSIZE,
                                                hessian_damp=PERCDAMP),
-            "ref": lambda: reference_fasterprune(w, h.clone()),
+            "ref": lambda: reference_fasterprune(w, h.clone(), percdamp=PERCDAMP),
         }
         if create_sgpt_mask is not None:
             fns["modelopt"] = lambda: create_sgpt_mask(w, h.clone(), MO_SOLVER_CFG)
@@ -234,33 +237,18 @@ def solver_table(shapes, tokens: int, repeats: int, create_sgpt_mask, notes: lis
     print_table(header, rows_out)
 
 
-BREAKDOWN_GROUPS = {  # aten op (self time) -> the part of mopt's sparsegpt_prune it belongs to
-    "aten::linalg_cholesky_ex": "fp64 Hessian inverse",
-    "aten::cholesky_inverse": "fp64 Hessian inverse",
-    "aten::triu": "fp64 Hessian inverse",
-    "aten::tril": "fp64 Hessian inverse",
-    "aten::isfinite": "finiteness checks",
-    "aten::abs": "finiteness checks",
-    "aten::eq": "finiteness checks",
-    "aten::ne": "finiteness checks",
-    "aten::all": "finiteness checks",
-    "aten::copy_": "copies and casts",
-    "aten::addmm_": "lazy-update GEMM",
-}
-
-
 def breakdown_table(shapes, tokens: int, repeats: int) -> None:
-    """Where mopt's solve time goes: torch.profiler self times of the aten ops it calls, grouped;
-    what no aten op accounts for is the column-loop kernel (kernels/gptq sparsegpt_block_cpu) and
-    glue. Next to it, timed the same way: the reference's fp32 factorizations alone (cholesky,
-    cholesky_inverse, cholesky upper), and the same upper factor from one fp32 Cholesky of the
-    flipped Hessian and a triangular solve (U = P L^-1 P with L = chol(P H P), P the reversal
-    permutation): the cheapest inverse at hand. Shapes with fewer than 512 columns are skipped
-    (the profiler's own overhead is larger than the parts there)."""
+    """Where mopt's solve time goes: the Hessian factor alone (``_C.gptq_hessian_inverse`` with
+    the arguments sparsegpt_prune passes it: one Cholesky factorization, fp32 or fp64 as the
+    condition bound decides, and the per-block matrices U_cc and R[:c0, c] U_cc), the
+    left-looking GEMMs (torch.profiler self time of aten::addmm_ inside sparsegpt_prune), and
+    the rest (the column-loop kernel of kernels/gptq, copies, checks). Next to it, timed the same
+    way, the reference's fp32 factorizations alone (cholesky, cholesky_inverse, cholesky upper).
+    Shapes with fewer than 512 columns are skipped (the profiler's own overhead is larger than
+    the parts there)."""
     from torch.profiler import ProfilerActivity, profile
-    parts = ["fp64 Hessian inverse", "finiteness checks", "copies and casts", "lazy-update GEMM"]
-    header = ["shape", "mopt wall ms"] + [f"{p} ms" for p in parts] + \
-        ["other aten ms", "kernel + rest ms", "ref fp32 inverse ms", "flip fp32 inverse ms"]
+    header = ["shape", "mopt wall ms", "factor ms", "factor precision", "GEMM ms",
+              "column loop + rest ms", "ref fp32 factorizations ms"]
     out = []
     for rows, cols in shapes:
         if cols < 512:
@@ -268,6 +256,7 @@ def breakdown_table(shapes, tokens: int, repeats: int) -> None:
         w, h = problem(rows, cols, tokens)
         call = lambda: _C.sparsegpt_prune(w, h, PRUNE_N, PRUNE_M, col_block_size=BLOCKSIZE,
                                           hessian_damp=PERCDAMP)
+        factor = lambda: _C.gptq_hessian_inverse(h, PERCDAMP, False, BLOCKSIZE)
 
         def ref_inverse():
             hh = h.clone()
@@ -275,35 +264,17 @@ def breakdown_table(shapes, tokens: int, repeats: int) -> None:
             return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hh)),
                                          upper=True)
 
-        def flip_inverse():
-            hh = h.clone()
-            hh.diagonal().add_(PERCDAMP * hh.diagonal().mean())
-            lower = torch.linalg.cholesky(hh.flip(0, 1))
-            eye = torch.eye(cols, dtype=hh.dtype)
-            return torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1)
-
-        t = time_interleaved({"mopt": call, "inv": ref_inverse, "flip": flip_inverse},
+        t = time_interleaved({"mopt": call, "factor": factor, "inv": ref_inverse},
                              repeats=repeats, warmup=1)
-        u_ref, u_flip = ref_inverse(), flip_inverse()
-        assert (u_ref - u_flip).abs().max() <= 1e-4 * u_ref.abs().max(), "flip inverse is wrong"
+        fp32 = factor()[4]
         with quiet_fd2(), profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(repeats):
                 call()
-        sums = dict.fromkeys(parts, 0.0)
-        other = 0.0
-        for ev in prof.key_averages():
-            if ev.key.startswith("aten::") or ev.key.startswith("mopt::"):
-                ms = ev.self_cpu_time_total / 1e3 / repeats
-                group = BREAKDOWN_GROUPS.get(ev.key)
-                if group is None:
-                    other += ms
-                else:
-                    sums[group] += ms
-        wall = t["mopt"] * 1e3
-        rest = wall - sum(sums.values()) - other
-        out.append([f"[{rows}, {cols}]", f"{wall:.1f}"] + [f"{sums[p]:.1f}" for p in parts]
-                   + [f"{other:.1f}", f"{rest:.1f}", f"{t['inv'] * 1e3:.1f}",
-                      f"{t['flip'] * 1e3:.1f}"])
+        gemm = sum(ev.self_cpu_time_total for ev in prof.key_averages()
+                   if ev.key == "aten::addmm_") / 1e3 / repeats
+        wall, fac = t["mopt"] * 1e3, t["factor"] * 1e3
+        out.append([f"[{rows}, {cols}]", f"{wall:.1f}", f"{fac:.1f}", "fp32" if fp32 else "fp64",
+                    f"{gemm:.1f}", f"{wall - fac - gemm:.1f}", f"{t['inv'] * 1e3:.1f}"])
     print_table(header, out)
 
 
@@ -370,6 +341,7 @@ def e2e_table(models: dict, loop, repeats: int, mts_mo, notes: list[str]) -> Non
 
 
 def main() -> None:
+    global PERCDAMP
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="64x64,512x512,1024x1024,2048x2048",
                     help="comma-separated ROWSxCOLS weight shapes of the solver table")
@@ -383,7 +355,12 @@ def main() -> None:
     ap.add_argument("--no-large", action="store_true", help="skip the LlamaConfig model")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch.set_num_threads (0: torch's default)")
+    ap.add_argument("--damp", type=float, default=PERCDAMP,
+                    help="hessian_damp / percdamp of the solver tables (0.01, GPTQ's default, "
+                    "sends mopt's factorization of these Hessians to fp64)")
     args = ap.parse_args()
+    PERCDAMP = args.damp
+    MO_SOLVER_CFG["hessian_damp"] = args.damp
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",") if s]
@@ -403,9 +380,9 @@ def main() -> None:
           "after one warm-up, interleaved\n")
     solver_table(shapes, args.tokens, args.repeats, create_sgpt_mask, notes)
     if args.breakdown:
-        print(f"\n## Where mopt's solve time goes (torch.profiler self time of the aten ops it "
-              f"calls, per solve, mean of {args.repeats}; 'kernel + rest' = wall minus every aten "
-              "op: the C++ column loop and glue)\n")
+        print(f"\n## Where mopt's solve time goes (median of {args.repeats}, interleaved: the "
+              "Hessian factor alone, the left-looking GEMMs by torch.profiler; 'column loop + "
+              "rest' = wall minus both)\n")
         breakdown_table(shapes, args.tokens, args.repeats)
 
     if not args.no_e2e:

@@ -1,8 +1,9 @@
 // GPTQ column loop (SPEC §5 "GPTQ"): inside one block of columns, quantize each column as the
 // layer's weight quantizer would, scale its error by the inverse-Hessian diagonal and propagate it
 // to the remaining columns of the block. Rows are independent, so the CPU splits them across
-// threads and CUDA gives each row a warp. The lazy update of the columns after the block is a
-// GEMM left to the caller.
+// threads and CUDA gives each row a warp. Carrying the block's changes to the other columns is a
+// GEMM left to the caller. Only the block's diagonal block of hinv (rows and columns [col0,
+// col0 + ncols)) is read.
 #pragma once
 
 #include <cstdint>
@@ -58,7 +59,8 @@ struct BlockArgs {
   int64_t ldw = 0;
   int64_t col0 = 0;
   int64_t ncols = 0;
-  const float* hinv = nullptr;  // [cols, ldh] upper Cholesky factor of the damped H^-1
+  const float* hinv = nullptr;  // [cols, ldh] upper Cholesky factor U of the damped H^-1 (only
+                                // its diagonal block is read)
   int64_t ldh = 0;
   float* err = nullptr;                // [rows, ncols] out: (w - q) / hinv[j, j]
   const int32_t* col_index = nullptr;  // [cols] original column of each working column
@@ -78,15 +80,16 @@ void gptq_check(const BlockArgs& a);
 /// [col0, col0 + ncols). At the first column of each group of m, the group's mask keeps the n
 /// weights with the largest |w| / U_jj (OBS error w^2 / U_jj^2, computed on the weights as
 /// updated so far); each column's pruned weights become zero, their error (w - q) / U_jj goes to
-/// `err` and to the remaining columns of the block through row j of U. The lazy update of the
-/// columns after the block is a GEMM left to the caller, as for GPTQ.
+/// `err` and to the remaining columns of the block through row j of U. Carrying the block's
+/// changes to the other columns is a GEMM left to the caller, as for GPTQ.
 struct PruneBlockArgs {
   float* w = nullptr;  // [rows, ldw] working weights; the block's columns are overwritten
   int64_t rows = 0;
   int64_t ldw = 0;
   int64_t col0 = 0;   // a multiple of m
   int64_t ncols = 0;  // a multiple of m
-  const float* hinv = nullptr;  // [cols, ldh] upper Cholesky factor of the damped H^-1
+  const float* hinv = nullptr;  // [cols, ldh] upper Cholesky factor U of the damped H^-1 (only
+                                // its diagonal block is read)
   int64_t ldh = 0;
   float* err = nullptr;      // [rows, ncols] out: (w - q) / hinv[j, j]
   uint8_t* mask = nullptr;   // [rows, ldw] out: 1 where a weight of the block is kept

@@ -351,13 +351,31 @@ void bind_algorithms(py::module_& m) {
 
   m.def(
       "gptq_hessian_inverse",
-      [](const at::Tensor& hessian, double percdamp, bool act_order, const std::string& name) {
-        const auto r = algorithms::gptq_hessian_inverse(hessian, percdamp, act_order, name);
-        return py::make_tuple(r.upper, r.perm, r.percdamp, r.dead_columns);
+      [](const at::Tensor& hessian, double percdamp, bool act_order, int64_t block_size,
+         const std::string& precision, const std::string& name) {
+        algorithms::HessianFactorPrecision p = algorithms::HessianFactorPrecision::kAuto;
+        if (precision == "fp32") {
+          p = algorithms::HessianFactorPrecision::kFloat32;
+        } else if (precision == "fp64") {
+          p = algorithms::HessianFactorPrecision::kFloat64;
+        } else {
+          MOPT_CHECK_VALUE(precision == "auto", "gptq_hessian_inverse: precision must be "
+                           "'auto', 'fp32' or 'fp64', got '", precision, "'");
+        }
+        const auto r =
+            algorithms::gptq_hessian_inverse(hessian, percdamp, act_order, block_size, name,
+                                             "GPTQ", p);
+        return py::make_tuple(r.factor, r.perm, r.percdamp, r.dead_columns,
+                              r.fp32_factorization);
       },
       py::arg("hessian"), py::arg("percdamp") = 0.01, py::arg("act_order") = false,
-      py::arg("name") = "",
-      "(U, perm, percdamp_used, dead_columns): U^T U = (H[perm][:, perm] + damp I)^-1.");
+      py::arg("block_size") = 128, py::arg("precision") = "auto", py::arg("name") = "",
+      "(factor, perm, percdamp_used, dead_columns, fp32_factorization): per column block c, U_cc "
+      "on the diagonal and R[:c0, c] U_cc above (U^T U = (H[perm][:, perm] + damp I)^-1, "
+      "R = U^-1); see mopt/algorithms/gptq.h.");
+  m.def("hessian_condition_bound", &algorithms::hessian_condition_bound, py::arg("damped"),
+        py::arg("damp"),
+        "Upper bound on cond(H + damp I) from H + damp I (symmetric PSD H) and damp.");
   }
 }
 

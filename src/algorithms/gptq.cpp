@@ -6,12 +6,15 @@
 #include <ATen/ops/linalg_solve_triangular.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/linalg_cholesky_ex.h>
+#include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -36,7 +39,13 @@ std::string layer_label(const std::string& name) {
   return name.empty() ? std::string("GPTQ") : "GPTQ of layer '" + name + "'";
 }
 
-bool all_finite(const at::Tensor& t) { return t.isfinite().all().item<bool>(); }
+// The 2-norm of the values in their own dtype (one pass, no temporary) is finite when they all
+// are; when it is not (a NaN or Inf, or an overflow of huge finite values), the exact check.
+bool all_finite(const at::Tensor& t) {
+  if (t.numel() == 0) return true;
+  if (std::isfinite(at::linalg_vector_norm(t, 2).item<double>())) return true;
+  return t.isfinite().all().item<bool>();
+}
 
 // How the weight quantizer groups a [rows, cols] weight: one amax per tensor, per row, or per
 // block of `group_size` consecutive inputs of a row.
@@ -258,8 +267,110 @@ LayerUpdate GptqLayer::solve(const LayerState& state) {
 // ---------------------------------------------------------------------------------------------
 // Inverse Hessian
 
+double hessian_condition_bound(const at::Tensor& damped, double damp) {
+  if (!(damp > 0.0)) return std::numeric_limits<double>::infinity();
+  const at::Tensor h = damped.to(at::kDouble);
+  const double frobenius = at::linalg_vector_norm(h, 2).item<double>();
+  const double row_sum = at::linalg_vector_norm(h, 1, {1}).max().item<double>();
+  const double trace = h.diagonal().sum().item<double>();
+  return std::min({frobenius, row_sum, trace}) / damp;
+}
+
+// LAPACK's Cholesky factorization as linked into libtorch (the routines ATen's own
+// linalg_cholesky calls; MKL in the official CPU builds). Weak: where libtorch brings no LAPACK
+// they are null and at::linalg_cholesky_ex serves.
+#if defined(__GNUC__) || defined(__clang__)
+#define MOPT_HAVE_WEAK_LAPACK 1
+extern "C" {
+void spotrf_(char* uplo, int* n, float* a, int* lda, int* info) __attribute__((weak));
+void dpotrf_(char* uplo, int* n, double* a, int* lda, int* info) __attribute__((weak));
+}
+#else
+#define MOPT_HAVE_WEAK_LAPACK 0
+#endif
+
+namespace {
+
+// Lower Cholesky factor L (L L^T = t) of the symmetric t (fp32 or fp64); false when t is not
+// positive definite. CPU: in place in t's lower triangle (row-major t, so LAPACK's column-major
+// upper factor), t's strict upper triangle left as it was; at::linalg_cholesky_ex writes a new
+// tensor (on the GPU, or without LAPACK) and spends as long again on a copy and tril. `t` is
+// replaced by the tensor that holds L.
+bool cholesky_lower(at::Tensor& t) {
+  const int64_t n = t.size(0);
+#if MOPT_HAVE_WEAK_LAPACK
+  if (t.device().is_cpu() && t.is_contiguous() && n <= std::numeric_limits<int>::max()) {
+    char uplo = 'U';
+    int dim = static_cast<int>(n), lda = static_cast<int>(n), info = -1;
+    if (t.scalar_type() == at::kFloat && spotrf_ != nullptr) {
+      spotrf_(&uplo, &dim, t.mutable_data_ptr<float>(), &lda, &info);
+      return info == 0;
+    }
+    if (t.scalar_type() == at::kDouble && dpotrf_ != nullptr) {
+      dpotrf_(&uplo, &dim, t.mutable_data_ptr<double>(), &lda, &info);
+      return info == 0;
+    }
+  }
+#endif
+  auto [l, info] = at::linalg_cholesky_ex(t, /*upper=*/false, /*check_errors=*/false);
+  t = l;
+  return info.item<int64_t>() == 0;
+}
+
+// The blocked factor of GptqHessianInverse from L = chol(P H P) (P the reversal), any dtype:
+// R = P L P, U_cc = R_cc^-1 on the diagonal blocks (triangular solves of block size, in L's
+// dtype), R[:c0, c] U_cc above them (fp32 GEMMs), all in one [n, n] fp32 tensor. Only L's lower
+// triangle is read.
+at::Tensor blocked_factor(const at::Tensor& lower, int64_t block) {
+  const int64_t n = lower.size(0);
+  // R, row-major whatever L's layout (at::linalg_cholesky_ex returns it column-major): the
+  // kernels index it. Its strict lower triangle (L's strict upper one) is cleared.
+  at::Tensor factor = at::empty({n, n}, lower.options().dtype(at::kFloat));
+  at::flip_out(factor, lower.to(at::kFloat), {0, 1});
+  factor.triu_();
+  for (int64_t c0 = 0; c0 < n; c0 += block) {
+    const int64_t nc = std::min(block, n - c0);
+    // R_cc = P L_bb P with L_bb the matching diagonal block of L.
+    const at::Tensor r_cc =
+        lower.narrow(0, n - c0 - nc, nc).narrow(1, n - c0 - nc, nc).flip({0, 1});
+    const at::Tensor u_cc = at::linalg_solve_triangular(r_cc, at::eye(nc, r_cc.options()),
+                                                        /*upper=*/true)
+                                .to(at::kFloat);
+    if (c0 > 0) {
+      at::Tensor above = factor.narrow(0, 0, c0).narrow(1, c0, nc);
+      above.copy_(at::mm(above, u_cc));
+    }
+    factor.narrow(0, c0, nc).narrow(1, c0, nc).copy_(u_cc);
+  }
+  return factor;
+}
+
+// The smallest of the rigorous bounds on cond(A + damp I) of hessian_condition_bound, from the
+// undamped A (nonnegative diagonal) and its diagonal (fp64): the Frobenius norm and the trace
+// first, the row sums of |A| only when those do not reach `limit`. In A's dtype (one pass, no
+// temporary); an overflow there gives +inf (no bound).
+double damped_condition_bound(const at::Tensor& a, const at::Tensor& diag, double damp,
+                              double limit) {
+  if (!(damp > 0.0)) return std::numeric_limits<double>::infinity();
+  const double n = static_cast<double>(diag.numel());
+  const double trace = diag.sum().item<double>();
+  const double frobenius = at::linalg_vector_norm(a, 2).item<double>();
+  // ||A + damp I||_F^2 = ||A||_F^2 + sum((a_ii + damp)^2 - a_ii^2)
+  const double fro_sq = frobenius * frobenius + (2.0 * damp * trace + n * damp * damp);
+  double bound = std::min(std::sqrt(fro_sq), trace + n * damp) / damp;
+  if (bound > limit) {
+    const double row_sum = at::linalg_vector_norm(a, 1, {1}).max().item<double>();
+    bound = std::min(bound, (row_sum + damp) / damp);
+  }
+  return std::isnan(bound) ? std::numeric_limits<double>::infinity() : bound;
+}
+
+}  // namespace
+
 GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percdamp, bool act_order,
-                                        const std::string& name, const std::string& algorithm) {
+                                        int64_t block, const std::string& name,
+                                        const std::string& algorithm,
+                                        HessianFactorPrecision precision) {
   const std::string label =
       name.empty() ? algorithm : algorithm + " of layer '" + name + "'";
   MOPT_CHECK_VALUE(hessian.dim() == 2 && hessian.size(0) == hessian.size(1) && hessian.size(0) > 0,
@@ -269,49 +380,74 @@ GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percda
                   ": the Hessian must be floating point, got ", hessian.scalar_type());
   MOPT_CHECK_VALUE(std::isfinite(percdamp) && percdamp >= 0.0 && percdamp <= 1.0, label,
                    ": percdamp must be in [0, 1], got ", percdamp);
+  MOPT_CHECK_VALUE(block > 0, label, ": the column block size must be positive, got ", block);
   MOPT_CHECK_STATE(all_finite(hessian), label,
                    ": the Hessian holds NaN or Inf; the calibration activations reaching this "
                    "layer are not finite (or overflow fp32)");
   const int64_t n = hessian.size(0);
-  // fp64 for the Cholesky factorization: it squares the condition number of a possibly
-  // ill-conditioned H.
-  at::Tensor h = hessian.to(at::kDouble, /*non_blocking=*/false, /*copy=*/true);
-  at::Tensor diag = h.diagonal();
+  at::Tensor diag = hessian.diagonal().to(at::kDouble, /*non_blocking=*/false, /*copy=*/true);
   MOPT_CHECK_STATE(!diag.lt(0).any().item<bool>(), label,
                    ": the Hessian has a negative diagonal entry, so it is not X^T X of any input");
   const at::Tensor dead = diag.eq(0);
   GptqHessianInverse out;
+  out.block = block;
   out.dead_columns = dead.sum().item<int64_t>();
   diag.masked_fill_(dead, 1.0);
   if (act_order) {
     // Stable, so ties (dead channels) keep their order.
     out.perm = std::get<1>(diag.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
-    h = h.index_select(0, out.perm).index_select(1, out.perm);
-    diag = h.diagonal();
   } else {
-    out.perm = at::arange(n, h.options().dtype(at::kLong));
+    out.perm = at::arange(n, diag.options().dtype(at::kLong));
   }
+  // A = P H_perm P with P the reversal, in H's dtype, its diagonal `a_diag` (dead channels at
+  // 1) restored before and dampened in place for each factorization attempt.
+  const at::Tensor order = out.perm.flip({0}).to(hessian.device());
+  const auto build_a = [&] {
+    return act_order ? hessian.index_select(0, order).index_select(1, order)
+                     : hessian.flip({0, 1});
+  };
+  at::Tensor a = build_a();
+  bool a_intact = true;  // false once a factorization overwrote it in place
+  const at::Tensor a_diag = diag.index_select(0, out.perm.flip({0})).to(hessian.device());
   const double mean_diag = diag.mean().item<double>();
   double rel = percdamp;
   while (true) {
-    // The upper factor U of H^-1 (U^T U = H^-1) from one factorization: with P the reversal,
-    // P H P = L L^T gives H^-1 = (P L^-T P)(P L^-1 P), and P L^-1 P is upper triangular with a
-    // positive diagonal, so it is U. (Cholesky of H, inverting it and factoring the inverse
-    // again gives the same U for about twice the work.)
-    at::Tensor flipped = h.flip({0, 1});
-    flipped.diagonal().add_(rel * mean_diag);
-    auto [lower, info] = at::linalg_cholesky_ex(flipped, /*upper=*/false, /*check_errors=*/false);
-    if (info.item<int64_t>() == 0) {
-      // The triangular inverse in fp32: its error grows with cond(L) = sqrt(cond(H)), not with
-      // cond(H) as the factorization's does, and U is kept in fp32 anyway; fp32 halves the
-      // largest cost of the solve (an n^3 TRSM against the identity: ATen has no TRTRI).
-      const at::Tensor lower32 = lower.to(at::kFloat);
-      const at::Tensor lower_inv =
-          at::linalg_solve_triangular(lower32, at::eye(n, lower32.options()), /*upper=*/false);
-      const at::Tensor upper = lower_inv.flip({0, 1}).contiguous();
-      if (all_finite(upper)) {
-        out.upper = upper;
+    // R with R R^T = H + damp I from one factorization: P (H + damp I) P = L L^T gives
+    // H + damp I = (P L P)(P L P)^T, and P L P is upper triangular, so it is R and U = R^-1.
+    const double damp = rel * mean_diag;
+    if (!a_intact) a = build_a();
+    a_intact = true;
+    a.diagonal().copy_(a_diag);
+    // fp32 factorization (about half of fp64's time) when a rigorous bound on the condition
+    // number keeps its error small (kHessianFp32MaxCondition); fp64 otherwise, or when fp32
+    // fails (its rounding can break positive definiteness before fp64's does).
+    bool fp32 = precision == HessianFactorPrecision::kFloat32 ||
+                (precision == HessianFactorPrecision::kAuto &&
+                 damped_condition_bound(a, a_diag, damp, kHessianFp32MaxCondition) <=
+                     kHessianFp32MaxCondition);
+    a.diagonal().copy_(a_diag.add(damp));
+    at::Tensor lower;
+    for (const bool single : {true, false}) {
+      if (single && !fp32) continue;
+      if (!a_intact) {  // a failed fp32 attempt overwrote it
+        a = build_a();
+        a.diagonal().copy_(a_diag.add(damp));
+        a_intact = true;
+      }
+      at::Tensor work = a.to(single ? at::kFloat : at::kDouble);
+      if (work.is_same(a)) a_intact = false;
+      if (cholesky_lower(work)) {
+        lower = work;
+        fp32 = single;
+        break;
+      }
+    }
+    if (lower.defined()) {
+      at::Tensor factor = blocked_factor(lower, block);
+      if (all_finite(factor)) {
+        out.factor = std::move(factor);
         out.percdamp = rel;
+        out.fp32_factorization = fp32;
         return out;
       }
     }
@@ -321,6 +457,28 @@ GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percda
                      percdamp, "); its inputs may be degenerate");
     rel = std::min(1.0, std::max(rel * 10.0, 1e-4));
   }
+}
+
+GptqBlockUpdate::GptqBlockUpdate(at::Tensor w, const GptqHessianInverse& hinv)
+    : w_(std::move(w)), factor_(hinv.factor.to(w_.device())), cols_(w_.size(1)) {
+  MOPT_CHECK(w_.dim() == 2 && w_.size(1) == factor_.size(0) && w_.scalar_type() == at::kFloat,
+             "GptqBlockUpdate: a [rows, ", factor_.size(0), "] fp32 weight is needed");
+  // D of the finished columns; a block's columns are filled when it starts (with its start
+  // values) and finished when it ends. The last block's D is never needed.
+  const int64_t last_block = (cols_ - 1) / hinv.block * hinv.block;
+  if (last_block > 0) delta_ = at::empty({w_.size(0), last_block}, w_.options());
+}
+
+void GptqBlockUpdate::begin_block(int64_t c0, int64_t nc) {
+  if (c0 + nc < cols_) delta_.narrow(1, c0, nc).copy_(w_.narrow(1, c0, nc));
+  if (c0 > 0) {
+    w_.narrow(1, c0, nc).addmm_(delta_.narrow(1, 0, c0),
+                                factor_.narrow(0, 0, c0).narrow(1, c0, nc));
+  }
+}
+
+void GptqBlockUpdate::end_block(int64_t c0, int64_t nc) {
+  if (c0 + nc < cols_) delta_.narrow(1, c0, nc).sub_(w_.narrow(1, c0, nc));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -359,9 +517,6 @@ GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hess
   const ColumnQuantizer cq = column_quantizer(cfg, cols, label);
   const std::vector<int64_t> amax_shape = quantizer_amax_shape(weight, cfg);
 
-  const GptqHessianInverse hinv =
-      gptq_hessian_inverse(hessian, options.percdamp, options.act_order, name);
-
   // Working copy: fp32, columns in processing order.
   const at::Tensor original = weight.detach().to(at::kFloat).contiguous();
   kg::QuantSpec spec = cq.spec;
@@ -385,12 +540,6 @@ GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hess
     spec.nvfp4_tensor_scale = kernels::block_quant::nvfp4_tensor_scale(g);
   }
 
-  const bool permuted = options.act_order;
-  at::Tensor w = permuted ? original.index_select(1, hinv.perm.to(weight.device())).contiguous()
-                          : original.clone();
-  const at::Tensor hu = hinv.upper.to(weight.device());
-  const at::Tensor col_index = hinv.perm.to(at::kInt).to(weight.device()).contiguous();
-
   const int64_t group_size = cq.group_size;
   const int64_t n_groups = kernels::ceil_div(cols, group_size);
   at::Tensor group_param = at::empty({rows, n_groups}, original.options());
@@ -408,6 +557,7 @@ GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hess
     group_pin = at::empty({rows, n_groups}, original.options().dtype(at::kInt));
     groups.pin = group_pin.mutable_data_ptr<int32_t>();
   }
+  const bool permuted = options.act_order;
   // Blocks get their amax from the updated weights when the loop reaches them, unless act_order
   // visits their columns out of order (or static NVFP4 needs them all first); whole rows and
   // tensors use the original weight.
@@ -433,17 +583,25 @@ GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hess
   int64_t block = options.block_size;
   if (groups_at_start) block = (block + group_size - 1) / group_size * group_size;
 
+  const GptqHessianInverse hinv =
+      gptq_hessian_inverse(hessian, options.percdamp, options.act_order, block, name);
+  at::Tensor w = permuted ? original.index_select(1, hinv.perm.to(weight.device())).contiguous()
+                          : original.clone();
+  GptqBlockUpdate update(w, hinv);
+  const at::Tensor col_index = hinv.perm.to(at::kInt).to(weight.device()).contiguous();
+
   at::Tensor row_loss = at::zeros({rows}, original.options());
   at::Tensor err = at::empty({rows, std::min(block, cols)}, original.options());
   for (int64_t c0 = 0; c0 < cols; c0 += block) {
     const int64_t nc = std::min(block, cols - c0);
+    update.begin_block(c0, nc);
     kg::BlockArgs a;
     a.w = w.mutable_data_ptr<float>();
     a.rows = rows;
     a.ldw = cols;
     a.col0 = c0;
     a.ncols = nc;
-    a.hinv = hu.const_data_ptr<float>();
+    a.hinv = update.factor().const_data_ptr<float>();
     a.ldh = cols;
     a.err = err.mutable_data_ptr<float>();
     a.col_index = col_index.const_data_ptr<int32_t>();
@@ -452,12 +610,7 @@ GptqResult gptq_quantize_weight(const at::Tensor& weight, const at::Tensor& hess
     a.spec = spec;
     a.row_loss = row_loss.mutable_data_ptr<float>();
     run_block(a, weight.device());
-    const int64_t c1 = c0 + nc;
-    if (c1 < cols) {
-      // Lazy batch update: the block's errors reach every later column at once.
-      at::Tensor rest = w.narrow(1, c1, cols - c1);
-      rest.addmm_(err.narrow(1, 0, nc), hu.narrow(0, c0, nc).narrow(1, c1, cols - c1), 1.0, -1.0);
-    }
+    update.end_block(c0, nc);
   }
   if (permuted) {
     const at::Tensor inv_perm = std::get<1>(hinv.perm.sort()).to(weight.device());

@@ -3,6 +3,7 @@
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/im2col.h>
+#include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/zeros.h>
 
@@ -28,7 +29,13 @@ std::string label(const std::string& algorithm, const std::string& name) {
   return name.empty() ? algorithm : algorithm + ": layer '" + name + "'";
 }
 
-bool all_finite(const at::Tensor& t) { return t.isfinite().all().item<bool>(); }
+// The 2-norm of the values in their own dtype (one pass, no temporary) is finite when they all
+// are; when it is not (a NaN or Inf, or an overflow of huge finite values), the exact check.
+bool all_finite(const at::Tensor& t) {
+  if (t.numel() == 0) return true;
+  if (std::isfinite(at::linalg_vector_norm(t, 2).item<double>())) return true;
+  return t.isfinite().all().item<bool>();
+}
 
 // Reads the decimal number at s[pos...]; -1 when there is none (or it overflows).
 int64_t read_number(const std::string& s, size_t& pos) {
@@ -314,25 +321,26 @@ SparsityUpdate sparsegpt_prune(const at::Tensor& matrix, const at::Tensor& hessi
                    lbl, ": hessian_damp must be in [0, 1], got ", options.hessian_damp);
   MOPT_CHECK_STATE(all_finite(matrix), lbl, ": the weight holds NaN or Inf");
   const c10::Device device = matrix.device();
+  const int64_t block = (options.col_block_size + pattern.m - 1) / pattern.m * pattern.m;
   const algorithms::GptqHessianInverse hinv = algorithms::gptq_hessian_inverse(
-      hessian.to(device), options.hessian_damp, /*act_order=*/false, name, "SparseGPT");
+      hessian.to(device), options.hessian_damp, /*act_order=*/false, block, name, "SparseGPT");
 
   const at::Tensor original = matrix.detach().to(at::kFloat).contiguous();
   at::Tensor w = original.clone();  // the column loop overwrites it
-  const at::Tensor hu = hinv.upper.to(device);
+  algorithms::GptqBlockUpdate update(w, hinv);
   at::Tensor mask = at::zeros({rows, cols}, original.options().dtype(at::kByte));
-  const int64_t block = (options.col_block_size + pattern.m - 1) / pattern.m * pattern.m;
   at::Tensor err = at::empty({rows, std::min(block, cols)}, original.options());
   at::Tensor row_loss = at::zeros({rows}, original.options());
   for (int64_t c0 = 0; c0 < cols; c0 += block) {
     const int64_t nc = std::min(block, cols - c0);
+    update.begin_block(c0, nc);
     kg::PruneBlockArgs a;
     a.w = w.mutable_data_ptr<float>();
     a.rows = rows;
     a.ldw = cols;
     a.col0 = c0;
     a.ncols = nc;
-    a.hinv = hu.const_data_ptr<float>();
+    a.hinv = update.factor().const_data_ptr<float>();
     a.ldh = cols;
     a.err = err.mutable_data_ptr<float>();
     a.mask = mask.mutable_data_ptr<uint8_t>();
@@ -340,12 +348,7 @@ SparsityUpdate sparsegpt_prune(const at::Tensor& matrix, const at::Tensor& hessi
     a.m = static_cast<int>(pattern.m);
     a.row_loss = row_loss.mutable_data_ptr<float>();
     run_prune_block(a, device);
-    const int64_t c1 = c0 + nc;
-    if (c1 < cols) {
-      // Lazy batch update: the block's pruning errors reach every later column at once.
-      at::Tensor rest = w.narrow(1, c1, cols - c1);
-      rest.addmm_(err.narrow(1, 0, nc), hu.narrow(0, c0, nc).narrow(1, c1, cols - c1), 1.0, -1.0);
-    }
+    update.end_block(c0, nc);
   }
   SparsityUpdate out;
   out.mask = mask.to(at::kBool);

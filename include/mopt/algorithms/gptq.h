@@ -2,7 +2,8 @@
 // calibration tokens, dampened by percdamp * mean(diag H), the upper Cholesky factor U of H^-1;
 // the columns are processed in blocks, each column quantized exactly as the layer's weight
 // quantizer would quantize it, its error (w - q) / U_jj propagated to the rest of the block
-// through row j of U, and the block's errors applied to the later columns in one GEMM.
+// through row j of U, and the earlier blocks' changes applied to a block in one GEMM when its
+// turn comes (left-looking, from the Cholesky factor itself: see GptqHessianInverse).
 //
 // Weight formats (the column quantizer follows the weight quantizer config):
 // * integer or minifloat, per tensor or per output channel (axis 0): one amax per tensor / row
@@ -76,20 +77,71 @@ class GptqHessian {
   int64_t num_samples_ = 0;
 };
 
-/// The damped inverse Hessian factor used by the column loop.
+/// Precision of the Cholesky factorization of the damped Hessian.
+enum class HessianFactorPrecision {
+  kAuto,     // fp32 when the condition bound is at most kHessianFp32MaxCondition, else fp64
+  kFloat32,  // fp32 (the reference implementations' choice); still fp64 if fp32 fails
+  kFloat64,  // fp64 always
+};
+
+/// The largest condition-number bound for which kAuto factors in fp32: the fp32 factor's error
+/// relative to the exact one is at most about cond(H) * 2^-24 (first-order perturbation bound of
+/// the Cholesky factor for a backward error of a few units of roundoff), so 1e-4 / 2^-24 = 1678
+/// keeps it under 1e-4, about 1/80 of an int8 step and far below fp8 or int4 steps.
+inline constexpr double kHessianFp32MaxCondition = 1678.0;
+
+/// A rigorous upper bound on cond(H + damp I) for a symmetric positive semidefinite H:
+/// lambda_min >= damp, lambda_max <= min(||H + damp I||_F, max row sum of |H + damp I|,
+/// trace(H + damp I)). `damped` is H + damp I (any floating dtype); +inf when damp <= 0.
+double hessian_condition_bound(const at::Tensor& damped, double damp);
+
+/// The damped Hessian's factors in the form the column loops use, for column blocks of
+/// `block` columns (block b covers [b * block, min((b + 1) * block, in))).
+///
+/// With U the upper factor U^T U = (H_perm + damp I)^-1 and R = U^-1 (upper triangular,
+/// R R^T = H_perm + damp I, the reversed Cholesky factor of the flipped H: no inverse of the
+/// whole matrix is formed), `factor` holds per column block c:
+/// * on the diagonal block, U_cc = R_cc^-1 (the rows of U the in-block updates need);
+/// * above it, R[:c0, c] U_cc: the left-looking update of block c before its turn is
+///   W[:, c] += D[:, :c0] R[:c0, c] U_cc with D = W_start - W_final of the earlier columns, the
+///   same as the GPTQ lazy update -E[:, :c0] U[:c0, c] (E = D R) without forming U (an n^3
+///   triangular inverse);
+/// * zeros below.
 struct GptqHessianInverse {
-  at::Tensor upper;          // [in, in] fp32 U with U^T U = (H_perm + damp I)^-1
+  at::Tensor factor;         // [in, in] fp32, as above
+  int64_t block = 0;         // the column block size `factor` is laid out for
   at::Tensor perm;           // [in] int64: working column j is original column perm[j]
   double percdamp = 0.0;     // dampening used (above the requested one after retries)
   int64_t dead_columns = 0;  // channels with diag H == 0
+  bool fp32_factorization = false;  // whether the Cholesky factorization ran in fp32
 };
 
 /// Prepares H for the column loop (dead channels, act_order permutation, dampening with retries,
-/// Cholesky factorizations in fp64). RuntimeError naming `algorithm` and the layer `name` when H
-/// is not finite or not positive definite even with percdamp = 1. SparseGPT uses it too.
-GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percdamp, bool act_order,
-                                        const std::string& name = "",
-                                        const std::string& algorithm = "GPTQ");
+/// Cholesky factorization, fp32 when a bound on the condition number allows it and fp64 else).
+/// RuntimeError naming `algorithm` and the layer `name` when H is not finite or not positive
+/// definite even with percdamp = 1. SparseGPT uses it too.
+GptqHessianInverse gptq_hessian_inverse(
+    const at::Tensor& hessian, double percdamp, bool act_order, int64_t block,
+    const std::string& name = "", const std::string& algorithm = "GPTQ",
+    HessianFactorPrecision precision = HessianFactorPrecision::kAuto);
+
+/// The left-looking column loop shared by GPTQ and SparseGPT. For each block [c0, c0 + nc) in
+/// order: begin_block(c0, nc) applies the earlier blocks' updates to w's block (w's later columns
+/// stay untouched), the caller's kernel then finishes the block in place, and end_block(c0, nc)
+/// records the block's change D for the later blocks.
+class GptqBlockUpdate {
+ public:
+  /// `w`: the [rows, in] fp32 working weight (columns in processing order, values of the start)
+  GptqBlockUpdate(at::Tensor w, const GptqHessianInverse& hinv);
+  void begin_block(int64_t c0, int64_t nc);
+  void end_block(int64_t c0, int64_t nc);
+  /// The factor on w's device (the kernels read its diagonal blocks).
+  const at::Tensor& factor() const { return factor_; }
+
+ private:
+  at::Tensor w_, factor_, delta_;
+  int64_t cols_;
+};
 
 /// Checks, before anything is changed, that GPTQ can follow the weight quantizer config for a
 /// weight [out_features, in_features]; the errors of gptq_quantize_weight otherwise.

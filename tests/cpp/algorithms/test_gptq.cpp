@@ -10,6 +10,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "mopt/algorithms/gptq.h"
@@ -366,6 +367,124 @@ TEST(Gptq, ErrorsNameTheLayer) {
   opt.percdamp = 1.5;
   expect_error_naming<c10::ValueError>(
       [&] { algorithms::gptq_quantize_weight(w, at::eye(2), cfg_of(cfg), opt); }, "percdamp");
+}
+
+// ----- the blocked factor of gptq_hessian_inverse ---------------------------------------------
+
+// Upper triangular inverse by back substitution (naive float64).
+Mat upper_inverse(const Mat& u, int n) {
+  Mat inv(n * n, 0.0);
+  for (int c = 0; c < n; ++c) {
+    for (int i = c; i >= 0; --i) {
+      double s = i == c ? 1.0 : 0.0;
+      for (int k = i + 1; k <= c; ++k) s -= u[i * n + k] * inv[k * n + c];
+      inv[i * n + c] = s / u[i * n + i];
+    }
+  }
+  return inv;
+}
+
+// The float64 oracle of GptqHessianInverse::factor: U (U^T U = (H + damp I)^-1) from the inverse
+// and its Cholesky factor, R = U^-1; diagonal blocks U_cc, above them R[:c0, c] U_cc.
+Mat ref_blocked_factor(Mat h, int n, double percdamp, int block) {
+  double mean = 0.0;
+  for (int j = 0; j < n; ++j) mean += h[j * n + j];
+  mean /= n;
+  for (int j = 0; j < n; ++j) h[j * n + j] += percdamp * mean;
+  const Mat lo = cholesky_lower(spd_inverse(h, n), n);
+  Mat u(n * n, 0.0);
+  for (int i = 0; i < n; ++i) {
+    for (int j = i; j < n; ++j) u[i * n + j] = lo[j * n + i];
+  }
+  const Mat r = upper_inverse(u, n);
+  Mat f(n * n, 0.0);
+  for (int c0 = 0; c0 < n; c0 += block) {
+    const int c1 = std::min(c0 + block, n);
+    for (int i = 0; i < c1; ++i) {
+      for (int j = c0; j < c1; ++j) {
+        if (i >= c0) {
+          f[i * n + j] = u[i * n + j];
+        } else {
+          double s = 0.0;
+          for (int k = c0; k <= j; ++k) s += r[i * n + k] * u[k * n + j];
+          f[i * n + j] = s;
+        }
+      }
+    }
+  }
+  return f;
+}
+
+TEST(GptqHessianFactor, BlockedFactorMatchesFloat64OracleInBothPrecisions) {
+  const int n = 50;
+  const at::Tensor x = make_inputs(300, n, 21);
+  const at::Tensor h = at::matmul(x.t(), x).mul(2.0 / 300);
+  for (const auto precision : {algorithms::HessianFactorPrecision::kFloat32,
+                               algorithms::HessianFactorPrecision::kFloat64}) {
+    const bool fp32 = precision == algorithms::HessianFactorPrecision::kFloat32;
+    for (const int block : {16, 7, 50, 128}) {
+      SCOPED_TRACE(std::string(fp32 ? "fp32" : "fp64") + " block " + std::to_string(block));
+      const auto got =
+          algorithms::gptq_hessian_inverse(h, 0.01, false, block, "l", "GPTQ", precision);
+      EXPECT_EQ(got.fp32_factorization, fp32);
+      EXPECT_EQ(got.block, block);
+      const Mat ref = ref_blocked_factor(to_mat(h), n, 0.01, block);
+      const Mat ours = to_mat(got.factor);
+      double scale = 0.0, worst = 0.0;
+      for (size_t i = 0; i < ref.size(); ++i) {
+        scale = std::max(scale, std::abs(ref[i]));
+        worst = std::max(worst, std::abs(ours[i] - ref[i]));
+      }
+      // cond(H + damp I) is about 1e3 here: fp32 factors to ~1e-4 relative at worst.
+      EXPECT_LE(worst, (fp32 ? 2e-4 : 2e-5) * scale);
+    }
+  }
+}
+
+TEST(GptqHessianFactor, ConditionBoundIsRigorousAndPicksThePrecision) {
+  const int n = 64;
+  at::manual_seed(5);
+  const at::Tensor iid = at::randn({2000, n});
+  at::Tensor outlier = at::randn({2000, n});
+  outlier.select(1, 3).mul_(300.0);  // an LLM-like outlier channel
+  for (const auto& [x, percdamp, want_fp32] :
+       {std::tuple{iid, 0.1, true}, std::tuple{iid, 0.01, true},
+        std::tuple{outlier, 0.01, false}, std::tuple{make_inputs(400, n, 9), 0.0, false}}) {
+    const at::Tensor h = at::matmul(x.t(), x).mul(2.0 / x.size(0));
+    const double damp = percdamp * h.diagonal().mean().item<double>();
+    const at::Tensor damped = h.to(at::kDouble) + damp * at::eye(n, at::kDouble);
+    const at::Tensor eig = at::linalg_eigvalsh(damped);
+    const double cond = (eig[n - 1] / eig[0]).item<double>();
+    const double bound = algorithms::hessian_condition_bound(damped, damp);
+    EXPECT_GE(bound, cond * (1.0 - 1e-9));
+    const auto got = algorithms::gptq_hessian_inverse(h, percdamp, false, 16);
+    EXPECT_EQ(got.fp32_factorization, want_fp32) << "bound " << bound << ", cond " << cond;
+    EXPECT_EQ(got.fp32_factorization, bound <= algorithms::kHessianFp32MaxCondition);
+  }
+}
+
+TEST(Gptq, OutlierChannelHessianMatchesFloat64Reference) {
+  // The fp64 factorization path (the outlier channel's condition bound is far above the fp32
+  // limit), end to end against the naive reference, with act_order's permutation on top.
+  const int64_t rows = 24, cols = 64;
+  at::Tensor x = make_inputs(500, cols, 31);
+  x.select(1, 10).mul_(200.0);
+  const at::Tensor h = at::matmul(x.t(), x).mul(2.0 / 500);
+  EXPECT_FALSE(algorithms::gptq_hessian_inverse(h, 0.01, false, 32).fp32_factorization);
+  at::manual_seed(32);
+  const at::Tensor w = at::randn({rows, cols}) * 0.1;
+  algorithms::GptqOptions opt;
+  opt.block_size = 16;
+  const std::string cfg = int_cfg(4, "\"axis\": 0");
+  const auto res = algorithms::gptq_quantize_weight(w, h, cfg_of(cfg), opt);
+  const Mat ref = ref_gptq(to_mat(w), to_mat(h), rows, cols, {4, 0}, 16, 0.01);
+  const at::Tensor ref_t = at::tensor(ref, at::kDouble).reshape({rows, cols});
+  EXPECT_NEAR(output_error(w, res.weight, h), output_error(w, ref_t, h),
+              1e-3 * output_error(w, ref_t, h));
+  int64_t same = 0;
+  const Mat ours = to_mat(res.weight);
+  for (size_t i = 0; i < ref.size(); ++i) same += std::abs(ours[i] - ref[i]) <= 1e-5;
+  EXPECT_GE(same, static_cast<int64_t>(0.99 * ref.size()));
 }
 
 TEST(Gptq, SingularHessianGetsMoreDampening) {

@@ -127,6 +127,22 @@ TEST(SparseGpt, MatchesFloat64Reference) {
   EXPECT_TRUE(at::equal(*only.weight, w * mask));
 }
 
+TEST(SparseGpt, OutlierChannelHessianMatchesFloat64Reference) {
+  // An LLM-like outlier input channel: the condition bound sends the factorization to fp64; the
+  // left-looking blocks (8 columns) must still give the reference's masks and weights.
+  const at::Tensor w = randn({16, 64}, 14);
+  at::Tensor x = randn({400, 64}, 15);
+  x.select(1, 5).mul_(300.0);
+  const at::Tensor h = x.t().mm(x).mul(2.0 / 400);
+  SparseGptOptions o;
+  o.col_block_size = 8;
+  o.hessian_damp = 0.01;
+  const SparsityUpdate got = sparsegpt_prune(w, h, {2, 4}, o, "fc");
+  const auto [mask, weight] = ref_sparsegpt(w, h, 2, 4, 0.01);
+  EXPECT_TRUE(at::equal(got.mask, mask));
+  EXPECT_TRUE(at::allclose(got.weight->to(at::kDouble), weight, 1e-4, 1e-4));
+}
+
 TEST(SparseGpt, BlockSizeDoesNotChangeTheResult) {
   const at::Tensor w = randn({8, 64}, 12);
   const at::Tensor x = randn({200, 64}, 13);

@@ -7,6 +7,7 @@
 #include <numeric>
 #include <vector>
 
+#include "common/cpu_isa.h"
 #include "common/macros.h"
 #include "gptq/gptq.h"
 #include "reference.h"
@@ -136,6 +137,33 @@ TEST(GptqKernel, GroupsFromUpdatedWeightsMatchReference) {
       EXPECT_LE(std::abs(p.w[r * p.cols + j]), param[r * 4 + j / group] * (1 + 1e-6));
     }
   }
+}
+
+TEST(GptqKernel, Avx2AndBaselineLoopsGiveTheSameBits) {
+  // Groups opening at their first column, a permuted column order (act_order) and a row count
+  // that splits unevenly: the AVX2 instantiation must reproduce the baseline bit for bit.
+  Problem p = make_problem(37, 64, 303);
+  std::reverse(p.index.begin(), p.index.begin() + 16);
+  std::vector<float> w_out[2], err_out[2], param_out[2], loss_out[2];
+  for (const bool avx2 : {false, true}) {
+    set_cpu_avx2_allowed(avx2);
+    Problem run = p;
+    std::vector<float> param(run.rows * 4), err(run.rows * run.cols), loss(run.rows, 0.0f);
+    BlockArgs a = block_args(run, err, Groups{16, 4, param.data(), nullptr});
+    a.spec.num_bits = 4;
+    a.groups_at_start = true;
+    a.row_loss = loss.data();
+    gptq::gptq_block_cpu(a);
+    w_out[avx2] = run.w;
+    err_out[avx2] = err;
+    param_out[avx2] = param;
+    loss_out[avx2] = loss;
+  }
+  set_cpu_avx2_allowed(true);
+  EXPECT_EQ(w_out[0], w_out[1]);
+  EXPECT_EQ(err_out[0], err_out[1]);
+  EXPECT_EQ(param_out[0], param_out[1]);
+  EXPECT_EQ(loss_out[0], loss_out[1]);
 }
 
 TEST(GptqKernel, Nvfp4PinKeepsTheBlockScale) {

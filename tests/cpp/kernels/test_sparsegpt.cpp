@@ -8,6 +8,7 @@
 #include <numeric>
 #include <vector>
 
+#include "common/cpu_isa.h"
 #include "common/macros.h"
 #include "gptq/gptq.h"
 #include "reference.h"
@@ -116,6 +117,40 @@ TEST(SparseGptKernel, FourEightAndOneFour) {
   run_case({5, 40, 8, 1, 4}, 14);
 }
 TEST(SparseGptKernel, WideGroup) { run_case({4, 64, 32, 16, 32}, 15); }
+
+TEST(SparseGptKernel, Avx2AndBaselineLoopsGiveTheSameBits) {
+  const int64_t rows = 23, cols = 64;
+  const std::vector<float> w0 = test::random_values(rows * cols, 41);
+  const std::vector<float> u = random_upper(cols, 42);
+  std::vector<float> w_out[2], err_out[2], loss_out[2];
+  std::vector<uint8_t> mask_out[2];
+  for (const bool avx2 : {false, true}) {
+    set_cpu_avx2_allowed(avx2);
+    std::vector<float> w = w0, err(rows * cols), loss(rows, 0.0f);
+    std::vector<uint8_t> mask(rows * cols, 7);
+    gptq::PruneBlockArgs a;
+    a.w = w.data();
+    a.rows = rows;
+    a.ldw = cols;
+    a.col0 = 0;
+    a.ncols = cols;
+    a.hinv = u.data();
+    a.ldh = cols;
+    a.err = err.data();
+    a.mask = mask.data();
+    a.row_loss = loss.data();
+    gptq::sparsegpt_block_cpu(a);
+    w_out[avx2] = w;
+    err_out[avx2] = err;
+    loss_out[avx2] = loss;
+    mask_out[avx2] = mask;
+  }
+  set_cpu_avx2_allowed(true);
+  EXPECT_EQ(w_out[0], w_out[1]);
+  EXPECT_EQ(err_out[0], err_out[1]);
+  EXPECT_EQ(loss_out[0], loss_out[1]);
+  EXPECT_EQ(mask_out[0], mask_out[1]);
+}
 
 TEST(SparseGptKernel, RejectsBadArguments) {
   std::vector<float> w(32, 1.0f), u(64, 0.0f), err(32);

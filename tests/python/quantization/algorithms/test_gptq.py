@@ -486,6 +486,62 @@ def test_hessian_errors_and_adaptive_dampening():
         _C.GptqHessian(4, "empty").hessian()
 
 
+def _oracle_blocked_factor(h: torch.Tensor, percdamp: float, block: int) -> torch.Tensor:
+    """float64: U (U^T U = (H + damp I)^-1) from the explicit inverse, R = U^-1; per column block
+    c the diagonal block U_cc and above it R[:c0, c] U_cc (mopt/algorithms/gptq.h)."""
+    h = h.double().clone()
+    h.diagonal().add_(percdamp * h.diagonal().mean())
+    u = torch.linalg.cholesky(torch.linalg.inv(h), upper=True)
+    r = torch.linalg.inv(u)
+    f = torch.zeros_like(u)
+    for c0 in range(0, h.shape[0], block):
+        c1 = min(c0 + block, h.shape[0])
+        f[c0:c1, c0:c1] = u[c0:c1, c0:c1]
+        f[:c0, c0:c1] = r[:c0, c0:c1] @ u[c0:c1, c0:c1]
+    return f
+
+
+@pytest.mark.parametrize("layer", ORACLE_LAYERS)
+def test_hessian_factor_precisions_against_float64_oracle(layer_inputs, layer):
+    """Both factorization precisions on real activations' Hessians (fp32 forced, fp64 forced)
+    against a float64 oracle, and the automatic choice following the condition bound."""
+    x = layer_inputs[layer].double()
+    h = (2.0 / x.shape[0] * x.T @ x).float()
+    percdamp, block = 0.01, 48
+    ref = _oracle_blocked_factor(h, percdamp, block)
+    damp = percdamp * float(h.double().diagonal().mean())
+    damped = h.double() + damp * torch.eye(h.shape[0], dtype=torch.float64)
+    eig = torch.linalg.eigvalsh(damped)
+    cond = float(eig[-1] / eig[0])
+    bound = _C.hessian_condition_bound(damped, damp)
+    assert bound >= cond * (1 - 1e-9)
+    for precision in ("fp32", "fp64", "auto"):
+        factor, perm, used, dead, fp32 = _C.gptq_hessian_inverse(
+            h, percdamp=percdamp, block_size=block, precision=precision)
+        assert used == percdamp and dead == 0 and torch.equal(perm, torch.arange(h.shape[0]))
+        assert fp32 == {"fp32": True, "fp64": False, "auto": bound <= 1678.0}[precision]
+        err = float((factor.double() - ref).abs().max() / ref.abs().max())
+        # fp32's error grows with cond (here ~1e3-1e4), fp64's does not
+        assert err <= (cond * 2e-7 if fp32 else 1e-5), (precision, cond, err)
+
+
+def test_hessian_factor_retries_and_rejects_bad_arguments():
+    # Singular: the first attempt (fp32 in place, then fp64) fails at percdamp 0, the retry at
+    # 1e-4 factors a fresh copy (the failed in-place attempt must not leak into it).
+    h = torch.ones(6, 6) + torch.diag(torch.tensor([0.0, 0.0, 1.0, 2.0, 3.0, 4.0]))
+    h[0, 1] = h[1, 0] = 1.0
+    for precision in ("fp32", "fp64", "auto"):
+        factor, _, used, _, _ = _C.gptq_hessian_inverse(h, percdamp=0.0, block_size=4,
+                                                         precision=precision)
+        assert used == pytest.approx(1e-4)
+        ref = _oracle_blocked_factor(h, 1e-4, 4)
+        assert float((factor.double() - ref).abs().max() / ref.abs().max()) < 1e-3
+    with pytest.raises(ValueError, match="precision must be"):
+        _C.gptq_hessian_inverse(torch.eye(4), precision="fp16")
+    with pytest.raises(ValueError, match="block size must be positive"):
+        _C.gptq_hessian_inverse(torch.eye(4), block_size=0)
+
+
 def test_bad_options_and_unsupported_formats_leave_the_model_alone():
     loop, _ = _mlp_loop()
     for algo, err in [({"block_size": 0}, ValueError), ({"percdamp": 2.0}, ValueError),
