@@ -17,7 +17,8 @@
 #   ctest-cuda   the CUDA GoogleTests (ctest -R Cuda: mopt_kernel_cuda_tests and the Cuda cases
 #                of mopt_lib_tests)                                              -> ctest_cuda.log
 #   pytest-cuda  the CUDA pytest cases (pytest -k cuda)                         -> pytest_cuda.log
-#   bench-*      the GPU sections of bench_fake_quant.py and bench_block_formats.py (--no-cpu)
+#   bench-*      the GPU sections of bench_fake_quant.py, bench_block_formats.py and
+#                bench_sparse_gemm.py (2:4 GEMM vs dense, torch semi-structured) (--no-cpu)
 #                                                                                 -> bench_gpu.md
 #   ptq-cuda     the make-demo job on the GPU (mopt ptq --device cuda)     -> ptq_cuda.log (+ dir)
 #   sanitizer-*  the CUDA C++ tests under compute-sanitizer memcheck and racecheck, last, since
@@ -291,7 +292,7 @@ if ((BUILT)); then
     fi
   fi
 
-  for bench in bench_fake_quant bench_block_formats; do
+  for bench in bench_fake_quant bench_block_formats bench_sparse_gemm; do
     NO_RECORD=1 run_step "$bench" 120 bench_gpu.md "$PY" "benchmarks/$bench.py" --no-cpu
     ((STEP_RC == 125)) && continue
     if ((STEP_RC != 0)); then
