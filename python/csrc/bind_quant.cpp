@@ -200,11 +200,12 @@ void bind_quantizer_core(py::module_& m) {
       .def("forward",
            no_gil_with_warnings(
                [](QuantizerCore& c, const at::Tensor& x, std::optional<at::Tensor> amax,
-                  std::optional<at::Tensor> pqs, std::optional<at::Tensor> zero_point) {
-                 return c.forward(x, amax, pqs, zero_point);
+                  std::optional<at::Tensor> pqs, std::optional<at::Tensor> zero_point,
+                  std::optional<at::Tensor> amax_post) {
+                 return c.forward(x, amax, pqs, zero_point, amax_post);
                }),
            py::arg("x"), py::arg("amax") = py::none(), py::arg("pre_quant_scale") = py::none(),
-           py::arg("zero_point") = py::none())
+           py::arg("zero_point") = py::none(), py::arg("amax_post") = py::none())
       .def("forward_config", &QuantizerCore::forward_config, py::arg("has_amax"))
       .def_property("name", &QuantizerCore::name, &QuantizerCore::set_name)
       .def_static("short_amax", [](const py::object& amax) {

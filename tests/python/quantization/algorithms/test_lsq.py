@@ -295,3 +295,22 @@ def test_without_lsq_amax_stays_frozen_during_training():
     for n, q in quantizers.items():
         assert not q.amax.requires_grad and q.amax.grad is None
         assert torch.equal(q.amax, amax_before[n])
+
+
+def test_untied_learned_scales_quantize_alike_while_calibrating():
+    # The calibrating forward runs through the quantizer core rather than the cached op config:
+    # it must dequantize with the post amax too, or the output jumps when calibration is on.
+    model = _mlp_weight_only("INT4_BLOCKWISE_WEIGHT_ONLY_CFG")
+    mtq.calibrate(model, {"method": "lsq", "learnable_amax": ["pre", "post"],
+                          "scale_algorithm": {"method": "max"}})
+    q = _weight_quantizers(model)[0]
+    with torch.no_grad():
+        q.amax_post.mul_(1.25)  # post apart from pre, as training moves them
+    w = model[0].weight.detach()
+    out = q(w)
+    q.enable_calib()
+    try:
+        calibrating = q(w)
+    finally:
+        q.disable_calib()
+    assert torch.equal(calibrating, out)

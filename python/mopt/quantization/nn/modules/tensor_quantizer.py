@@ -470,7 +470,7 @@ class TensorQuantizer(nn.Module):
             amax, post = self._amax_tensor("_amax_pre"), amax
         if self._forward_cfg is not None:
             return torch.ops.mopt.quantize_tensor(inputs, amax, pqs, self._forward_cfg, zp, post)
-        out = self._core.forward(inputs, amax, pqs, zp)
+        out = self._core.forward(inputs, amax, pqs, zp, post)
         # the core may have warned once and switched to plain quantization
         self.__dict__["_forward_cfg"] = self._core.forward_config(amax is not None)
         return out
