@@ -267,15 +267,6 @@ LayerUpdate GptqLayer::solve(const LayerState& state) {
 // ---------------------------------------------------------------------------------------------
 // Inverse Hessian
 
-double hessian_condition_bound(const at::Tensor& damped, double damp) {
-  if (!(damp > 0.0)) return std::numeric_limits<double>::infinity();
-  const at::Tensor h = damped.to(at::kDouble);
-  const double frobenius = at::linalg_vector_norm(h, 2).item<double>();
-  const double row_sum = at::linalg_vector_norm(h, 1, {1}).max().item<double>();
-  const double trace = h.diagonal().sum().item<double>();
-  return std::min({frobenius, row_sum, trace}) / damp;
-}
-
 // LAPACK's Cholesky factorization as linked into libtorch (the routines ATen's own
 // linalg_cholesky calls; MKL in the official CPU builds). Weak: where libtorch brings no LAPACK
 // they are null and at::linalg_cholesky_ex serves.
@@ -366,6 +357,15 @@ double damped_condition_bound(const at::Tensor& a, const at::Tensor& diag, doubl
 }
 
 }  // namespace
+
+double hessian_condition_bound(const at::Tensor& damped, double damp) {
+  if (!(damp > 0.0)) return std::numeric_limits<double>::infinity();
+  // The solver's own bound (damped_condition_bound) on the undamped matrix, every bound taken.
+  at::Tensor a = damped.to(at::kDouble, /*non_blocking=*/false, /*copy=*/true);
+  const at::Tensor diag = a.diagonal().sub(damp);
+  a.diagonal().copy_(diag);
+  return damped_condition_bound(a, diag, damp, /*limit=*/0.0);
+}
 
 GptqHessianInverse gptq_hessian_inverse(const at::Tensor& hessian, double percdamp, bool act_order,
                                         int64_t block, const std::string& name,

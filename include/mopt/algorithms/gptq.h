@@ -92,7 +92,8 @@ inline constexpr double kHessianFp32MaxCondition = 1678.0;
 
 /// A rigorous upper bound on cond(H + damp I) for a symmetric positive semidefinite H:
 /// lambda_min >= damp, lambda_max <= min(||H + damp I||_F, max row sum of |H + damp I|,
-/// trace(H + damp I)). `damped` is H + damp I (any floating dtype); +inf when damp <= 0.
+/// trace(H + damp I)). `damped` is H + damp I (any floating dtype); +inf when damp <= 0. The
+/// same bound (one implementation) picks gptq_hessian_inverse's automatic precision.
 double hessian_condition_bound(const at::Tensor& damped, double damp);
 
 /// The damped Hessian's factors in the form the column loops use, for column blocks of

@@ -113,9 +113,7 @@ def train_quantized(model: nn.Module, train_ids: torch.Tensor, steps: int, lr: f
     loss per step or [])."""
     from .. import distill as mtd
 
-    if isinstance(kd_loss_weight, bool) or not isinstance(kd_loss_weight, (int, float)) or not (
-            0.0 <= kd_loss_weight <= 1.0):
-        raise ValueError(f"kd_loss_weight must be a number in [0, 1], got {kd_loss_weight!r}")
+    _check_kd_loss_weight(kd_loss_weight)
     if train_ids.numel() < seq_len + 2:
         raise ValueError(f"training text has {train_ids.numel()} tokens; need more than "
                          f"{seq_len + 1} for one window")
@@ -171,6 +169,12 @@ def train_quantized(model: nn.Module, train_ids: torch.Tensor, steps: int, lr: f
             bar.close()
         model.eval()
     return ce_losses, kd_losses
+
+
+def _check_kd_loss_weight(weight: float) -> None:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
+            0.0 <= weight <= 1.0):
+        raise ValueError(f"kd_loss_weight must be a number in [0, 1], got {weight!r}")
 
 
 def _check_lr(lr: float) -> None:
@@ -232,9 +236,7 @@ def run_qat(
     device = _check_device(device)
     entry = _resolve_config(config)
     _check_lr(lr)
-    if isinstance(kd_loss_weight, bool) or not isinstance(kd_loss_weight, (int, float)) or not (
-            0.0 <= kd_loss_weight <= 1.0):
-        raise ValueError(f"kd_loss_weight must be a number in [0, 1], got {kd_loss_weight!r}")
+    _check_kd_loss_weight(kd_loss_weight)
     _check_run_numbers(
         [("steps", steps), ("calib_samples", calib_samples), ("batch_size", batch_size)]
         + [(name, value) for name, value in (("train_batch_size", train_batch_size),
